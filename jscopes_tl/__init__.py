@@ -1,0 +1,25 @@
+"""jscopes_tl: Jacobian Scopes (arXiv 2601.16407) for TransformerLens models.
+
+Token-level, gradient-based causal attributions of a language model's prediction, computed
+through hooks on a HookedTransformer or TransformerBridge:
+
+>>> from jscopes_tl import semantic_scope, fisher_scope, temperature_scope
+>>> result = semantic_scope(model, "The Eiffel Tower is in the city of", target=" Paris")
+>>> result.scores          # one score per prompt token
+"""
+
+from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError, UnsupportedModelError
+from jscopes_tl.result import Prediction, ScopeResult
+from jscopes_tl.scopes import fisher_scope, jacobian_scope, semantic_scope, temperature_scope
+
+__all__ = [
+    "NonFiniteLogitsError",
+    "Prediction",
+    "ScopeInputError",
+    "ScopeResult",
+    "UnsupportedModelError",
+    "fisher_scope",
+    "jacobian_scope",
+    "semantic_scope",
+    "temperature_scope",
+]

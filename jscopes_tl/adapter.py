@@ -1,0 +1,338 @@
+"""The model adapter: the one place that knows TransformerLens versions.
+
+jscopes_tl works on two kinds of model that share the TransformerLens hook API but differ in the
+details:
+
+* ``HookedTransformer`` (TransformerLens 2.x and 3.x): hook names such as
+  ``blocks.0.hook_resid_pre``; the unembedding input is ``ln_final(resid_final)``, which has no
+  hook of its own (``ln_final.hook_normalized`` sits *before* the RMSNorm weight), so we capture
+  the last block's ``hook_resid_post`` and apply the model's own ``ln_final`` to it; logit
+  soft-capping is applied in ``forward`` from ``cfg.output_logits_soft_cap``.
+* ``TransformerBridge`` (TransformerLens 3.x and 4.x), with or without compatibility mode:
+  canonical hook names such as ``blocks.0.hook_in`` and ``unembed.hook_in`` (the legacy names are
+  aliases only in compatibility mode); the post-unembedding transform (soft-cap, logit scaling)
+  is the architecture adapter's ``apply_output_logits_transform``.
+
+Models are recognised by duck typing the instance, never by importing classes:
+TransformerLens 4.x raises ``ImportError`` on ``from transformer_lens import HookedTransformer``.
+Hook names are resolved against ``model.hook_dict`` at run time from a short list of candidates,
+because which aliases exist depends on version and compatibility mode.
+
+Everything downstream (scopes, views, evaluation) talks to :class:`ModelAdapter` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
+
+HOOKED_TRANSFORMER = "HookedTransformer"
+TRANSFORMER_BRIDGE = "TransformerBridge"
+
+HookFunction = Callable[[torch.Tensor, Any], torch.Tensor | None]
+
+
+def _is_remote_bridge(model: Any) -> bool:
+    return any(cls.__name__ == "RemoteBridge" for cls in type(model).__mro__)
+
+
+def _model_family(model: Any) -> str:
+    """Name the kind of TransformerLens model, or raise if it is not one we can differentiate."""
+    if _is_remote_bridge(model):
+        raise UnsupportedModelError(
+            "model is a RemoteBridge (vLLM / Inspect backend), which runs without local autograd; "
+            "Jacobian Scopes need gradients. Load the model with "
+            "TransformerBridge.boot_transformers(...) instead."
+        )
+    looks_like_transformer_lens = (
+        isinstance(model, torch.nn.Module)
+        and hasattr(model, "hook_dict")
+        and hasattr(model, "cfg")
+        and hasattr(model, "blocks")
+        and hasattr(model, "unembed")
+    )
+    if not looks_like_transformer_lens:
+        raise UnsupportedModelError(
+            "model must be a TransformerLens HookedTransformer or TransformerBridge "
+            f"(an nn.Module with hook_dict, cfg, blocks and unembed); got {type(model).__name__}."
+        )
+    if hasattr(model, "enable_compatibility_mode"):
+        return TRANSFORMER_BRIDGE
+    return HOOKED_TRANSFORMER
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Which numerics a score was computed in (they change single-logit and temperature scores)."""
+
+    model_family: str
+    compatibility_mode: bool | None
+    final_norm_folded_into_unembed: bool
+    unembed_centred: bool
+    perturbation_hook: str
+    readout_hook: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ModelAdapter:
+    """Uniform access to a HookedTransformer or TransformerBridge.
+
+    Example:
+        >>> adapter = ModelAdapter(model)
+        >>> tokens = adapter.tokenize("The cat sat")       # [pos], BOS per the model's convention
+        >>> adapter.resid_pre_hook(0)                      # 'blocks.0.hook_resid_pre' or 'blocks.0.hook_in'
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.family = _model_family(model)
+        self.model = model
+        self.cfg = model.cfg
+
+    # ----------------------------------------------------------------------------- sizes
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.W_U.shape[-1])
+
+    @property
+    def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        return self.model.W_U
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_U.dtype
+
+    # ----------------------------------------------------------------------------- hook names
+    def _resolve_hook(self, candidates: Sequence[str]) -> str:
+        hook_names = self.model.hook_dict
+        for name in candidates:
+            if name in hook_names:
+                return name
+        raise UnsupportedModelError(
+            f"none of the hook points {list(candidates)} exist on this {self.family}; "
+            "jscopes_tl needs the residual-stream hooks of a decoder-only transformer."
+        )
+
+    def resid_pre_hook(self, layer: int) -> str:
+        """Hook on the residual stream entering block ``layer`` (token + positional embedding at 0)."""
+        if not 0 <= layer < self.n_layers:
+            raise ScopeInputError(f"layer must be in [0, {self.n_layers - 1}]; got {layer}.")
+        return self._resolve_hook([f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_in"])
+
+    @property
+    def final_hidden_hook(self) -> str:
+        """Hook whose activation, passed through :meth:`final_hidden`, is the unembedding input."""
+        if self.family == TRANSFORMER_BRIDGE:
+            return self._resolve_hook(["unembed.hook_in"])
+        last = self.n_layers - 1
+        return self._resolve_hook([f"blocks.{last}.hook_resid_post"])
+
+    def final_hidden(
+        self, activation: Float[torch.Tensor, "... d_model"]
+    ) -> Float[torch.Tensor, "... d_model"]:
+        """The state fed to the unembedding, from the activation at :attr:`final_hidden_hook`."""
+        if self.family == TRANSFORMER_BRIDGE:
+            return activation
+        if getattr(self.cfg, "normalization_type", None) is None:
+            return activation
+        return self.model.ln_final(activation)
+
+    # ----------------------------------------------------------------------------- unembedding
+    def unembed_before_transform(
+        self, y: Float[torch.Tensor, "... d_model"]
+    ) -> Float[torch.Tensor, "... d_vocab"]:
+        """The model's own unembedding module applied to ``y`` (weights and bias included)."""
+        return self.model.unembed(y)
+
+    def logit_transform(self, logits: Float[torch.Tensor, "... d_vocab"]) -> Float[torch.Tensor, "... d_vocab"]:
+        """The model's elementwise post-unembedding transform (soft-capping, scaling), if any."""
+        if self.family == TRANSFORMER_BRIDGE:
+            architecture_adapter = getattr(self.model, "adapter", None)
+            transform = getattr(architecture_adapter, "apply_output_logits_transform", None)
+            if transform is not None:
+                return transform(logits)
+        cap = getattr(self.cfg, "output_logits_soft_cap", None)
+        if cap is not None and cap > 0:
+            return cap * torch.tanh(logits / cap)
+        return logits
+
+    @property
+    def has_logit_transform(self) -> bool:
+        probe = torch.linspace(-50.0, 50.0, 11, device=self.device)
+        return not torch.equal(self.logit_transform(probe), probe)
+
+    def logits(self, y: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+        """Logits exactly as the model computes them from the unembedding input ``y``."""
+        return self.logit_transform(self.unembed_before_transform(y))
+
+    # ----------------------------------------------------------------------------- tokens
+    @property
+    def tokenizer(self) -> Any:
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            raise ScopeInputError(
+                "this model has no tokenizer, so text cannot be tokenised: pass inputs as an "
+                "integer tensor of token ids and targets as token ids."
+            )
+        return tokenizer
+
+    def tokenize(self, text: str) -> Int[torch.Tensor, " pos"]:
+        """Tokenise a prompt with the model's own tokenizer and BOS convention."""
+        self.tokenizer  # noqa: B018 - raises the clear error when there is no tokenizer
+        return self.model.to_tokens(text)[0]
+
+    def tokenize_fragment(self, text: str) -> Int[torch.Tensor, " pos"]:
+        """Tokenise a piece of text with no BOS (for targets such as ``" liberal"``)."""
+        self.tokenizer  # noqa: B018
+        return self.model.to_tokens(text, prepend_bos=False)[0]
+
+    def str_tokens(self, tokens: Int[torch.Tensor, " pos"]) -> list[str]:
+        if getattr(self.model, "tokenizer", None) is None:
+            return [f"<{int(t)}>" for t in tokens]
+        return list(self.model.to_str_tokens(tokens.detach().cpu()))
+
+    @property
+    def pad_token_id(self) -> int:
+        tokenizer = getattr(self.model, "tokenizer", None)
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            value = getattr(tokenizer, name, None)
+            if value is not None:
+                return int(value)
+        return 0
+
+    # ----------------------------------------------------------------------------- running
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, HookFunction]]) -> Iterator[None]:
+        """The model's own scoped hook context: hooks are removed on exit, errors included."""
+        with self.model.hooks(fwd_hooks=fwd_hooks):
+            yield
+
+    def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
+        # Tokens go positionally: HookedTransformer and the bridge name the argument differently.
+        return self.model(tokens)
+
+    @contextlib.contextmanager
+    def prepared_for_scopes(self) -> Iterator[None]:
+        """Eval mode, parameters frozen, autograd on; everything restored on exit.
+
+        Only the perturbation needs a gradient: freezing parameters stops autograd from saving
+        activations for weight gradients, which a scope never reads.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "Jacobian Scopes need autograd, which torch.inference_mode() disables; "
+                "call the scope outside the inference_mode() block."
+            )
+        parameters = list(self.model.parameters())
+        requires_grad = [p.requires_grad for p in parameters]
+        training = [(module, module.training) for module in self.model.modules()]
+        try:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+            self.model.eval()
+            with torch.enable_grad():
+                yield
+        finally:
+            for parameter, flag in zip(parameters, requires_grad):
+                parameter.requires_grad_(flag)
+            for module, mode in training:
+                module.training = mode
+
+    # ----------------------------------------------------------------------------- provenance
+    def final_norm_has_no_gain(self) -> bool:
+        """True when the final norm applies no gain or bias of its own: its weights were folded
+        into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode) or there is
+        no final norm. Then ``‖y‖`` is fixed by the normalisation."""
+        final_norm = getattr(self.model, "ln_final", None)
+        if final_norm is None:
+            return True
+        with torch.no_grad():
+            for name, parameter in final_norm.named_parameters():
+                neutral = 0.0 if name.rsplit(".", 1)[-1] in ("b", "bias") else 1.0
+                if not torch.all(parameter == neutral):
+                    return False
+        return True
+
+    def numerics(self, perturbation_hook: str) -> Numerics:
+        with torch.no_grad():
+            column_mean = self.W_U.float().mean(dim=-1)
+            centred = bool(column_mean.abs().max() <= 1e-5 * (self.W_U.float().abs().max() + 1e-12))
+        return Numerics(
+            model_family=self.family,
+            compatibility_mode=(
+                bool(getattr(self.model, "compatibility_mode", False))
+                if self.family == TRANSFORMER_BRIDGE
+                else None
+            ),
+            final_norm_folded_into_unembed=self.final_norm_has_no_gain(),
+            unembed_centred=centred,
+            perturbation_hook=perturbation_hook,
+            readout_hook=self.final_hidden_hook,
+        )
+
+
+# --------------------------------------------------------------------------------- construction
+def transformer_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer_lens")
+
+
+def hooked_transformer_available() -> bool:
+    """True where this TransformerLens still ships HookedTransformer (2.x, 3.x; removed in 4.0)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def hooked_transformer_from_config(config: dict[str, Any], tokenizer: Any = None, seed: int = 0) -> Any:
+    """A HookedTransformer with random weights from ``HookedTransformerConfig(**config)``."""
+    if not hooked_transformer_available():
+        raise UnsupportedModelError(
+            f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
+            "use a TransformerBridge instead."
+        )
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(seed)
+    model = HookedTransformer(HookedTransformerConfig(**config), tokenizer=tokenizer)
+    return model.eval()
+
+
+def bridge_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, compatibility_mode: bool = False) -> Any:
+    """A TransformerBridge around an already-built Hugging Face causal LM (no download)."""
+    try:
+        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    except ImportError as error:
+        raise UnsupportedModelError(
+            f"TransformerLens {transformer_lens_version()} has no TransformerBridge builder; "
+            "TransformerBridge needs TransformerLens 4.x."
+        ) from error
+    bridge = build_bridge_from_module(
+        hf_model.eval(), type(hf_model).__name__, hf_config=hf_model.config, tokenizer=tokenizer
+    )
+    if compatibility_mode:
+        bridge.enable_compatibility_mode()
+    return bridge

@@ -1,0 +1,264 @@
+"""Readout directions: which directions ``u`` of the final hidden state ``y`` a scope reads.
+
+A Jacobian Scope reads ``u^T J_t`` for every source token ``t`` (``J_t = ∂y/∂x_t``). The three
+scopes of Liu et al., *Jacobian Scopes* (arXiv 2601.16407), differ only in ``u``:
+
+* **Semantic**: ``u = ∂(logit_a [- logit_b])/∂y``, i.e. ``W_U[:, a]`` (minus ``W_U[:, b]`` for a
+  contrast). Score ``‖u^T J_t‖₂``.
+* **Temperature**: ``u = ŷ = y/‖y‖`` held constant, so ``u^T J_t = ∂‖y‖/∂x_t``. Score ``‖ŷ^T J_t‖₂``.
+* **Fisher**: the top eigenvectors ``u_i`` (eigenvalues ``λ_i``) of the Fisher information of the
+  softmax with respect to ``y``, ``F = W_U (diag(p) - p p^T) W_U^T``.
+  Score ``tr(J_t^T F J_t) = Σ_i λ_i ‖u_i^T J_t‖²`` (exact when all eigenpairs are kept).
+
+The directions come from the model's own unembedding evaluated at ``y``: semantic directions are
+autograd gradients of the model's logits, so an unembedding bias never matters and an elementwise
+post-unembedding transform (Gemma's soft-cap, logit scaling) is honoured. The Fisher matrix uses
+``∂z/∂y = diag(s) W_U^T`` with ``s`` the derivative of that transform (1 when there is none).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from jaxtyping import Float, Int
+
+from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.errors import ScopeInputError
+
+TokenLike = Union[str, int]
+Target = Union[
+    None, TokenLike, tuple[TokenLike, TokenLike], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]
+]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Directions in ``y``-space for every selected (prompt, position) pair ``m``.
+
+    Scores are ``Σ_r weights[m, r] · ‖directions[m, r]^T J_t‖²``, square-rooted unless ``squared``.
+    """
+
+    directions: Float[torch.Tensor, "m r d_model"]
+    weights: Float[torch.Tensor, "m r"]
+    squared: bool
+    target: Int[torch.Tensor, "m k"] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ semantic
+@dataclass(frozen=True)
+class SemanticTarget:
+    """A parsed ``target`` argument (parsed before the forward pass, so errors come early)."""
+
+    kind: str  # "top1" | "token" | "contrast" | "direction" | "callable"
+    token_ids: tuple[int, ...] = ()
+    direction: torch.Tensor | None = None
+    function: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _token_id(adapter: ModelAdapter, token: TokenLike, argument: str) -> int:
+    if isinstance(token, bool):
+        raise ScopeInputError(f"{argument} must be a token string or id; got {token!r}.")
+    if isinstance(token, int):
+        if not 0 <= token < adapter.d_vocab:
+            raise ScopeInputError(f"{argument} id {token} is not in the vocabulary [0, {adapter.d_vocab - 1}].")
+        return token
+    if isinstance(token, str):
+        if not token:
+            raise ScopeInputError(f"{argument} is an empty string; give exactly one token.")
+        ids = adapter.tokenize_fragment(token)
+        if len(ids) != 1:
+            pieces = adapter.str_tokens(ids)
+            raise ScopeInputError(
+                f"{argument} {token!r} must be exactly one token, but it tokenises into {len(ids)}: "
+                f"{pieces} (ids {ids.tolist()}). Pick one of those tokens or pass a token id."
+            )
+        return int(ids[0])
+    raise ScopeInputError(f"{argument} must be a token string or id; got {type(token).__name__}.")
+
+
+def parse_semantic_target(adapter: ModelAdapter, target: Target) -> SemanticTarget:
+    if target is None:
+        return SemanticTarget(kind="top1")
+    if isinstance(target, (str, int)):
+        return SemanticTarget(kind="token", token_ids=(_token_id(adapter, target, "target"),))
+    if isinstance(target, tuple):
+        if len(target) != 2:
+            raise ScopeInputError(f"a contrast target must be a pair (a, b); got {len(target)} items.")
+        a = _token_id(adapter, target[0], "target[0]")
+        b = _token_id(adapter, target[1], "target[1]")
+        if a == b:
+            raise ScopeInputError(f"contrast target compares token {a} with itself; its direction is zero.")
+        return SemanticTarget(kind="contrast", token_ids=(a, b))
+    if isinstance(target, torch.Tensor):
+        if target.shape != (adapter.d_model,) or not target.is_floating_point():
+            raise ScopeInputError(
+                f"a direction target must be a float tensor of shape [d_model] = [{adapter.d_model}]; "
+                f"got {target.dtype} {tuple(target.shape)}."
+            )
+        if not torch.isfinite(target).all() or not target.any():
+            raise ScopeInputError("a direction target must be finite and non-zero.")
+        return SemanticTarget(kind="direction", direction=target.detach())
+    if callable(target):
+        return SemanticTarget(kind="callable", function=target)
+    raise ScopeInputError(
+        "target must be None, a token string or id, a pair (a, b), a [d_model] tensor or a callable; "
+        f"got {type(target).__name__}."
+    )
+
+
+def semantic_readout(
+    adapter: ModelAdapter,
+    y: Float[torch.Tensor, "m d_model"],
+    logits: Float[torch.Tensor, "m d_vocab"],
+    target: SemanticTarget,
+) -> Readout:
+    """``u = ∂(c · logits)/∂y`` through the model's own unembedding, ``c`` a one-hot or contrast."""
+    m = y.shape[0]
+    if target.kind == "direction":
+        direction = target.direction.to(y)
+        return Readout(direction.expand(m, 1, -1).clone(), torch.ones(m, 1), squared=False)
+    y_leaf = y.detach().requires_grad_(True)
+    if target.kind == "callable":
+        value = target.function(y_leaf)
+        if value.shape != (m,):
+            raise ScopeInputError(
+                f"a callable target must map y [{m}, d_model] to one scalar per row, shape [{m}]; "
+                f"got {tuple(value.shape)}."
+            )
+        (direction,) = torch.autograd.grad(value.sum(), y_leaf)
+        return Readout(direction[:, None, :], torch.ones(m, 1), squared=False)
+    if target.kind == "top1":
+        ids = logits.argmax(dim=-1, keepdim=True)
+        coefficients = torch.ones(m, 1)
+    elif target.kind == "token":
+        ids = torch.tensor([target.token_ids] * m)
+        coefficients = torch.ones(m, 1)
+    else:
+        ids = torch.tensor([target.token_ids] * m)
+        coefficients = torch.tensor([[1.0, -1.0]] * m)
+    model_logits = adapter.logits(y_leaf).float()
+    selected = model_logits.gather(-1, ids.to(model_logits.device))
+    (direction,) = torch.autograd.grad((selected * coefficients.to(selected)).sum(), y_leaf)
+    return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
+
+
+# ------------------------------------------------------------------------------------ temperature
+def temperature_readout(adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model"]) -> Readout:
+    """``u = y/‖y‖`` (a constant), so ``u^T J_t = ∂‖y‖/∂x_t``."""
+    if adapter.final_norm_has_no_gain() and getattr(adapter.cfg, "normalization_type", "LN") is not None:
+        warnings.warn(
+            "Temperature Scope on a model whose final norm has no gain (weights folded into W_U, "
+            "e.g. a HookedTransformer loaded with fold_ln=True or a bridge in compatibility mode): "
+            "‖y‖ is fixed by the normalisation, so every score is 0 up to rounding. Load the model "
+            "without folding (HookedTransformer.from_pretrained_no_processing, or a bridge without "
+            "compatibility mode) to see the confidence dynamics.",
+            stacklevel=4,
+        )
+    unit = y / y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+    return Readout(unit[:, None, :], torch.ones(y.shape[0], 1), squared=False)
+
+
+# ------------------------------------------------------------------------------------ fisher
+@dataclass(frozen=True)
+class FisherEigenpairs:
+    eigenvalues: Float[torch.Tensor, " r"]
+    eigenvectors: Float[torch.Tensor, "d_model r"]
+    trace: float  # tr(F), exact
+    dropped_mass: float  # probability mass of the vocabulary rows left out of F
+    dropped_trace: float  # tr(F - F_kept) >= ‖F - F_kept‖₂: bounds the error of the kept matrix
+
+
+def logit_transform_slope(
+    adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model"]
+) -> Float[torch.Tensor, "m d_vocab"] | None:
+    """Derivative of the model's elementwise post-unembedding transform (None when there is none)."""
+    if not adapter.has_logit_transform:
+        return None
+    pre = adapter.unembed_before_transform(y).detach().float().requires_grad_(True)
+    (slope,) = torch.autograd.grad(adapter.logit_transform(pre).sum(), pre)
+    return slope
+
+
+def fisher_eigenpairs(
+    W_U: Float[torch.Tensor, "d_model d_vocab"],
+    probabilities: Float[torch.Tensor, " d_vocab"],
+    rank: int,
+    tail_mass: float = 0.0,
+    slope: Float[torch.Tensor, " d_vocab"] | None = None,
+) -> FisherEigenpairs:
+    """Top ``rank`` eigenpairs of ``F = Σ_v p_v (g_v - μ)(g_v - μ)^T`` with ``g_v = s_v W_U[:, v]``.
+
+    ``F = G (diag(p) - p p^T) G^T`` is never built at ``d_vocab · d_model²`` cost from the whole
+    vocabulary when ``tail_mass > 0``: the least likely tokens, together holding at most
+    ``tail_mass`` of the probability, are left out of the sum (``μ = G p`` stays exact). What was
+    left out is reported as its probability mass and as ``tr(F - F_kept)``, which bounds the
+    spectral-norm error of the kept matrix.
+    """
+    # The d_vocab-sized products run in float32 (they dominate the cost); the d_model x d_model
+    # eigen-solve runs in float64.
+    p = probabilities.float()
+    G = W_U.float() if slope is None else W_U.float() * slope.float()[None, :]
+    mean = G @ p
+    # ‖g_v - μ‖² for every v, in d_vocab · d_model: gives tr(F) and the dropped part exactly.
+    centred_sq_norm = (G * G).sum(0) - 2.0 * (mean @ G) + mean @ mean
+    trace = float((p * centred_sq_norm).sum())
+    if tail_mass > 0:
+        order = torch.argsort(p, descending=True)
+        tail = torch.flip(torch.cumsum(torch.flip(p[order], [0]), 0), [0])  # mass from rank i on
+        n_keep = int((tail > tail_mass).sum())
+        keep = order[: max(n_keep, 1)]
+    else:
+        keep = torch.arange(p.shape[0], device=p.device)
+    kept_p = p[keep]
+    centred = (G[:, keep] - mean[:, None]) * kept_p.sqrt()[None, :]
+    fisher = (centred @ centred.T).double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(fisher)
+    top = torch.flip(torch.arange(fisher.shape[0] - rank, fisher.shape[0]), [0])
+    dropped_trace = trace - float((kept_p * centred_sq_norm[keep]).sum())
+    return FisherEigenpairs(
+        eigenvalues=eigenvalues[top].clamp_min(0.0).float(),
+        eigenvectors=eigenvectors[:, top].float(),
+        trace=trace,
+        dropped_mass=float(1.0 - kept_p.sum()),
+        dropped_trace=max(dropped_trace, 0.0),
+    )
+
+
+def fisher_readout(
+    adapter: ModelAdapter,
+    y: Float[torch.Tensor, "m d_model"],
+    logits: Float[torch.Tensor, "m d_vocab"],
+    rank: int,
+    tail_mass: float,
+) -> Readout:
+    """Fisher eigen-directions (weighted by their eigenvalues) for every selected pair."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    slopes = logit_transform_slope(adapter, y)
+    W_U = adapter.W_U.detach()
+    pairs = [
+        fisher_eigenpairs(W_U, probabilities[i], rank, tail_mass, None if slopes is None else slopes[i])
+        for i in range(y.shape[0])
+    ]
+    directions = torch.stack([pair.eigenvectors.T for pair in pairs]).to(y.dtype)
+    weights = torch.stack([pair.eigenvalues for pair in pairs]).float()
+    traces = torch.tensor([pair.trace for pair in pairs])
+    captured = weights.double().sum(-1) / traces.clamp_min(1e-300)
+    metadata = {
+        "rank": rank,
+        "exact": rank == adapter.d_model and tail_mass == 0,
+        "tail_mass": tail_mass,
+        "eigenvalues": weights,
+        "fisher_trace": traces.float(),
+        "captured_trace_fraction": captured.float(),
+        "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).float(),
+        "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).float(),
+    }
+    if not math.isfinite(float(traces.sum())):
+        raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
+    return Readout(directions.to(y.device), weights.to(y.device), squared=True, metadata=metadata)

@@ -1,0 +1,231 @@
+"""Semantic, Fisher and Temperature Scopes: thin, named specialisations of one engine.
+
+Each function answers one question about the prediction at ``position`` (default: the next
+token after the prompt), scoring every source token ``t`` through the Jacobian
+``J_t = ∂y/∂x_t`` of the final hidden state ``y`` with respect to the residual-stream input
+``x_t`` (Liu et al., *Jacobian Scopes*, arXiv 2601.16407):
+
+============  ====================================================  ===========================
+scope         score of token t                                      question
+============  ====================================================  ===========================
+Semantic      ``‖w^T J_t‖₂``, ``w = W_U[:, target]``                 how much does t move one logit
+                (``W_U[:, a] - W_U[:, b]`` for a contrast)            (or a logit difference)?
+Fisher        ``tr(J_t^T F J_t)``, ``F = W_U (diag p - p p^T) W_U^T``  how much does t move the whole
+                                                                    predictive distribution?
+Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                           how much does t move the
+                                                                    confidence ``‖y‖``?
+============  ====================================================  ===========================
+
+Numerics: ``y`` is the state fed to the unembedding. On a HookedTransformer loaded with the
+defaults (and a TransformerBridge in compatibility mode) the final LayerNorm weights are folded
+into ``W_U`` and ``W_U`` is centred; Fisher and contrast scores do not change, single-logit
+Semantic and Temperature scores do. ``result.metadata["numerics"]`` records which applied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
+from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.inputs import Inputs, Position, Positions, TokenBatch, prepare_tokens, resolve_positions
+from jscopes_tl.readouts import (
+    Target,
+    fisher_readout,
+    parse_semantic_target,
+    semantic_readout,
+    temperature_readout,
+)
+from jscopes_tl.result import Prediction, ScopeResult
+
+DEFAULT_FISHER_TAIL_MASS = 1e-6
+
+
+def _squeeze(tensor: torch.Tensor, batch: TokenBatch, positions: Positions) -> torch.Tensor:
+    """Drop the batch axis (0) for one prompt and the positions axis (1) for one position."""
+    if positions.single:
+        tensor = tensor.squeeze(1)
+    if batch.single:
+        tensor = tensor.squeeze(0)
+    return tensor
+
+
+def _per_pair_to_grid(values: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """Values computed for the valid (prompt, position) pairs, laid out as [batch, n_positions, ...]."""
+    grid = torch.zeros(*positions.valid.shape, *values.shape[1:], dtype=values.dtype)
+    grid[positions.valid] = values.cpu()
+    return grid
+
+
+def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
+    if token_ids.ndim == 1:
+        return adapter.str_tokens(token_ids)
+    return [_nested_str_tokens(adapter, row) for row in token_ids]
+
+
+def jacobian_scope(
+    model: Any,
+    inputs: Inputs,
+    build_readout: ReadoutBuilder,
+    *,
+    kind: str,
+    position: Position = -1,
+    layer: int = 0,
+    top_k: int = 5,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    return_gradients: bool = False,
+) -> ScopeResult:
+    """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
+
+    The named scopes below are this function with their readout; use it directly for a custom one.
+    """
+    adapter = ModelAdapter(model)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    batch = prepare_tokens(adapter, inputs)
+    positions = resolve_positions(position, batch)
+    output: EngineOutput = run_scope(
+        adapter,
+        batch,
+        positions,
+        build_readout,
+        layer=layer,
+        memory_budget_mb=memory_budget_mb,
+        return_gradients=return_gradients,
+    )
+
+    probabilities = torch.softmax(output.logits, dim=-1)
+    top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    top_ids = _squeeze(top_ids, batch, positions)
+    readout = output.readout
+    target = None if readout.target is None else _squeeze(_per_pair_to_grid(readout.target, positions), batch, positions)
+    metadata: dict[str, Any] = {
+        "layer": layer,
+        "numerics": adapter.numerics(output.perturbation_hook).as_dict(),
+    }
+    for key, value in readout.metadata.items():
+        is_per_pair = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == int(positions.valid.sum())
+        metadata[key] = _squeeze(_per_pair_to_grid(value, positions), batch, positions) if is_per_pair else value
+
+    real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
+    str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
+    return ScopeResult(
+        kind=kind,
+        scores=_squeeze(output.scores, batch, positions),
+        tokens=batch.tokens[0] if batch.single else batch.tokens,
+        str_tokens=str_tokens[0] if batch.single else str_tokens,
+        lengths=batch.lengths,
+        position=_squeeze(positions.index, batch, positions),
+        target=target,
+        prediction=Prediction(
+            token_ids=top_ids,
+            probabilities=_squeeze(top_probabilities, batch, positions),
+            str_tokens=_nested_str_tokens(adapter, top_ids),
+        ),
+        gradient_x_input=None if output.gradient_x_input is None else _squeeze(output.gradient_x_input, batch, positions),
+        gradients=None if output.gradients is None else _squeeze(output.gradients, batch, positions),
+        metadata=metadata,
+    )
+
+
+def semantic_scope(
+    model: Any,
+    inputs: Inputs,
+    *,
+    target: Target = None,
+    position: Position = -1,
+    layer: int = 0,
+    **options: Any,
+) -> ScopeResult:
+    """Semantic Scope: how strongly each token moves the logit of ``target`` at ``position``.
+
+    Score of token ``t``: ``‖w^T J_t‖₂`` with ``w = ∂logit_target/∂y`` (``= W_U[:, target]``).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        inputs: a prompt, a list of prompts (a right-padded batch) or token ids ``[pos]`` /
+            ``[batch, pos]`` used exactly as given.
+        target: ``None`` (the model's own top-1 prediction at each position), a token string
+            (exactly one token, e.g. ``" liberal"``) or id, a pair ``(a, b)`` scoring the logit
+            difference ``a - b``, a ``[d_model]`` direction tensor, or a callable mapping
+            ``y [m, d_model]`` to ``[m]`` scalars.
+        position: an int (negative counts from each prompt's end), a list of ints, or ``"all"``.
+        layer: perturb the residual stream entering this block (0: the embeddings).
+        **options: ``top_k``, ``memory_budget_mb``, ``return_gradients``.
+
+    Example:
+        >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
+        >>> result.top_tokens(3)
+    """
+    adapter = ModelAdapter(model)
+    parsed = parse_semantic_target(adapter, target)
+    return jacobian_scope(
+        model,
+        inputs,
+        lambda y, logits: semantic_readout(adapter, y, logits, parsed),
+        kind="semantic",
+        position=position,
+        layer=layer,
+        **options,
+    )
+
+
+def temperature_scope(
+    model: Any, inputs: Inputs, *, position: Position = -1, layer: int = 0, **options: Any
+) -> ScopeResult:
+    """Temperature Scope: how strongly each token moves the model's confidence ``‖y‖``.
+
+    Score of token ``t``: ``‖ŷ^T J_t‖₂ = ‖∂‖y‖/∂x_t‖₂`` with ``ŷ = y/‖y‖`` held constant. It
+    depends on whether the final norm's weights were folded into ``W_U`` (see module docs).
+
+    Example:
+        >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
+    """
+    adapter = ModelAdapter(model)
+    return jacobian_scope(
+        model, inputs, lambda y, logits: temperature_readout(adapter, y), kind="temperature", position=position, layer=layer, **options
+    )
+
+
+def fisher_scope(
+    model: Any,
+    inputs: Inputs,
+    *,
+    rank: int | None = 1,
+    position: Position = -1,
+    layer: int = 0,
+    tail_mass: float = DEFAULT_FISHER_TAIL_MASS,
+    **options: Any,
+) -> ScopeResult:
+    """Fisher Scope: how strongly each token moves the whole predictive distribution.
+
+    Score of token ``t``: ``tr(J_t^T F J_t) = Σ_i λ_i ‖u_i^T J_t‖²`` over the top ``rank``
+    eigenpairs of ``F = W_U (diag(p) - p p^T) W_U^T``. ``rank=None`` keeps all ``d_model``
+    (exact up to ``tail_mass``); the paper's default is 1. Tokens holding at most ``tail_mass``
+    of the probability together are left out of ``F``; ``metadata`` reports the dropped mass,
+    the bound ``tr(F - F_kept)`` on the error, and the fraction of ``tr(F)`` the rank captures.
+
+    Example:
+        >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
+    """
+    adapter = ModelAdapter(model)
+    if rank is None:
+        rank = adapter.d_model
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= adapter.d_model:
+        raise ScopeInputError(
+            f"rank must be an int in [1, d_model={adapter.d_model}] or None (exact); got {rank!r}."
+        )
+    if not isinstance(tail_mass, (int, float)) or not 0 <= tail_mass < 1:
+        raise ScopeInputError(f"tail_mass must be a probability in [0, 1); got {tail_mass!r}.")
+    return jacobian_scope(
+        model,
+        inputs,
+        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_mass)),
+        kind="fisher",
+        position=position,
+        layer=layer,
+        **options,
+    )

@@ -1,0 +1,130 @@
+"""Every scope equals the same quantity computed from the full Jacobian J_t = ∂y/∂x_t
+(torch.autograd.functional.jacobian), the unembedding read off model.W_U and the probabilities
+of a plain forward pass — on every model family the installed TransformerLens has."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jscopes_tl import fisher_scope, semantic_scope, temperature_scope
+from jscopes_tl.adapter import ModelAdapter
+
+from conftest import PROMPT, brute_force_jacobians, residual_input
+
+RTOL = 1e-4
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    expected = expected.float()
+    scale = expected.abs().max()
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= RTOL * scale, (actual, expected)
+
+
+def setup(model, position=-1, layer=0):
+    adapter = ModelAdapter(model)
+    tokens = adapter.tokenize(PROMPT)
+    absolute = position % len(tokens)
+    jacobians, y = brute_force_jacobians(model, tokens, absolute, layer)
+    logits = model(tokens[None])[0, absolute].detach().double()
+    return tokens, absolute, jacobians, y, logits, model.W_U.detach().double()
+
+
+def brute_fisher(W_U, logits):
+    p = torch.softmax(logits, -1)
+    return W_U @ (torch.diag(p) - torch.outer(p, p)) @ W_U.T
+
+
+def test_semantic_top1_equals_brute_force_norm(model):
+    tokens, position, J, y, logits, W_U = setup(model)
+    w = W_U[:, logits.argmax()]
+    expected = torch.einsum("d,tde->te", w, J).norm(dim=-1)
+    result = semantic_scope(model, PROMPT)
+    assert int(result.target) == int(logits.argmax())
+    assert_close(result.scores, expected)
+
+
+def test_semantic_token_string_equals_brute_force_norm_of_its_unembedding_column(model):
+    tokens, position, J, y, logits, W_U = setup(model, position=-2)
+    target_id = model.tokenizer.convert_tokens_to_ids("Ġfo")  # the one token " fo"
+    expected = torch.einsum("d,tde->te", W_U[:, target_id], J).norm(dim=-1)
+    result = semantic_scope(model, PROMPT, target=" fo", position=-2)
+    assert int(result.target) == target_id
+    assert_close(result.scores, expected)
+
+
+def test_semantic_token_id_equals_token_string(model):
+    by_string = semantic_scope(model, PROMPT, target=" fo")
+    by_id = semantic_scope(model, PROMPT, target=model.tokenizer.convert_tokens_to_ids("Ġfo"))
+    assert torch.equal(by_string.scores, by_id.scores)
+
+
+def test_semantic_contrast_equals_norm_of_logit_difference_direction(model):
+    tokens, position, J, y, logits, W_U = setup(model)
+    a, b = 11, 42
+    expected = torch.einsum("d,tde->te", W_U[:, a] - W_U[:, b], J).norm(dim=-1)
+    result = semantic_scope(model, PROMPT, target=(a, b))
+    assert result.target.tolist() == [a, b]
+    assert_close(result.scores, expected)
+
+
+def test_semantic_gradient_x_input_is_signed_dot_with_residual_input(model):
+    tokens, position, J, y, logits, W_U = setup(model)
+    x = residual_input(model, tokens).double()
+    gradient = torch.einsum("d,tde->te", W_U[:, logits.argmax()], J)
+    result = semantic_scope(model, PROMPT, return_gradients=True)
+    assert_close(result.gradients, gradient)
+    assert_close(result.gradient_x_input, (gradient * x).sum(-1))
+
+
+def test_temperature_equals_norm_of_unit_hidden_state_readout(model_with_final_norm_gain):
+    model = model_with_final_norm_gain
+    tokens, position, J, y, logits, W_U = setup(model)
+    expected = torch.einsum("d,tde->te", y / y.norm(), J).norm(dim=-1)
+    assert_close(temperature_scope(model, PROMPT).scores, expected)
+
+
+def test_temperature_on_folded_final_norm_warns_and_vanishes(folded_model):
+    with pytest.warns(UserWarning, match="final norm has no gain"):
+        temperature = temperature_scope(folded_model, PROMPT).scores
+    semantic = semantic_scope(folded_model, PROMPT).scores
+    assert ModelAdapter(folded_model).numerics("").final_norm_folded_into_unembed
+    assert temperature.max() <= 1e-4 * semantic.max()
+
+
+def test_fisher_exact_equals_brute_force_trace(model):
+    tokens, position, J, y, logits, W_U = setup(model)
+    F = brute_fisher(W_U, logits)
+    expected = torch.einsum("tdi,de,tei->t", J, F, J)
+    result = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0)
+    assert result.metadata["exact"]
+    assert_close(result.scores, expected)
+
+
+def test_fisher_rank_d_model_equals_exact(model):
+    d_model = ModelAdapter(model).d_model
+    exact = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0).scores
+    assert torch.allclose(fisher_scope(model, PROMPT, rank=d_model, tail_mass=0.0).scores, exact)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_fisher_rank_k_equals_brute_force_top_k_sum(model, rank):
+    tokens, position, J, y, logits, W_U = setup(model)
+    eigenvalues, eigenvectors = torch.linalg.eigh(brute_fisher(W_U, logits))
+    top_values, top_vectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
+    projected = torch.einsum("dk,tde->tke", top_vectors, J)
+    expected = (top_values[None, :] * projected.pow(2).sum(-1)).sum(-1)
+    result = fisher_scope(model, PROMPT, rank=rank, tail_mass=0.0)
+    assert_close(result.scores, expected)
+    assert torch.allclose(result.metadata["eigenvalues"].double(), top_values.flip(0), rtol=1e-4)
+    captured = top_values.sum() / eigenvalues.sum()
+    assert abs(float(result.metadata["captured_trace_fraction"]) - float(captured)) < 1e-4
+
+
+def test_scope_at_later_layer_equals_jacobian_of_that_layer_input(model):
+    tokens, position, J, y, logits, W_U = setup(model, layer=1)
+    expected = torch.einsum("d,tde->te", W_U[:, logits.argmax()], J).norm(dim=-1)
+    result = semantic_scope(model, PROMPT, layer=1)
+    assert result.metadata["numerics"]["perturbation_hook"] == ModelAdapter(model).resid_pre_hook(1)
+    assert_close(result.scores, expected)
