@@ -35,7 +35,8 @@ TOY_CORPUS = (
 
 BOS_TOKEN = "<|endoftext|>"
 
-Architecture = Literal["gpt2", "llama"]
+Architecture = Literal["gpt2", "llama", "gemma2"]
+ARCHITECTURES = ("gpt2", "llama", "gemma2")  # gemma2: logit soft-capping at 10
 Family = Literal["bridge", "hooked"]
 
 
@@ -83,9 +84,16 @@ def _hf_config(architecture: Architecture, vocab_size: int, d_model: int, n_laye
             vocab_size=vocab_size, hidden_size=d_model, intermediate_size=2 * d_model,
             num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads // 2,
             max_position_embeddings=1024, initializer_range=init_scale, tie_word_embeddings=False,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            bos_token_id=0, eos_token_id=0, pad_token_id=None,  # a padding_idx would zero the BOS embedding
         )
-    raise ValueError(f"architecture must be 'gpt2' or 'llama'; got {architecture!r}.")
+    if architecture == "gemma2":
+        return transformers.Gemma2Config(
+            vocab_size=vocab_size, hidden_size=d_model, intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads // 2,
+            head_dim=d_model // n_heads, max_position_embeddings=1024, initializer_range=init_scale,
+            final_logit_softcapping=10.0, bos_token_id=0, eos_token_id=0, pad_token_id=None,
+        )
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}.")
 
 
 def _hooked_config(architecture: Architecture, vocab_size: int, d_model: int, n_layers: int, n_heads: int, init_scale: float) -> dict[str, Any]:
@@ -100,7 +108,12 @@ def _hooked_config(architecture: Architecture, vocab_size: int, d_model: int, n_
             common, d_mlp=2 * d_model, act_fn="silu", normalization_type="RMS",
             positional_embedding_type="rotary", gated_mlp=True, n_key_value_heads=n_heads // 2,
         )
-    raise ValueError(f"architecture must be 'gpt2' or 'llama'; got {architecture!r}.")
+    if architecture == "gemma2":
+        # Not a full Gemma 2 block; the Llama-style block with Gemma 2's logit soft-capping,
+        # which is what a scope's readout has to honour.
+        llama = _hooked_config("llama", vocab_size, d_model, n_layers, n_heads, init_scale)
+        return dict(llama, output_logits_soft_cap=10.0)
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}.")
 
 
 def _randomise_norm_weights(model: torch.nn.Module, seed: int) -> None:

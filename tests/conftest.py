@@ -31,12 +31,14 @@ if hooked_transformer_available():
         ("hooked-gpt2", dict(architecture="gpt2", family="hooked")),
         ("hooked-llama", dict(architecture="llama", family="hooked")),
         ("hooked-gpt2-folded", dict(architecture="gpt2", family="hooked", folded=True)),
+        ("hooked-softcap", dict(architecture="gemma2", family="hooked")),
     ]
 if _bridge_available():
     MODEL_SPECS += [
         ("bridge-gpt2", dict(architecture="gpt2", family="bridge")),
         ("bridge-llama", dict(architecture="llama", family="bridge")),
         ("bridge-gpt2-compat", dict(architecture="gpt2", family="bridge", compatibility_mode=True)),
+        ("bridge-gemma2-softcap", dict(architecture="gemma2", family="bridge")),
     ]
 
 _CACHE: dict[str, Any] = {}
@@ -49,6 +51,9 @@ def build(name: str) -> Any:
         model = toy_model(spec.pop("architecture"), init_scale=0.3, seed=0, **spec)
         if folded:  # what HookedTransformer.from_pretrained does by default
             model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+        # TransformerBridge wires some internal capture hooks lazily on its first forward pass;
+        # run one so that hook fingerprints compare the scopes' effect, not the bridge's warm-up.
+        model(torch.tensor([[0, 1]]))
         _CACHE[name] = model
     return _CACHE[name]
 
@@ -57,8 +62,17 @@ def _is_folded(name: str) -> bool:
     return "folded" in name or "compat" in name
 
 
+def _is_softcapped(name: str) -> bool:
+    return "softcap" in name
+
+
 @pytest.fixture(params=[name for name, _ in MODEL_SPECS])
 def model(request: pytest.FixtureRequest) -> Any:
+    return build(request.param)
+
+
+@pytest.fixture(params=[name for name, _ in MODEL_SPECS if _is_softcapped(name)])
+def softcapped_model(request: pytest.FixtureRequest) -> Any:
     return build(request.param)
 
 

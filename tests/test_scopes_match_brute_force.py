@@ -22,13 +22,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert (actual - expected).abs().max() <= RTOL * scale, (actual, expected)
 
 
+def effective_unembedding(model, y):
+    """∂logits/∂y as a [d_model, d_vocab] matrix: W_U, with each column scaled by the slope of
+    the logit soft-cap ``cap · tanh(z / cap)`` where the model has one."""
+    W_U = model.W_U.detach().double()
+    cap = getattr(model.cfg, "output_logits_soft_cap", None) or 0
+    if cap <= 0:
+        return W_U
+    pre = y @ W_U + model.b_U.detach().double()
+    return W_U * (1 - torch.tanh(pre / cap) ** 2)[None, :]
+
+
 def setup(model, position=-1, layer=0):
     adapter = ModelAdapter(model)
     tokens = adapter.tokenize(PROMPT)
     absolute = position % len(tokens)
     jacobians, y = brute_force_jacobians(model, tokens, absolute, layer)
     logits = model(tokens[None])[0, absolute].detach().double()
-    return tokens, absolute, jacobians, y, logits, model.W_U.detach().double()
+    return tokens, absolute, jacobians, y, logits, effective_unembedding(model, y)
 
 
 def brute_fisher(W_U, logits):

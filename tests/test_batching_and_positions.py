@@ -1,0 +1,120 @@
+"""Batches, positions and shapes: a batch is the same as its prompts alone, "all" is the same as
+a loop over positions, and causality makes every score after the prediction position zero."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jscopes_tl import fisher_scope, semantic_scope, temperature_scope
+from jscopes_tl.adapter import ModelAdapter
+
+PROMPTS = ["Tom loves Korean food. He is a", "The cat sat", "German: Dies ist ein Aufsatz."]
+SCOPES = {
+    "semantic": lambda model, inputs, **kw: semantic_scope(model, inputs, **kw),
+    "contrast": lambda model, inputs, **kw: semantic_scope(model, inputs, target=(3, 9), **kw),
+    "temperature": lambda model, inputs, **kw: temperature_scope(model, inputs, **kw),
+    "fisher": lambda model, inputs, **kw: fisher_scope(model, inputs, rank=2, tail_mass=0.0, **kw),
+}
+
+
+@pytest.fixture(params=list(SCOPES))
+def scope(request):
+    return SCOPES[request.param]
+
+
+def test_padded_batch_equals_each_prompt_alone(model_with_final_norm_gain, scope):
+    model = model_with_final_norm_gain
+    batched = scope(model, PROMPTS)
+    assert batched.scores.shape == (len(PROMPTS), int(batched.lengths.max()))
+    for row, prompt in enumerate(PROMPTS):
+        alone = scope(model, prompt)
+        length = len(alone.scores)
+        assert int(batched.lengths[row]) == length
+        torch.testing.assert_close(batched.scores[row, :length], alone.scores, rtol=1e-4, atol=1e-6 * float(alone.scores.max()))
+        assert torch.all(batched.scores[row, length:] == 0)
+        assert int(batched.position[row]) == int(alone.position) == length - 1
+        assert batched.prediction.token_ids[row].tolist() == alone.prediction.token_ids.tolist()
+
+
+def test_position_all_equals_loop_over_positions(model_with_final_norm_gain, scope):
+    model = model_with_final_norm_gain
+    prompt = PROMPTS[0]
+    matrix = scope(model, prompt, position="all")
+    n = matrix.scores.shape[-1]
+    assert matrix.scores.shape == (n, n)
+    for position in range(n):
+        row = scope(model, prompt, position=position).scores
+        torch.testing.assert_close(matrix.scores[position], row, rtol=1e-4, atol=1e-6 * float(row.max()))
+
+
+def test_scores_after_the_prediction_position_are_exactly_zero(model, scope):
+    matrix = scope(model, PROMPTS[0], position="all").scores
+    n = matrix.shape[-1]
+    strictly_after = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    assert torch.all(matrix[strictly_after] == 0)
+    assert torch.all(matrix.diagonal() > 0)
+
+
+def test_batch_with_position_all_pads_rows_and_columns_with_zeros(model_with_final_norm_gain):
+    result = semantic_scope(model_with_final_norm_gain, PROMPTS, position="all")
+    width = int(result.lengths.max())
+    assert result.scores.shape == (len(PROMPTS), width, width)
+    short = int(result.lengths[1])
+    assert torch.all(result.scores[1, short:] == 0)
+    assert torch.all(result.scores[1, :, short:] == 0)
+    alone = semantic_scope(model_with_final_norm_gain, PROMPTS[1], position="all").scores
+    torch.testing.assert_close(result.scores[1, :short, :short], alone, rtol=1e-4, atol=1e-7)
+
+
+def test_list_of_positions_counts_from_each_prompts_own_end(any_model):
+    result = semantic_scope(any_model, PROMPTS, position=[-1, 1])
+    lengths = result.lengths
+    assert result.scores.shape == (len(PROMPTS), 2, int(lengths.max()))
+    assert result.position[:, 0].tolist() == (lengths - 1).tolist()
+    assert result.position[:, 1].tolist() == [1] * len(PROMPTS)
+    single = semantic_scope(any_model, PROMPTS[0], position=[-1, 1])
+    assert single.scores.shape == (2, int(lengths[0]))
+
+
+def test_token_tensor_is_used_exactly_as_given(any_model):
+    adapter = ModelAdapter(any_model)
+    tokens = adapter.tokenize_fragment("The cat sat")  # no BOS
+    result = semantic_scope(any_model, tokens)
+    assert result.tokens.tolist() == tokens.tolist()
+    assert result.scores.shape == tokens.shape
+    batch = semantic_scope(any_model, torch.stack([tokens, tokens.flip(0)]))
+    assert batch.scores.shape == (2, len(tokens))
+    torch.testing.assert_close(batch.scores[0], result.scores, rtol=1e-4, atol=1e-7)
+
+
+def test_string_prompt_gets_the_models_bos(any_model):
+    result = semantic_scope(any_model, "The cat sat")
+    assert result.tokens[0] == any_model.tokenizer.bos_token_id
+    assert result.str_tokens[0] == any_model.tokenizer.bos_token
+    assert len(result.str_tokens) == len(result.tokens)
+
+
+def test_prediction_reports_top_k_probabilities(any_model):
+    result = semantic_scope(any_model, PROMPTS[0], top_k=3)
+    logits = any_model(result.tokens[None])[0, -1].detach()
+    probabilities, ids = torch.softmax(logits, -1).topk(3)
+    assert result.prediction.token_ids.tolist() == ids.tolist()
+    torch.testing.assert_close(result.prediction.probabilities, probabilities, rtol=1e-4, atol=1e-6)
+    assert len(result.prediction.str_tokens) == 3
+
+
+def test_small_memory_budget_chunks_without_changing_scores(any_model):
+    reference = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0)
+    chunked = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0, memory_budget_mb=0.01)
+    torch.testing.assert_close(chunked.scores, reference.scores, rtol=1e-4, atol=1e-7)
+
+
+def test_fisher_reports_its_approximation(any_model):
+    result = fisher_scope(any_model, PROMPTS[0], rank=2)
+    metadata = result.metadata
+    assert metadata["rank"] == 2 and metadata["exact"] is False
+    assert metadata["eigenvalues"].shape == (2,)
+    assert 0 < float(metadata["captured_trace_fraction"]) <= 1
+    assert 0 <= float(metadata["dropped_probability_mass"]) <= metadata["tail_mass"]
+    assert float(metadata["dropped_trace_bound"]) >= 0

@@ -1,0 +1,146 @@
+"""Bad input fails early with a message naming the argument, and no call, failed or not, leaves
+hooks, requires_grad flags or train/eval modes changed on the user's model."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from jscopes_tl import (
+    NonFiniteLogitsError,
+    ScopeInputError,
+    UnsupportedModelError,
+    fisher_scope,
+    semantic_scope,
+    temperature_scope,
+)
+from jscopes_tl.adapter import ModelAdapter
+
+from conftest import PROMPT, hook_fingerprint
+
+
+@contextlib.contextmanager
+def unusual_user_state(model):
+    """Train mode and a mix of requires_grad flags, as a user mid-experiment might leave them."""
+    parameters = list(model.parameters())
+    flags = [p.requires_grad for p in parameters]
+    was_training = model.training
+    try:
+        model.train()
+        for index, parameter in enumerate(parameters):
+            parameter.requires_grad_(index % 2 == 0)
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+BAD_CALLS = {
+    "empty prompt": (lambda m: semantic_scope(m, ""), ScopeInputError, "empty"),
+    "empty prompt in batch": (lambda m: semantic_scope(m, ["a", ""]), ScopeInputError, r"inputs\[1\]"),
+    "empty list": (lambda m: semantic_scope(m, []), ScopeInputError, "inputs must be"),
+    "float tensor": (lambda m: semantic_scope(m, torch.zeros(3)), ScopeInputError, "integer token ids"),
+    "3-d tensor": (lambda m: semantic_scope(m, torch.zeros(1, 2, 3, dtype=torch.long)), ScopeInputError, r"\[batch, pos\]"),
+    "token id out of vocab": (lambda m: semantic_scope(m, torch.tensor([1, 10**6])), ScopeInputError, "outside"),
+    "position too large": (lambda m: semantic_scope(m, PROMPT, position=99), ScopeInputError, "position 99 is out of range"),
+    "position too negative": (lambda m: semantic_scope(m, PROMPT, position=-99), ScopeInputError, "out of range"),
+    "position in list out of range": (lambda m: semantic_scope(m, ["a b c d e f", "a"], position=[0, 3]), ScopeInputError, "prompt 1"),
+    "position word": (lambda m: semantic_scope(m, PROMPT, position="last"), ScopeInputError, "'all'"),
+    "position float": (lambda m: semantic_scope(m, PROMPT, position=1.5), ScopeInputError, "position must be"),
+    "multi-token target": (lambda m: semantic_scope(m, PROMPT, target=" liberal"), ScopeInputError, "tokenises into 4"),
+    "unknown target id": (lambda m: semantic_scope(m, PROMPT, target=10**6), ScopeInputError, "not in the vocabulary"),
+    "negative target id": (lambda m: semantic_scope(m, PROMPT, target=-1), ScopeInputError, "not in the vocabulary"),
+    "contrast of one token": (lambda m: semantic_scope(m, PROMPT, target=(5, 5)), ScopeInputError, "itself"),
+    "contrast triple": (lambda m: semantic_scope(m, PROMPT, target=(1, 2, 3)), ScopeInputError, "pair"),
+    "direction of wrong size": (lambda m: semantic_scope(m, PROMPT, target=torch.ones(7)), ScopeInputError, r"\[d_model\]"),
+    "callable of wrong shape": (lambda m: semantic_scope(m, PROMPT, target=lambda y: y), ScopeInputError, "one scalar per row"),
+    "rank zero": (lambda m: fisher_scope(m, PROMPT, rank=0), ScopeInputError, "rank must be"),
+    "rank above d_model": (lambda m: fisher_scope(m, PROMPT, rank=10**4), ScopeInputError, "rank must be"),
+    "tail mass one": (lambda m: fisher_scope(m, PROMPT, tail_mass=1.0), ScopeInputError, "tail_mass"),
+    "layer out of range": (lambda m: temperature_scope(m, PROMPT, layer=50), ScopeInputError, "layer must be"),
+    "top_k zero": (lambda m: semantic_scope(m, PROMPT, top_k=0), ScopeInputError, "top_k"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_input_raises_a_clear_error_and_leaves_model_unchanged(model, case):
+    call, error, message = BAD_CALLS[case]
+    with unusual_user_state(model):
+        before = hook_fingerprint(model)
+        with pytest.raises(error, match=message):
+            call(model)
+        assert hook_fingerprint(model) == before
+
+
+def test_successful_scopes_leave_model_unchanged(model):
+    with unusual_user_state(model):
+        before = hook_fingerprint(model)
+        semantic_scope(model, [PROMPT, "The cat"], position="all")
+        fisher_scope(model, PROMPT, rank=2)
+        assert hook_fingerprint(model) == before
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_nan_logits_raise_and_leave_model_unchanged(model):
+    W_U = model.W_U
+    saved = W_U.detach().clone()
+    before = hook_fingerprint(model)
+    try:
+        with torch.no_grad():
+            W_U[:, 5] = float("nan")
+        with pytest.raises(NonFiniteLogitsError, match="NaN or infinite for prompt 0"):
+            semantic_scope(model, PROMPT)
+    finally:
+        with torch.no_grad():
+            W_U.copy_(saved)
+    assert hook_fingerprint(model) == before
+
+
+def test_error_inside_a_user_callable_leaves_model_unchanged(model):
+    def broken(y):
+        raise KeyError("user bug")
+
+    with unusual_user_state(model):
+        before = hook_fingerprint(model)
+        with pytest.raises(KeyError, match="user bug"):
+            semantic_scope(model, PROMPT, target=broken)
+        assert hook_fingerprint(model) == before
+
+
+def test_inference_mode_is_refused(any_model):
+    before = hook_fingerprint(any_model)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        semantic_scope(any_model, PROMPT)
+    assert hook_fingerprint(any_model) == before
+
+
+def test_no_grad_context_still_works(any_model):
+    expected = semantic_scope(any_model, PROMPT).scores
+    with torch.no_grad():
+        assert torch.equal(semantic_scope(any_model, PROMPT).scores, expected)
+
+
+def test_plain_torch_module_is_not_a_transformer_lens_model():
+    with pytest.raises(UnsupportedModelError, match="HookedTransformer or TransformerBridge"):
+        semantic_scope(torch.nn.Linear(3, 3), PROMPT)
+
+
+def test_remote_bridge_is_refused_for_having_no_gradients():
+    RemoteBridge = type("RemoteBridge", (), {"hook_dict": {}, "cfg": None})
+    with pytest.raises(UnsupportedModelError, match="RemoteBridge.*gradients"):
+        semantic_scope(RemoteBridge(), PROMPT)
+
+
+def test_model_without_tokenizer_accepts_token_ids_but_not_text(any_model):
+    tokenizer = any_model.tokenizer
+    try:
+        any_model.tokenizer = None
+        assert semantic_scope(any_model, torch.tensor([1, 2, 3])).scores.shape == (3,)
+        with pytest.raises(ScopeInputError, match="no tokenizer"):
+            semantic_scope(any_model, PROMPT)
+    finally:
+        any_model.tokenizer = tokenizer
+    assert ModelAdapter(any_model).tokenizer is tokenizer

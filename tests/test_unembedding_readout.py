@@ -1,0 +1,90 @@
+"""Readout directions come from the model's own unembedding: the adapter reproduces the model's
+logits from the captured hidden state, and logit soft-capping (Gemma 2) changes the directions
+exactly as the derivative of ``cap · tanh(z / cap)`` says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jscopes_tl import fisher_scope, semantic_scope
+from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
+
+from conftest import PROMPT, brute_force_jacobians
+
+
+def captured_final_hidden(model, tokens):
+    adapter = ModelAdapter(model)
+    store = {}
+
+    def capture(activation, hook):
+        store["final"] = activation
+
+    with model.hooks(fwd_hooks=[(adapter.final_hidden_hook, capture)]):
+        logits = model(tokens[None])
+    return adapter.final_hidden(store["final"])[0].detach(), logits[0].detach()
+
+
+def test_adapter_logits_reproduce_the_models_forward(model):
+    adapter = ModelAdapter(model)
+    y, logits = captured_final_hidden(model, adapter.tokenize(PROMPT))
+    torch.testing.assert_close(adapter.logits(y), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_unembedding_jacobian_is_slope_times_W_U(model):
+    adapter = ModelAdapter(model)
+    y, _ = captured_final_hidden(model, adapter.tokenize(PROMPT))
+    jacobian = torch.autograd.functional.jacobian(adapter.logits, y[-1])  # [d_vocab, d_model]
+    cap = getattr(model.cfg, "output_logits_soft_cap", None) or 0
+    pre = y[-1] @ model.W_U.detach() + model.b_U.detach()
+    slope = 1 - torch.tanh(pre / cap) ** 2 if cap > 0 else torch.ones_like(pre)
+    torch.testing.assert_close(jacobian, slope[:, None] * model.W_U.detach().T, rtol=1e-4, atol=1e-6)
+
+
+def _softcap_slope(model, y):
+    cap = float(model.cfg.output_logits_soft_cap)
+    pre = y.float() @ model.W_U.detach() + model.b_U.detach()
+    return (1 - torch.tanh(pre / cap) ** 2).double()
+
+
+def test_semantic_scope_honours_logit_softcap(softcapped_model):
+    model = softcapped_model
+    tokens = ModelAdapter(model).tokenize(PROMPT)
+    J, y = brute_force_jacobians(model, tokens, len(tokens) - 1)
+    slope = _softcap_slope(model, y)
+    target = int(slope.argmin())  # the most saturated logit: where the cap matters most
+    w = slope[target] * model.W_U.detach().double()[:, target]
+    expected = torch.einsum("d,tde->te", w, J).norm(dim=-1)
+    actual = semantic_scope(model, PROMPT, target=target).scores
+    assert (actual - expected).abs().max() <= 1e-4 * expected.max()
+    assert float(slope[target]) < 0.9  # the cap is active, so the test can tell the difference
+
+
+def test_fisher_scope_honours_logit_softcap(softcapped_model):
+    model = softcapped_model
+    tokens = ModelAdapter(model).tokenize(PROMPT)
+    J, y = brute_force_jacobians(model, tokens, len(tokens) - 1)
+    slope = _softcap_slope(model, y)
+    logit_jacobian = slope[:, None] * model.W_U.detach().double().T  # [d_vocab, d_model]
+    p = torch.softmax(model(tokens[None])[0, -1].detach().double(), -1)
+    F = logit_jacobian.T @ (torch.diag(p) - torch.outer(p, p)) @ logit_jacobian
+    expected = torch.einsum("tdi,de,tei->t", J, F, J)
+    actual = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0).scores
+    assert (actual - expected).abs().max() <= 1e-4 * expected.max()
+
+
+@pytest.mark.skipif(not hooked_transformer_available(), reason="only HookedTransformer stores b_U as its own parameter")
+def test_unembedding_bias_never_changes_a_fixed_target_score():
+    from conftest import build
+
+    model = build("hooked-gpt2")
+    before = semantic_scope(model, PROMPT, target=(4, 9)).scores
+    saved = model.b_U.detach().clone()
+    try:
+        with torch.no_grad():
+            model.b_U.copy_(torch.randn_like(saved) * 5)
+        after = semantic_scope(model, PROMPT, target=(4, 9)).scores
+    finally:
+        with torch.no_grad():
+            model.b_U.copy_(saved)
+    torch.testing.assert_close(after, before)
