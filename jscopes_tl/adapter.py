@@ -76,7 +76,7 @@ class Numerics:
     compatibility_mode: bool | None
     final_norm_folded_into_unembed: bool
     unembed_centred: bool
-    perturbation_hook: str
+    perturbation_hook: str | list[str]
     readout_hook: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -134,9 +134,16 @@ class ModelAdapter:
         )
 
     def resid_pre_hook(self, layer: int) -> str:
-        """Hook on the residual stream entering block ``layer`` (token + positional embedding at 0)."""
-        if not 0 <= layer < self.n_layers:
-            raise ScopeInputError(f"layer must be in [0, {self.n_layers - 1}]; got {layer}.")
+        """Hook on the residual stream entering block ``layer``: the token + positional embedding
+        at 0, and the final residual stream (the last block's output) at ``n_layers``."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= self.n_layers:
+            raise ScopeInputError(
+                f"layer must be an int in [0, {self.n_layers}] ({self.n_layers} is the final residual "
+                f"stream); got {layer!r}."
+            )
+        if layer == self.n_layers:
+            last = self.n_layers - 1
+            return self._resolve_hook([f"blocks.{last}.hook_resid_post", f"blocks.{last}.hook_out"])
         return self._resolve_hook([f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_in"])
 
     @property
@@ -273,7 +280,7 @@ class ModelAdapter:
                     return False
         return True
 
-    def numerics(self, perturbation_hook: str) -> Numerics:
+    def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
         with torch.no_grad():
             column_mean = self.W_U.float().mean(dim=-1)
             centred = bool(column_mean.abs().max() <= 1e-5 * (self.W_U.float().abs().max() + 1e-12))

@@ -23,7 +23,7 @@ Mechanics that keep this exact and cheap:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +46,14 @@ class _StopForward(Exception):
 
 @dataclass
 class EngineOutput:
-    """Scores in batch form: ``[batch, n_positions, pos]`` (the result object squeezes axes)."""
+    """Scores in full form, ``[batch, n_positions, n_layers, pos]`` (the result squeezes axes)."""
 
-    scores: Float[torch.Tensor, "batch n_positions pos"]
-    gradient_x_input: Float[torch.Tensor, "batch n_positions pos"] | None
-    gradients: Float[torch.Tensor, "batch n_positions pos d_model"] | None
+    scores: Float[torch.Tensor, "batch n_positions n_layers pos"]
+    gradient_x_input: Float[torch.Tensor, "batch n_positions n_layers pos"] | None
+    gradients: Float[torch.Tensor, "batch n_positions n_layers pos d_model"] | None
     logits: Float[torch.Tensor, "batch n_positions d_vocab"]
     readout: Readout
-    perturbation_hook: str
+    perturbation_hooks: list[str]
 
 
 def _chunk_size(batch: TokenBatch, adapter: ModelAdapter, memory_budget_mb: float) -> int:
@@ -83,37 +83,50 @@ def run_scope(
     positions: Positions,
     build_readout: ReadoutBuilder,
     *,
-    layer: int = 0,
+    layers: Sequence[int] = (0,),
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
 ) -> EngineOutput:
-    """Forward once with a zero perturbation, read the directions, and backpropagate them."""
-    perturbation_hook = adapter.resid_pre_hook(layer)
+    """Forward once with zero perturbations, read the directions, and backpropagate them.
+
+    ``layers`` lists where the residual stream is perturbed (``n_layers`` is the final residual
+    stream). Each perturbation is a separate zero leaf, so a single forward and a single batched
+    backward give ``u^T ∂y/∂resid_L`` for every listed layer at once.
+    """
+    perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
     tokens = batch.tokens.to(adapter.device)
     n_prompts, width = tokens.shape
+    n_layers = len(perturbation_hooks)
     captured: dict[str, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
 
     with adapter.prepared_for_scopes():
         delta = torch.zeros(
-            n_prompts, width, adapter.d_model, dtype=adapter.dtype, device=adapter.device, requires_grad=True
+            n_layers, n_prompts, width, adapter.d_model, dtype=adapter.dtype, device=adapter.device, requires_grad=True
         )
 
-        def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            captured["input"] = activation.detach()
-            return activation + delta.to(activation.dtype)
+        def perturbation(index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+            def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+                inputs[index] = activation.detach()
+                return activation + delta[index].to(activation.dtype)
+
+            return add_perturbation
 
         def capture_final_hidden(activation: torch.Tensor, hook: Any) -> None:
             captured["final"] = activation
             raise _StopForward
 
-        with adapter.hooks([(perturbation_hook, add_perturbation), (adapter.final_hidden_hook, capture_final_hidden)]):
+        # Perturbations first: where one shares the capture's hook point (the final residual of
+        # a HookedTransformer), hooks run in the order added and the capture must see δ.
+        hooks = [(name, perturbation(i)) for i, name in enumerate(perturbation_hooks)]
+        with adapter.hooks(hooks + [(adapter.final_hidden_hook, capture_final_hidden)]):
             try:
                 adapter.forward(tokens)
             except _StopForward:
                 pass
-        if "final" not in captured or "input" not in captured:
+        if "final" not in captured or len(inputs) != n_layers:
             raise RuntimeError(
-                f"the forward pass never reached {perturbation_hook!r} and {adapter.final_hidden_hook!r}; "
+                f"the forward pass never reached {perturbation_hooks} and {adapter.final_hidden_hook!r}; "
                 "this model's hook layout is not supported."
             )
 
@@ -132,14 +145,17 @@ def run_scope(
         readout = build_readout(y.detach(), logits)
 
         n_slots, n_directions = positions.n_positions, readout.directions.shape[1]
-        squared_norms = torch.zeros(n_prompts, n_slots, width)
-        signed = torch.zeros(n_prompts, n_slots, width) if n_directions == 1 else None
+        squared_norms = torch.zeros(n_prompts, n_slots, n_layers, width)
+        signed = torch.zeros(n_prompts, n_slots, n_layers, width) if n_directions == 1 else None
         kept_gradients = (
-            torch.zeros(n_prompts, n_slots, width, adapter.d_model) if return_gradients and n_directions == 1 else None
+            torch.zeros(n_prompts, n_slots, n_layers, width, adapter.d_model)
+            if return_gradients and n_directions == 1
+            else None
         )
+        residual_inputs = torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu()  # [b, l, p, d]
         # One backward vector per (slot, direction); within it, every prompt's own direction.
         vectors = [(slot, r) for slot in range(n_slots) for r in range(n_directions)]
-        chunk = _chunk_size(batch, adapter, memory_budget_mb)
+        chunk = max(1, _chunk_size(batch, adapter, memory_budget_mb) // n_layers)
         directions = readout.directions.to(y.dtype)
         for start in range(0, len(vectors), chunk):
             part = vectors[start : start + chunk]
@@ -147,14 +163,15 @@ def run_scope(
             for i, (slot, r) in enumerate(part):
                 rows = (valid_slot == slot).nonzero(as_tuple=True)[0].to(y.device)
                 grad_outputs[i, rows] = directions[rows, r]
-            gradients = _vector_jacobian_products(y, delta, grad_outputs).float().cpu()
+            # [vector, layer, prompt, pos, d_model] -> [vector, prompt, layer, pos, d_model]
+            gradients = _vector_jacobian_products(y, delta, grad_outputs).float().cpu().transpose(1, 2)
             for i, (slot, r) in enumerate(part):
                 rows = (valid_slot == slot).nonzero(as_tuple=True)[0]
                 prompts = valid_prompt[rows]
-                weight = readout.weights[rows, r].float().cpu()[:, None]
+                weight = readout.weights[rows, r].float().cpu()[:, None, None]
                 squared_norms[prompts, slot] += weight * gradients[i, prompts].pow(2).sum(-1)
                 if signed is not None:
-                    signed[prompts, slot] = (gradients[i, prompts] * captured["input"][prompts.to(adapter.device)].float().cpu()).sum(-1)
+                    signed[prompts, slot] = (gradients[i, prompts] * residual_inputs[prompts]).sum(-1)
                 if kept_gradients is not None:
                     kept_gradients[prompts, slot] = gradients[i, prompts]
 
@@ -167,5 +184,5 @@ def run_scope(
         gradients=kept_gradients,
         logits=logits_out,
         readout=readout,
-        perturbation_hook=perturbation_hook,
+        perturbation_hooks=perturbation_hooks,
     )

@@ -24,14 +24,16 @@ Semantic and Temperature scores do. ``result.metadata["numerics"]`` records whic
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
 
 import torch
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
 from jscopes_tl.errors import ScopeInputError
-from jscopes_tl.inputs import Inputs, Position, Positions, TokenBatch, prepare_tokens, resolve_positions
+from jscopes_tl.inputs import Inputs, Position, Positions, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
     fisher_readout,
@@ -44,13 +46,49 @@ from jscopes_tl.result import Prediction, ScopeResult
 DEFAULT_FISHER_TAIL_MASS = 1e-6
 
 
-def _squeeze(tensor: torch.Tensor, batch: TokenBatch, positions: Positions) -> torch.Tensor:
-    """Drop the batch axis (0) for one prompt and the positions axis (1) for one position."""
-    if positions.single:
-        tensor = tensor.squeeze(1)
-    if batch.single:
-        tensor = tensor.squeeze(0)
-    return tensor
+@dataclass(frozen=True)
+class _Axes:
+    """Which axes of the full ``[batch, n_positions, n_layers, ...]`` form the user asked away."""
+
+    single_prompt: bool
+    single_position: bool
+    single_layer: bool
+
+    def per_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[batch, n_positions, ...]`` → drop the axes of one prompt / one position."""
+        if self.single_position:
+            tensor = tensor.squeeze(1)
+        if self.single_prompt:
+            tensor = tensor.squeeze(0)
+        return tensor
+
+    def per_score(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[batch, n_positions, n_layers, ...]`` → also drop the axis of one layer."""
+        if self.single_layer:
+            tensor = tensor.squeeze(2)
+        return self.per_prediction(tensor)
+
+
+Layer = Union[int, Sequence[int], Literal["all"]]
+
+
+def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool]:
+    """Perturbation layers and whether one int was given (``"all"``: 0..n_layers, the last being
+    the final residual stream, i.e. the rows of TransformerLens's resid patching plus one)."""
+    if isinstance(layer, str):
+        if layer != "all":
+            raise ScopeInputError(f"layer must be an int, a list of ints or 'all'; got {layer!r}.")
+        return list(range(adapter.n_layers + 1)), False
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        adapter.resid_pre_hook(layer)
+        return [layer], True
+    if isinstance(layer, Sequence) and len(layer) > 0:
+        for value in layer:
+            adapter.resid_pre_hook(value)
+        if len(set(layer)) != len(layer):
+            raise ScopeInputError(f"layer lists a layer twice: {list(layer)}.")
+        return list(layer), False
+    raise ScopeInputError(f"layer must be an int, a non-empty list of ints or 'all'; got {layer!r}.")
 
 
 def _per_pair_to_grid(values: torch.Tensor, positions: Positions) -> torch.Tensor:
@@ -73,7 +111,7 @@ def jacobian_scope(
     *,
     kind: str,
     position: Position = -1,
-    layer: int = 0,
+    layer: Layer = 0,
     top_k: int = 5,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
@@ -85,48 +123,52 @@ def jacobian_scope(
     adapter = ModelAdapter(model)
     if not isinstance(top_k, int) or top_k < 1:
         raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    layers, single_layer = resolve_layers(adapter, layer)
     batch = prepare_tokens(adapter, inputs)
     positions = resolve_positions(position, batch)
+    axes = _Axes(single_prompt=batch.single, single_position=positions.single, single_layer=single_layer)
     output: EngineOutput = run_scope(
         adapter,
         batch,
         positions,
         build_readout,
-        layer=layer,
+        layers=layers,
         memory_budget_mb=memory_budget_mb,
         return_gradients=return_gradients,
     )
 
     probabilities = torch.softmax(output.logits, dim=-1)
     top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
-    top_ids = _squeeze(top_ids, batch, positions)
+    top_ids = axes.per_prediction(top_ids)
     readout = output.readout
-    target = None if readout.target is None else _squeeze(_per_pair_to_grid(readout.target, positions), batch, positions)
+    target = None if readout.target is None else axes.per_prediction(_per_pair_to_grid(readout.target, positions))
+    hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
-        "layer": layer,
-        "numerics": adapter.numerics(output.perturbation_hook).as_dict(),
+        "layer": layers[0] if single_layer else layers,
+        "numerics": adapter.numerics(hooks[0] if single_layer else hooks).as_dict(),
     }
+    n_pairs = int(positions.valid.sum())
     for key, value in readout.metadata.items():
-        is_per_pair = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == int(positions.valid.sum())
-        metadata[key] = _squeeze(_per_pair_to_grid(value, positions), batch, positions) if is_per_pair else value
+        is_per_pair = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n_pairs
+        metadata[key] = axes.per_prediction(_per_pair_to_grid(value, positions)) if is_per_pair else value
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
     return ScopeResult(
         kind=kind,
-        scores=_squeeze(output.scores, batch, positions),
+        scores=axes.per_score(output.scores),
         tokens=batch.tokens[0] if batch.single else batch.tokens,
         str_tokens=str_tokens[0] if batch.single else str_tokens,
         lengths=batch.lengths,
-        position=_squeeze(positions.index, batch, positions),
+        position=axes.per_prediction(positions.index),
         target=target,
         prediction=Prediction(
             token_ids=top_ids,
-            probabilities=_squeeze(top_probabilities, batch, positions),
+            probabilities=axes.per_prediction(top_probabilities),
             str_tokens=_nested_str_tokens(adapter, top_ids),
         ),
-        gradient_x_input=None if output.gradient_x_input is None else _squeeze(output.gradient_x_input, batch, positions),
-        gradients=None if output.gradients is None else _squeeze(output.gradients, batch, positions),
+        gradient_x_input=None if output.gradient_x_input is None else axes.per_score(output.gradient_x_input),
+        gradients=None if output.gradients is None else axes.per_score(output.gradients),
         metadata=metadata,
     )
 
@@ -137,7 +179,7 @@ def semantic_scope(
     *,
     target: Target = None,
     position: Position = -1,
-    layer: int = 0,
+    layer: Layer = 0,
     **options: Any,
 ) -> ScopeResult:
     """Semantic Scope: how strongly each token moves the logit of ``target`` at ``position``.
@@ -153,7 +195,9 @@ def semantic_scope(
             difference ``a - b``, a ``[d_model]`` direction tensor, or a callable mapping
             ``y [m, d_model]`` to ``[m]`` scalars.
         position: an int (negative counts from each prompt's end), a list of ints, or ``"all"``.
-        layer: perturb the residual stream entering this block (0: the embeddings).
+        layer: perturb the residual stream entering this block (0: the embeddings; ``n_layers``:
+            the final residual stream); a list or ``"all"`` adds a layers axis before ``pos``
+            (``[n_layers + 1, pos]`` for ``"all"``), all from one forward and one backward pass.
         **options: ``top_k``, ``memory_budget_mb``, ``return_gradients``.
 
     Example:
@@ -174,7 +218,7 @@ def semantic_scope(
 
 
 def temperature_scope(
-    model: Any, inputs: Inputs, *, position: Position = -1, layer: int = 0, **options: Any
+    model: Any, inputs: Inputs, *, position: Position = -1, layer: Layer = 0, **options: Any
 ) -> ScopeResult:
     """Temperature Scope: how strongly each token moves the model's confidence ``‖y‖``.
 
@@ -196,7 +240,7 @@ def fisher_scope(
     *,
     rank: int | None = 1,
     position: Position = -1,
-    layer: int = 0,
+    layer: Layer = 0,
     tail_mass: float = DEFAULT_FISHER_TAIL_MASS,
     **options: Any,
 ) -> ScopeResult:

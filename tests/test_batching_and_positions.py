@@ -118,3 +118,20 @@ def test_fisher_reports_its_approximation(any_model):
     assert 0 < float(metadata["captured_trace_fraction"]) <= 1
     assert 0 <= float(metadata["dropped_probability_mass"]) <= metadata["tail_mass"]
     assert float(metadata["dropped_trace_bound"]) >= 0
+
+
+def test_layer_all_stacks_every_layer_and_equals_one_layer_at_a_time(model):
+    n_layers = ModelAdapter(model).n_layers
+    stacked = semantic_scope(model, PROMPTS[:2], target=5, position=[-1, -2], layer="all")
+    width = int(stacked.lengths.max())
+    assert stacked.scores.shape == (2, 2, n_layers + 1, width)
+    assert stacked.metadata["layer"] == list(range(n_layers + 1))
+    for layer in range(n_layers + 1):
+        alone = semantic_scope(model, PROMPTS[:2], target=5, position=[-1, -2], layer=layer).scores
+        torch.testing.assert_close(stacked.scores[:, :, layer], alone, rtol=1e-4, atol=1e-6 * float(alone.max()))
+
+
+def test_layer_list_keeps_the_order_given(any_model):
+    result = fisher_scope(any_model, PROMPTS[0], rank=2, layer=[1, 0])
+    assert result.scores.shape[0] == 2
+    torch.testing.assert_close(result.scores[1], fisher_scope(any_model, PROMPTS[0], rank=2, layer=0).scores)

@@ -61,6 +61,8 @@ BAD_CALLS = {
     "rank above d_model": (lambda m: fisher_scope(m, PROMPT, rank=10**4), ScopeInputError, "rank must be"),
     "tail mass one": (lambda m: fisher_scope(m, PROMPT, tail_mass=1.0), ScopeInputError, "tail_mass"),
     "layer out of range": (lambda m: temperature_scope(m, PROMPT, layer=50), ScopeInputError, "layer must be"),
+    "layer word": (lambda m: temperature_scope(m, PROMPT, layer="every"), ScopeInputError, "layer must be"),
+    "layer repeated": (lambda m: temperature_scope(m, PROMPT, layer=[0, 0]), ScopeInputError, "twice"),
     "top_k zero": (lambda m: semantic_scope(m, PROMPT, top_k=0), ScopeInputError, "top_k"),
 }
 

@@ -139,3 +139,12 @@ def test_scope_at_later_layer_equals_jacobian_of_that_layer_input(model):
     result = semantic_scope(model, PROMPT, layer=1)
     assert result.metadata["numerics"]["perturbation_hook"] == ModelAdapter(model).resid_pre_hook(1)
     assert_close(result.scores, expected)
+
+
+def test_scope_at_final_residual_stream_equals_brute_force_and_is_local(model):
+    n_layers = ModelAdapter(model).n_layers
+    tokens, position, J, y, logits, W_U = setup(model, layer=n_layers)
+    expected = torch.einsum("d,tde->te", W_U[:, 3], J).norm(dim=-1)
+    result = semantic_scope(model, PROMPT, target=3, layer=n_layers)
+    assert_close(result.scores, expected)
+    assert torch.all(result.scores[:-1] == 0)  # after the last block, only the token itself matters
