@@ -343,3 +343,57 @@ def bridge_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, compa
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     return bridge
+
+
+class ModelLoadError(RuntimeError):
+    """A pretrained model could not be loaded (most often: offline with no local copy)."""
+
+
+def load_pretrained(name_or_path: str, *, device: str | None = None) -> Any:
+    """A Hugging Face hub name or a local directory of a saved model, as a TransformerLens model.
+
+    TransformerLens with TransformerBridge (3.x, 4.x): ``TransformerBridge.boot_transformers``.
+    TransformerLens 2.x: ``HookedTransformer.from_pretrained`` (hub names it supports).
+    Offline with no local copy this fails at once with a message saying what to do.
+    """
+    import os
+    from pathlib import Path
+
+    local = Path(name_or_path).expanduser()
+    try:
+        if _bridge_builder_available():
+            from transformer_lens.model_bridge import TransformerBridge
+
+            source = str(local) if local.is_dir() else name_or_path
+            return TransformerBridge.boot_transformers(source, device=device)
+        if local.is_dir():
+            raise ModelLoadError(
+                f"TransformerLens {transformer_lens_version()} loads HookedTransformers by hub name only; "
+                f"to use the local directory {name_or_path!r}, install TransformerLens 4.x (TransformerBridge)."
+            )
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name_or_path, device=device)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, ConnectionError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(error).lower()
+        hint = (
+            "The Hugging Face Hub is not reachable from here (offline) and no local copy was found. "
+            if offline or not local.exists()
+            else ""
+        )
+        raise ModelLoadError(
+            f"could not load model {name_or_path!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            f"{hint}Download it where you have internet (e.g. `huggingface-cli download {name_or_path} "
+            "--local-dir ./my-model`) and pass that directory instead, or point HF_HOME at a cache "
+            "that already holds it."
+        ) from error
+
+
+def _bridge_builder_available() -> bool:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+    except ImportError:
+        return False
+    return True

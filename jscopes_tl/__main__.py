@@ -1,0 +1,5 @@
+import sys
+
+from jscopes_tl.cli import main
+
+sys.exit(main())
