@@ -84,6 +84,7 @@ def run_scope(
     build_readout: ReadoutBuilder,
     *,
     layers: Sequence[int] = (0,),
+    input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
 ) -> EngineOutput:
@@ -91,7 +92,10 @@ def run_scope(
 
     ``layers`` lists where the residual stream is perturbed (``n_layers`` is the final residual
     stream). Each perturbation is a separate zero leaf, so a single forward and a single batched
-    backward give ``u^T ∂y/∂resid_L`` for every listed layer at once.
+    backward give ``u^T ∂y/∂resid_L`` for every listed layer at once. ``input_scale`` multiplies
+    the residual stream at the first listed layer before it is perturbed, i.e. the Jacobian is
+    taken at ``α·x`` (the points of an Integrated Gradients path); the signed scores still use
+    the unscaled ``x``.
     """
     perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
     tokens = batch.tokens.to(adapter.device)
@@ -108,6 +112,8 @@ def run_scope(
         def perturbation(index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
             def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
                 inputs[index] = activation.detach()
+                if index == 0 and input_scale != 1.0:
+                    activation = activation * input_scale
                 return activation + delta[index].to(activation.dtype)
 
             return add_perturbation

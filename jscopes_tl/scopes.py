@@ -113,16 +113,22 @@ def jacobian_scope(
     position: Position = -1,
     layer: Layer = 0,
     top_k: int = 5,
+    input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
     The named scopes below are this function with their readout; use it directly for a custom one.
+    ``input_scale`` evaluates the Jacobian at ``α·x`` instead of ``x`` (for path integrals such
+    as Integrated Gradients); ``memory_budget_mb`` bounds the batched backward's working memory;
+    ``return_gradients`` keeps ``u^T J_t`` itself.
     """
     adapter = ModelAdapter(model)
     if not isinstance(top_k, int) or top_k < 1:
         raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
+        raise ScopeInputError(f"input_scale must be in (0, 1]; got {input_scale!r}.")
     layers, single_layer = resolve_layers(adapter, layer)
     batch = prepare_tokens(adapter, inputs)
     positions = resolve_positions(position, batch)
@@ -133,6 +139,7 @@ def jacobian_scope(
         positions,
         build_readout,
         layers=layers,
+        input_scale=input_scale,
         memory_budget_mb=memory_budget_mb,
         return_gradients=return_gradients,
     )
@@ -198,7 +205,8 @@ def semantic_scope(
         layer: perturb the residual stream entering this block (0: the embeddings; ``n_layers``:
             the final residual stream); a list or ``"all"`` adds a layers axis before ``pos``
             (``[n_layers + 1, pos]`` for ``"all"``), all from one forward and one backward pass.
-        **options: ``top_k``, ``memory_budget_mb``, ``return_gradients``.
+        **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``
+            (see :func:`jacobian_scope`).
 
     Example:
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))

@@ -64,6 +64,7 @@ BAD_CALLS = {
     "layer word": (lambda m: temperature_scope(m, PROMPT, layer="every"), ScopeInputError, "layer must be"),
     "layer repeated": (lambda m: temperature_scope(m, PROMPT, layer=[0, 0]), ScopeInputError, "twice"),
     "top_k zero": (lambda m: semantic_scope(m, PROMPT, top_k=0), ScopeInputError, "top_k"),
+    "input scale zero": (lambda m: semantic_scope(m, PROMPT, input_scale=0.0), ScopeInputError, "input_scale"),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 from jscopes_tl import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.adapter import ModelAdapter
 
-from conftest import PROMPT, brute_force_jacobians, residual_input
+from conftest import PROMPT, brute_force_jacobians, final_hidden_of_input, residual_input
 
 RTOL = 1e-4
 
@@ -148,3 +148,17 @@ def test_scope_at_final_residual_stream_equals_brute_force_and_is_local(model):
     result = semantic_scope(model, PROMPT, target=3, layer=n_layers)
     assert_close(result.scores, expected)
     assert torch.all(result.scores[:-1] == 0)  # after the last block, only the token itself matters
+
+
+def test_input_scale_takes_the_jacobian_at_the_scaled_input(model_with_final_norm_gain):
+    model = model_with_final_norm_gain
+    tokens = ModelAdapter(model).tokenize(PROMPT)
+    x = residual_input(model, tokens)
+    function = final_hidden_of_input(model, tokens)
+    with torch.enable_grad():
+        J = torch.autograd.functional.jacobian(lambda v: function(v)[-1], 0.4 * x).permute(1, 0, 2).double()
+    W_U = effective_unembedding(model, function(0.4 * x)[-1].detach().double())
+    gradient = torch.einsum("d,tde->te", W_U[:, 6], J)
+    result = semantic_scope(model, PROMPT, target=6, input_scale=0.4)
+    assert_close(result.scores, gradient.norm(dim=-1))
+    assert_close(result.gradient_x_input, (gradient * x.double()).sum(-1))

@@ -1,4 +1,4 @@
-"""circuitsvis token views of scope results, and self-contained HTML files.
+"""Token views of scope results (circuitsvis), and self-contained HTML files.
 
 Views are thin: they turn a :class:`~jscopes_tl.result.ScopeResult` into the plain lists
 circuitsvis takes and return circuitsvis's renderable object. Saved HTML inlines circuitsvis's
