@@ -46,19 +46,22 @@ class _StopForward(Exception):
 
 @dataclass
 class EngineOutput:
-    """Scores in full form, ``[batch, n_positions, n_layers, pos]`` (the result squeezes axes)."""
+    """Results in full form: scores ``[batch, n_positions, n_layers, pos]``; per-prediction values
+    ``[batch, n_positions, ...]`` (the result object squeezes the axes the user asked away)."""
 
     scores: Float[torch.Tensor, "batch n_positions n_layers pos"]
     gradient_x_input: Float[torch.Tensor, "batch n_positions n_layers pos"] | None
     gradients: Float[torch.Tensor, "batch n_positions n_layers pos d_model"] | None
     logits: Float[torch.Tensor, "batch n_positions d_vocab"]
-    readout: Readout
+    target: torch.Tensor | None  # [batch, n_positions, k]
+    per_prediction: dict[str, torch.Tensor]  # readout values, [batch, n_positions, ...]
+    metadata: dict[str, Any]
     perturbation_hooks: list[str]
 
 
-def _chunk_size(batch: TokenBatch, adapter: ModelAdapter, memory_budget_mb: float) -> int:
-    """How many backward vectors to batch: a rough per-vector footprint of one layer's backward."""
-    n_prompts, width = batch.tokens.shape
+def _vectors_per_backward(n_prompts: int, width: int, adapter: ModelAdapter, memory_budget_mb: float) -> int:
+    """How many backward vectors to batch: a rough per-vector footprint of one layer's backward
+    (activation gradients ``8·d_model`` wide plus attention-pattern gradients ``n_heads·pos``)."""
     n_heads = int(getattr(adapter.cfg, "n_heads", 1))
     bytes_per_vector = n_prompts * width * (8 * adapter.d_model + n_heads * width) * 4
     return max(1, int(memory_budget_mb * 2**20 // bytes_per_vector))
@@ -77,6 +80,14 @@ def _vector_jacobian_products(
     return gradients
 
 
+def _slot_groups(positions: Positions, slots_per_group: int) -> list[list[int]]:
+    """Prediction slots grouped by how long a prefix they need (causality: the tokens after the
+    last position predicted from are irrelevant), so each group's pass runs on its own prefix."""
+    need = torch.where(positions.valid, positions.index, -1).max(dim=0).values  # [n_positions]
+    order = torch.argsort(need, stable=True).tolist()
+    return [order[i : i + slots_per_group] for i in range(0, len(order), slots_per_group)]
+
+
 def run_scope(
     adapter: ModelAdapter,
     batch: TokenBatch,
@@ -84,111 +95,192 @@ def run_scope(
     build_readout: ReadoutBuilder,
     *,
     layers: Sequence[int] = (0,),
+    n_directions: int = 1,
     input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
 ) -> EngineOutput:
-    """Forward once with zero perturbations, read the directions, and backpropagate them.
+    """Forward with zero perturbations, read the directions, and backpropagate them.
 
     ``layers`` lists where the residual stream is perturbed (``n_layers`` is the final residual
-    stream). Each perturbation is a separate zero leaf, so a single forward and a single batched
-    backward give ``u^T ∂y/∂resid_L`` for every listed layer at once. ``input_scale`` multiplies
-    the residual stream at the first listed layer before it is perturbed, i.e. the Jacobian is
-    taken at ``α·x`` (the points of an Integrated Gradients path); the signed scores still use
-    the unscaled ``x``.
+    stream). Each perturbation is a separate zero leaf, so one forward and one batched backward
+    give ``u^T ∂y/∂resid_L`` for every listed layer at once. ``input_scale`` multiplies the
+    residual stream at the first listed layer before it is perturbed, i.e. the Jacobian is taken
+    at ``α·x`` (the points of an Integrated Gradients path); signed scores still use ``x``.
+
+    Prediction positions are processed in groups, each on the shortest prefix that contains
+    them, with as many backward vectors batched as ``memory_budget_mb`` allows
+    (``n_directions`` per position is the readout's size, used for that estimate).
     """
     perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
-    tokens = batch.tokens.to(adapter.device)
-    n_prompts, width = tokens.shape
-    n_layers = len(perturbation_hooks)
-    captured: dict[str, torch.Tensor] = {}
-    inputs: dict[int, torch.Tensor] = {}
+    n_prompts, width = batch.tokens.shape
+    n_slots, n_layers = positions.n_positions, len(perturbation_hooks)
+    per_backward = _vectors_per_backward(n_prompts, width, adapter, memory_budget_mb)
+    slots_per_group = max(1, per_backward // max(1, n_directions * n_layers))
+
+    squared_norms = torch.zeros(n_prompts, n_slots, n_layers, width)
+    signed: torch.Tensor | None = None
+    kept_gradients: torch.Tensor | None = None
+    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab)
+    target_grid: torch.Tensor | None = None
+    per_prediction: dict[str, torch.Tensor] = {}
+    metadata: dict[str, Any] = {}
+    squared = False
 
     with adapter.prepared_for_scopes():
-        delta = torch.zeros(
-            n_layers, n_prompts, width, adapter.d_model, dtype=adapter.dtype, device=adapter.device, requires_grad=True
-        )
-
-        def perturbation(index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-                inputs[index] = activation.detach()
-                if index == 0 and input_scale != 1.0:
-                    activation = activation * input_scale
-                return activation + delta[index].to(activation.dtype)
-
-            return add_perturbation
-
-        def capture_final_hidden(activation: torch.Tensor, hook: Any) -> None:
-            captured["final"] = activation
-            raise _StopForward
-
-        # Perturbations first: where one shares the capture's hook point (the final residual of
-        # a HookedTransformer), hooks run in the order added and the capture must see δ.
-        hooks = [(name, perturbation(i)) for i, name in enumerate(perturbation_hooks)]
-        with adapter.hooks(hooks + [(adapter.final_hidden_hook, capture_final_hidden)]):
-            try:
-                adapter.forward(tokens)
-            except _StopForward:
-                pass
-        if "final" not in captured or len(inputs) != n_layers:
-            raise RuntimeError(
-                f"the forward pass never reached {perturbation_hooks} and {adapter.final_hidden_hook!r}; "
-                "this model's hook layout is not supported."
+        for slots in _slot_groups(positions, slots_per_group):
+            group = _run_group(
+                adapter, batch, positions, slots, build_readout, perturbation_hooks, input_scale,
+                memory_budget_mb, return_gradients,
             )
+            prompts, slot_index = group.prompts, group.slots
+            prefix = group.squared_norms.shape[-1]
+            squared_norms[:, slots, :, :prefix] = group.squared_norms
+            logits_grid[prompts, slot_index] = group.logits
+            squared = group.readout.squared
+            if group.signed is not None:
+                signed = torch.zeros_like(squared_norms) if signed is None else signed
+                signed[:, slots, :, :prefix] = group.signed
+            if group.gradients is not None:
+                if kept_gradients is None:
+                    kept_gradients = torch.zeros(n_prompts, n_slots, n_layers, width, adapter.d_model)
+                kept_gradients[:, slots, :, :prefix] = group.gradients
+            if group.readout.target is not None:
+                if target_grid is None:
+                    target_grid = torch.zeros(n_prompts, n_slots, group.readout.target.shape[-1], dtype=torch.long)
+                target_grid[prompts, slot_index] = group.readout.target
+            for key, values in group.readout.per_prediction.items():
+                if key not in per_prediction:
+                    per_prediction[key] = torch.zeros(n_prompts, n_slots, *values.shape[1:], dtype=values.dtype)
+                per_prediction[key][prompts, slot_index] = values.cpu()
+            metadata.update(group.readout.metadata)
 
-        valid_prompt, valid_slot = positions.valid.nonzero(as_tuple=True)
-        source_position = positions.index[valid_prompt, valid_slot]
-        final_hidden = adapter.final_hidden(captured["final"])
-        y = final_hidden[valid_prompt.to(adapter.device), source_position.to(adapter.device)]
-        with torch.no_grad():
-            logits = adapter.logits(y).float()
-        if not torch.isfinite(logits).all():
-            bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
-            raise NonFiniteLogitsError(
-                f"the model's logits are NaN or infinite for prompt {int(valid_prompt[bad])} at position "
-                f"{int(source_position[bad])}; scores would be meaningless. Check the weights and inputs."
-            )
-        readout = build_readout(y.detach(), logits)
-
-        n_slots, n_directions = positions.n_positions, readout.directions.shape[1]
-        squared_norms = torch.zeros(n_prompts, n_slots, n_layers, width)
-        signed = torch.zeros(n_prompts, n_slots, n_layers, width) if n_directions == 1 else None
-        kept_gradients = (
-            torch.zeros(n_prompts, n_slots, n_layers, width, adapter.d_model)
-            if return_gradients and n_directions == 1
-            else None
-        )
-        residual_inputs = torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu()  # [b, l, p, d]
-        # One backward vector per (slot, direction); within it, every prompt's own direction.
-        vectors = [(slot, r) for slot in range(n_slots) for r in range(n_directions)]
-        chunk = max(1, _chunk_size(batch, adapter, memory_budget_mb) // n_layers)
-        directions = readout.directions.to(y.dtype)
-        for start in range(0, len(vectors), chunk):
-            part = vectors[start : start + chunk]
-            grad_outputs = torch.zeros(len(part), *y.shape, dtype=y.dtype, device=y.device)
-            for i, (slot, r) in enumerate(part):
-                rows = (valid_slot == slot).nonzero(as_tuple=True)[0].to(y.device)
-                grad_outputs[i, rows] = directions[rows, r]
-            # [vector, layer, prompt, pos, d_model] -> [vector, prompt, layer, pos, d_model]
-            gradients = _vector_jacobian_products(y, delta, grad_outputs).float().cpu().transpose(1, 2)
-            for i, (slot, r) in enumerate(part):
-                rows = (valid_slot == slot).nonzero(as_tuple=True)[0]
-                prompts = valid_prompt[rows]
-                weight = readout.weights[rows, r].float().cpu()[:, None, None]
-                squared_norms[prompts, slot] += weight * gradients[i, prompts].pow(2).sum(-1)
-                if signed is not None:
-                    signed[prompts, slot] = (gradients[i, prompts] * residual_inputs[prompts]).sum(-1)
-                if kept_gradients is not None:
-                    kept_gradients[prompts, slot] = gradients[i, prompts]
-
-    scores = squared_norms if readout.squared else squared_norms.sqrt()
-    logits_out = torch.zeros(n_prompts, n_slots, logits.shape[-1])
-    logits_out[valid_prompt, valid_slot] = logits.cpu()
     return EngineOutput(
-        scores=scores,
+        scores=squared_norms if squared else squared_norms.sqrt(),
         gradient_x_input=signed,
         gradients=kept_gradients,
-        logits=logits_out,
-        readout=readout,
+        logits=logits_grid,
+        target=target_grid,
+        per_prediction=per_prediction,
+        metadata=metadata,
         perturbation_hooks=perturbation_hooks,
+    )
+
+
+@dataclass
+class _GroupOutput:
+    prompts: torch.Tensor  # [m] prompt of each valid (prompt, slot) pair of the group
+    slots: torch.Tensor  # [m] slot of each pair
+    squared_norms: torch.Tensor  # [batch, n_group_slots, n_layers, prefix]
+    signed: torch.Tensor | None
+    gradients: torch.Tensor | None
+    logits: torch.Tensor  # [m, d_vocab]
+    readout: Readout
+
+
+def _run_group(
+    adapter: ModelAdapter,
+    batch: TokenBatch,
+    positions: Positions,
+    slots: list[int],
+    build_readout: ReadoutBuilder,
+    perturbation_hooks: list[str],
+    input_scale: float,
+    memory_budget_mb: float,
+    return_gradients: bool,
+) -> _GroupOutput:
+    """One forward pass on the prefix these slots need, then their batched backward passes."""
+    slot_tensor = torch.tensor(slots)
+    valid = positions.valid[:, slot_tensor]
+    index = positions.index[:, slot_tensor]
+    prefix = int(torch.where(valid, index, -1).max()) + 1
+    tokens = batch.tokens[:, :prefix].to(adapter.device)
+    n_prompts, n_layers = tokens.shape[0], len(perturbation_hooks)
+    captured: dict[str, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
+    delta = torch.zeros(
+        n_layers, n_prompts, prefix, adapter.d_model, dtype=adapter.dtype, device=adapter.device, requires_grad=True
+    )
+
+    def perturbation(layer_index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            inputs[layer_index] = activation.detach()
+            if layer_index == 0 and input_scale != 1.0:
+                activation = activation * input_scale
+            return activation + delta[layer_index].to(activation.dtype)
+
+        return add_perturbation
+
+    def capture_final_hidden(activation: torch.Tensor, hook: Any) -> None:
+        captured["final"] = activation
+        raise _StopForward
+
+    # Perturbations first: where one shares the capture's hook point (the final residual of a
+    # HookedTransformer), hooks run in the order added and the capture must see δ.
+    hooks = [(name, perturbation(i)) for i, name in enumerate(perturbation_hooks)]
+    with adapter.hooks(hooks + [(adapter.final_hidden_hook, capture_final_hidden)]):
+        try:
+            adapter.forward(tokens)
+        except _StopForward:
+            pass
+    if "final" not in captured or len(inputs) != n_layers:
+        raise RuntimeError(
+            f"the forward pass never reached {perturbation_hooks} and {adapter.final_hidden_hook!r}; "
+            "this model's hook layout is not supported."
+        )
+
+    pair_prompt, pair_group_slot = valid.nonzero(as_tuple=True)
+    source_position = index[pair_prompt, pair_group_slot]
+    final_hidden = adapter.final_hidden(captured["final"])
+    y = final_hidden[pair_prompt.to(adapter.device), source_position.to(adapter.device)]
+    with torch.no_grad():
+        logits = adapter.logits(y).float()
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
+        raise NonFiniteLogitsError(
+            f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "
+            f"{int(source_position[bad])}; scores would be meaningless. Check the weights and inputs."
+        )
+    readout = build_readout(y.detach(), logits)
+
+    n_group_slots, n_directions = len(slots), readout.directions.shape[1]
+    squared_norms = torch.zeros(n_prompts, n_group_slots, n_layers, prefix)
+    signed = torch.zeros(n_prompts, n_group_slots, n_layers, prefix) if n_directions == 1 else None
+    kept_gradients = (
+        torch.zeros(n_prompts, n_group_slots, n_layers, prefix, adapter.d_model)
+        if return_gradients and n_directions == 1
+        else None
+    )
+    residual_inputs = torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu()  # [b, l, p, d]
+    # One backward vector per (slot, direction); within it, every prompt's own direction.
+    vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
+    chunk = max(1, _vectors_per_backward(n_prompts, prefix, adapter, memory_budget_mb) // n_layers)
+    directions = readout.directions.to(y.dtype)
+    rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
+    for start in range(0, len(vectors), chunk):
+        part = vectors[start : start + chunk]
+        grad_outputs = torch.zeros(len(part), *y.shape, dtype=y.dtype, device=y.device)
+        for i, (slot, r) in enumerate(part):
+            rows = rows_of_slot[slot].to(y.device)
+            grad_outputs[i, rows] = directions[rows, r]
+        # [vector, layer, prompt, pos, d_model] -> [vector, prompt, layer, pos, d_model]
+        gradients = _vector_jacobian_products(y, delta, grad_outputs).float().cpu().transpose(1, 2)
+        for i, (slot, r) in enumerate(part):
+            rows = rows_of_slot[slot]
+            prompts = pair_prompt[rows]
+            weight = readout.weights[rows, r].float().cpu()[:, None, None]
+            squared_norms[prompts, slot] += weight * gradients[i, prompts].pow(2).sum(-1)
+            if signed is not None:
+                signed[prompts, slot] = (gradients[i, prompts] * residual_inputs[prompts]).sum(-1)
+            if kept_gradients is not None:
+                kept_gradients[prompts, slot] = gradients[i, prompts]
+
+    return _GroupOutput(
+        prompts=pair_prompt,
+        slots=slot_tensor[pair_group_slot],
+        squared_norms=squared_norms,
+        signed=signed,
+        gradients=kept_gradients,
+        logits=logits.cpu(),
+        readout=readout,
     )

@@ -47,7 +47,8 @@ class Readout:
     weights: Float[torch.Tensor, "m r"]
     squared: bool
     target: Int[torch.Tensor, "m k"] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    per_prediction: dict[str, torch.Tensor] = field(default_factory=dict)  # values with first axis m
+    metadata: dict[str, Any] = field(default_factory=dict)  # values shared by every prediction
 
 
 # ------------------------------------------------------------------------------------ semantic
@@ -249,16 +250,16 @@ def fisher_readout(
     weights = torch.stack([pair.eigenvalues for pair in pairs]).float()
     traces = torch.tensor([pair.trace for pair in pairs])
     captured = weights.double().sum(-1) / traces.clamp_min(1e-300)
-    metadata = {
-        "rank": rank,
-        "exact": rank == adapter.d_model and tail_mass == 0,
-        "tail_mass": tail_mass,
+    per_prediction = {
         "eigenvalues": weights,
         "fisher_trace": traces.float(),
         "captured_trace_fraction": captured.float(),
         "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).float(),
         "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).float(),
     }
+    metadata = {"rank": rank, "exact": rank == adapter.d_model and tail_mass == 0, "tail_mass": tail_mass}
     if not math.isfinite(float(traces.sum())):
         raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
-    return Readout(directions.to(y.device), weights.to(y.device), squared=True, metadata=metadata)
+    return Readout(
+        directions.to(y.device), weights.to(y.device), squared=True, per_prediction=per_prediction, metadata=metadata
+    )

@@ -33,7 +33,7 @@ import torch
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
 from jscopes_tl.errors import ScopeInputError
-from jscopes_tl.inputs import Inputs, Position, Positions, prepare_tokens, resolve_positions
+from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
     fisher_readout,
@@ -91,13 +91,6 @@ def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool
     raise ScopeInputError(f"layer must be an int, a non-empty list of ints or 'all'; got {layer!r}.")
 
 
-def _per_pair_to_grid(values: torch.Tensor, positions: Positions) -> torch.Tensor:
-    """Values computed for the valid (prompt, position) pairs, laid out as [batch, n_positions, ...]."""
-    grid = torch.zeros(*positions.valid.shape, *values.shape[1:], dtype=values.dtype)
-    grid[positions.valid] = values.cpu()
-    return grid
-
-
 def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
     if token_ids.ndim == 1:
         return adapter.str_tokens(token_ids)
@@ -116,13 +109,15 @@ def jacobian_scope(
     input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
+    n_directions: int = 1,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
     The named scopes below are this function with their readout; use it directly for a custom one.
     ``input_scale`` evaluates the Jacobian at ``α·x`` instead of ``x`` (for path integrals such
     as Integrated Gradients); ``memory_budget_mb`` bounds the batched backward's working memory;
-    ``return_gradients`` keeps ``u^T J_t`` itself.
+    ``return_gradients`` keeps ``u^T J_t`` itself; ``n_directions`` (how many directions the
+    readout returns per prediction) sizes the batched backward passes.
     """
     adapter = ModelAdapter(model)
     if not isinstance(top_k, int) or top_k < 1:
@@ -139,6 +134,7 @@ def jacobian_scope(
         positions,
         build_readout,
         layers=layers,
+        n_directions=n_directions,
         input_scale=input_scale,
         memory_budget_mb=memory_budget_mb,
         return_gradients=return_gradients,
@@ -147,17 +143,15 @@ def jacobian_scope(
     probabilities = torch.softmax(output.logits, dim=-1)
     top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
     top_ids = axes.per_prediction(top_ids)
-    readout = output.readout
-    target = None if readout.target is None else axes.per_prediction(_per_pair_to_grid(readout.target, positions))
+    target = None if output.target is None else axes.per_prediction(output.target)
     hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
         "layer": layers[0] if single_layer else layers,
         "numerics": adapter.numerics(hooks[0] if single_layer else hooks).as_dict(),
+        **output.metadata,
     }
-    n_pairs = int(positions.valid.sum())
-    for key, value in readout.metadata.items():
-        is_per_pair = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n_pairs
-        metadata[key] = axes.per_prediction(_per_pair_to_grid(value, positions)) if is_per_pair else value
+    for key, values in output.per_prediction.items():
+        metadata[key] = axes.per_prediction(values)
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
@@ -277,6 +271,7 @@ def fisher_scope(
         inputs,
         lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_mass)),
         kind="fisher",
+        n_directions=rank,
         position=position,
         layer=layer,
         **options,
