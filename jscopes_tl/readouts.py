@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.fisher import Solver, fisher_eigenpairs
 
 TokenLike = Union[str, int]
 Target = Union[
@@ -166,15 +167,6 @@ def temperature_readout(adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model
 
 
 # ------------------------------------------------------------------------------------ fisher
-@dataclass(frozen=True)
-class FisherEigenpairs:
-    eigenvalues: Float[torch.Tensor, " r"]
-    eigenvectors: Float[torch.Tensor, "d_model r"]
-    trace: float  # tr(F), exact
-    dropped_mass: float  # probability mass of the vocabulary rows left out of F
-    dropped_trace: float  # tr(F - F_kept) >= ‖F - F_kept‖₂: bounds the error of the kept matrix
-
-
 def logit_transform_slope(
     adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model"]
 ) -> Float[torch.Tensor, "m d_vocab"] | None:
@@ -186,80 +178,51 @@ def logit_transform_slope(
     return slope
 
 
-def fisher_eigenpairs(
-    W_U: Float[torch.Tensor, "d_model d_vocab"],
-    probabilities: Float[torch.Tensor, " d_vocab"],
-    rank: int,
-    tail_mass: float = 0.0,
-    slope: Float[torch.Tensor, " d_vocab"] | None = None,
-) -> FisherEigenpairs:
-    """Top ``rank`` eigenpairs of ``F = Σ_v p_v (g_v - μ)(g_v - μ)^T`` with ``g_v = s_v W_U[:, v]``.
-
-    ``F = G (diag(p) - p p^T) G^T`` is never built at ``d_vocab · d_model²`` cost from the whole
-    vocabulary when ``tail_mass > 0``: the least likely tokens, together holding at most
-    ``tail_mass`` of the probability, are left out of the sum (``μ = G p`` stays exact). What was
-    left out is reported as its probability mass and as ``tr(F - F_kept)``, which bounds the
-    spectral-norm error of the kept matrix.
-    """
-    # The d_vocab-sized products run in float32 (they dominate the cost); the d_model x d_model
-    # eigen-solve runs in float64.
-    p = probabilities.float()
-    G = W_U.float() if slope is None else W_U.float() * slope.float()[None, :]
-    mean = G @ p
-    # ‖g_v - μ‖² for every v, in d_vocab · d_model: gives tr(F) and the dropped part exactly.
-    centred_sq_norm = (G * G).sum(0) - 2.0 * (mean @ G) + mean @ mean
-    trace = float((p * centred_sq_norm).sum())
-    if tail_mass > 0:
-        order = torch.argsort(p, descending=True)
-        tail = torch.flip(torch.cumsum(torch.flip(p[order], [0]), 0), [0])  # mass from rank i on
-        n_keep = int((tail > tail_mass).sum())
-        keep = order[: max(n_keep, 1)]
-    else:
-        keep = torch.arange(p.shape[0], device=p.device)
-    kept_p = p[keep]
-    centred = (G[:, keep] - mean[:, None]) * kept_p.sqrt()[None, :]
-    fisher = (centred @ centred.T).double()
-    eigenvalues, eigenvectors = torch.linalg.eigh(fisher)
-    top = torch.flip(torch.arange(fisher.shape[0] - rank, fisher.shape[0]), [0])
-    dropped_trace = trace - float((kept_p * centred_sq_norm[keep]).sum())
-    return FisherEigenpairs(
-        eigenvalues=eigenvalues[top].clamp_min(0.0).float(),
-        eigenvectors=eigenvectors[:, top].float(),
-        trace=trace,
-        dropped_mass=float(1.0 - kept_p.sum()),
-        dropped_trace=max(dropped_trace, 0.0),
-    )
-
-
 def fisher_readout(
     adapter: ModelAdapter,
     y: Float[torch.Tensor, "m d_model"],
     logits: Float[torch.Tensor, "m d_vocab"],
     rank: int,
     tail_mass: float,
+    solver: Solver = "auto",
 ) -> Readout:
-    """Fisher eigen-directions (weighted by their eigenvalues) for every selected pair."""
+    """Fisher eigen-directions (weighted by their eigenvalues) for every selected prediction."""
     probabilities = torch.softmax(logits.float(), dim=-1)
     slopes = logit_transform_slope(adapter, y)
     W_U = adapter.W_U.detach()
+    column_sq_norms = W_U.float().pow(2).sum(0)
     pairs = [
-        fisher_eigenpairs(W_U, probabilities[i], rank, tail_mass, None if slopes is None else slopes[i])
+        fisher_eigenpairs(
+            W_U,
+            probabilities[i],
+            rank,
+            tail_mass=tail_mass,
+            slope=None if slopes is None else slopes[i],
+            column_sq_norms=column_sq_norms,
+            solver=solver,
+        )
         for i in range(y.shape[0])
     ]
     directions = torch.stack([pair.eigenvectors.T for pair in pairs]).to(y.dtype)
     weights = torch.stack([pair.eigenvalues for pair in pairs]).float()
     traces = torch.tensor([pair.trace for pair in pairs])
-    captured = weights.double().sum(-1) / traces.clamp_min(1e-300)
+    if not math.isfinite(float(traces.sum())):
+        raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
     per_prediction = {
         "eigenvalues": weights,
         "fisher_trace": traces.float(),
-        "captured_trace_fraction": captured.float(),
+        "captured_trace_fraction": (weights.double().sum(-1) / traces.clamp_min(1e-300)).float(),
         "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).float(),
         "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).float(),
+        "kept_vocabulary_rows": torch.tensor([pair.kept_rows for pair in pairs]),
+        "eigen_residual": torch.tensor([pair.residual for pair in pairs]).float(),
     }
-    metadata = {"rank": rank, "exact": rank == adapter.d_model and tail_mass == 0, "tail_mass": tail_mass}
-    if not math.isfinite(float(traces.sum())):
-        raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
+    metadata = {
+        "rank": rank,
+        "exact": rank == adapter.d_model and tail_mass == 0,
+        "tail_mass": tail_mass,
+        "eigen_solver": sorted({pair.solver for pair in pairs}),
+    }
     return Readout(
         directions.to(y.device), weights.to(y.device), squared=True, per_prediction=per_prediction, metadata=metadata
     )

@@ -33,6 +33,7 @@ import torch
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
 from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.fisher import Solver
 from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
@@ -244,6 +245,7 @@ def fisher_scope(
     position: Position = -1,
     layer: Layer = 0,
     tail_mass: float = DEFAULT_FISHER_TAIL_MASS,
+    eigen_solver: Solver = "auto",
     **options: Any,
 ) -> ScopeResult:
     """Fisher Scope: how strongly each token moves the whole predictive distribution.
@@ -253,6 +255,10 @@ def fisher_scope(
     (exact up to ``tail_mass``); the paper's default is 1. Tokens holding at most ``tail_mass``
     of the probability together are left out of ``F``; ``metadata`` reports the dropped mass,
     the bound ``tr(F - F_kept)`` on the error, and the fraction of ``tr(F)`` the rank captures.
+    ``eigen_solver``: ``"dense"`` forms ``F`` and calls ``eigh``; ``"krylov"`` is matrix-free
+    (block Krylov, residual tolerance 1e-5 relative to ``λ_1``, reported as ``eigen_residual``);
+    ``"auto"`` picks by cost and falls back to dense when the spectrum is too flat to converge.
+    See :mod:`jscopes_tl.fisher`.
 
     Example:
         >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
@@ -266,10 +272,12 @@ def fisher_scope(
         )
     if not isinstance(tail_mass, (int, float)) or not 0 <= tail_mass < 1:
         raise ScopeInputError(f"tail_mass must be a probability in [0, 1); got {tail_mass!r}.")
+    if eigen_solver not in ("auto", "dense", "krylov"):
+        raise ScopeInputError(f"eigen_solver must be 'auto', 'dense' or 'krylov'; got {eigen_solver!r}.")
     return jacobian_scope(
         model,
         inputs,
-        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_mass)),
+        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_mass), eigen_solver),
         kind="fisher",
         n_directions=rank,
         position=position,

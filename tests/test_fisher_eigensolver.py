@@ -1,0 +1,99 @@
+"""The Fisher eigen-solvers against a dense float64 reference: truncation error stays within the
+reported bound, and the matrix-free Krylov solver finds the same top eigenpairs as eigh."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jscopes_tl import fisher_scope
+from jscopes_tl.fisher import fisher_eigenpairs
+
+from conftest import PROMPT
+
+
+def reference_fisher(W_U, p, slope=None):
+    W, p = W_U.double(), p.double()
+    G = W if slope is None else W * slope.double()[None, :]
+    return G @ (torch.diag(p) - torch.outer(p, p)) @ G.T
+
+
+def problem(d=48, vocab=600, sharpness=4.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    W_U = torch.randn(d, vocab, generator=generator)
+    y = torch.randn(d, generator=generator)
+    p = torch.softmax(sharpness * (y @ W_U) / d**0.5, -1)
+    return W_U, p
+
+
+def subspace_matches(vectors, reference_vectors):
+    """The same subspace (eigenvector signs are arbitrary): projector difference is small."""
+    P = vectors.double() @ vectors.double().T
+    Q = reference_vectors @ reference_vectors.T
+    return float((P - Q).norm()) < 1e-3
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_dense_solver_matches_float64_eigh(rank):
+    W_U, p = problem()
+    values, vectors = torch.linalg.eigh(reference_fisher(W_U, p))
+    result = fisher_eigenpairs(W_U, p, rank, solver="dense")
+    torch.testing.assert_close(result.eigenvalues.double(), values.flip(0)[:rank], rtol=1e-5, atol=0)
+    assert subspace_matches(result.eigenvectors, vectors.flip(1)[:, :rank])
+    assert abs(result.trace - float(values.sum())) <= 1e-5 * float(values.sum())
+    assert result.solver == "dense" and result.kept_rows == W_U.shape[1] and result.dropped_mass == 0
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_krylov_solver_matches_dense_eigh(rank):
+    W_U, p = problem()
+    values, vectors = torch.linalg.eigh(reference_fisher(W_U, p))
+    result = fisher_eigenpairs(W_U, p, rank, solver="krylov", tolerance=1e-6)
+    assert result.solver == "krylov"
+    torch.testing.assert_close(result.eigenvalues.double(), values.flip(0)[:rank], rtol=1e-5, atol=0)
+    assert subspace_matches(result.eigenvectors, vectors.flip(1)[:, :rank])
+    assert result.residual <= 1e-6
+
+
+def test_krylov_residual_bounds_the_eigenvalue_error_when_stopped_early():
+    W_U, p = problem(sharpness=1.0)
+    values = torch.linalg.eigvalsh(reference_fisher(W_U, p)).flip(0)
+    result = fisher_eigenpairs(W_U, p, 1, solver="krylov", tolerance=1e-2)
+    assert result.residual <= 1e-2
+    # A Ritz value is within its residual of a true eigenvalue, and never above λ_1.
+    assert float(values[0]) * (1 - 1e-2) - 1e-12 <= float(result.eigenvalues[0]) <= float(values[0]) * (1 + 1e-6)
+
+
+def test_truncated_fisher_error_is_within_the_reported_bound():
+    W_U, p = problem(sharpness=6.0)
+    F = reference_fisher(W_U, p)
+    result = fisher_eigenpairs(W_U, p, 2, tail_mass=1e-2, solver="dense")
+    assert 0 < result.dropped_mass <= 1e-2 and result.kept_rows < W_U.shape[1]
+    top = torch.linalg.eigvalsh(F).flip(0)[:2]
+    # Weyl: dropping a PSD part moves each eigenvalue by at most its spectral norm <= its trace.
+    assert torch.all((top - result.eigenvalues.double()).abs() <= result.dropped_trace * (1 + 1e-5) + 1e-9)
+    assert torch.all(result.eigenvalues.double() <= top * (1 + 1e-5))
+
+
+def test_softcap_slope_scales_each_unembedding_column():
+    W_U, p = problem()
+    slope = torch.rand(W_U.shape[1], generator=torch.Generator().manual_seed(3))
+    values = torch.linalg.eigvalsh(reference_fisher(W_U, p, slope)).flip(0)
+    result = fisher_eigenpairs(W_U, p, 2, slope=slope, solver="dense")
+    torch.testing.assert_close(result.eigenvalues.double(), values[:2], rtol=1e-5, atol=0)
+
+
+def test_auto_solver_uses_krylov_for_large_problems_and_matches_dense():
+    W_U, p = problem(d=64, vocab=200_000 // 64 * 64, sharpness=6.0)
+    dense = fisher_eigenpairs(W_U, p, 1, solver="dense")
+    auto = fisher_eigenpairs(W_U, p, 1, solver="auto")
+    assert auto.solver in ("krylov", "dense")
+    torch.testing.assert_close(auto.eigenvalues, dense.eigenvalues, rtol=1e-4, atol=0)
+    assert subspace_matches(auto.eigenvectors, dense.eigenvectors.double())
+
+
+def test_fisher_scope_krylov_equals_dense_on_a_model(any_model):
+    dense = fisher_scope(any_model, PROMPT, rank=2, tail_mass=0.0, eigen_solver="dense")
+    krylov = fisher_scope(any_model, PROMPT, rank=2, tail_mass=0.0, eigen_solver="krylov")
+    torch.testing.assert_close(krylov.scores, dense.scores, rtol=1e-3, atol=1e-6 * float(dense.scores.max()))
+    assert krylov.metadata["eigen_solver"] == ["krylov"]
