@@ -146,6 +146,7 @@ def toy_model(
     init_scale: float = 0.1,
     compatibility_mode: bool = False,
     with_tokenizer: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Any:
     """A tiny random TransformerLens model (HookedTransformer or TransformerBridge), built offline.
 
@@ -159,6 +160,9 @@ def toy_model(
         config = _hooked_config(architecture, vocab_size, d_model, n_layers, n_heads, init_scale)
         model = adapter.hooked_transformer_from_config(config, tokenizer=tokenizer, seed=seed)
         _randomise_norm_weights(model, seed)
+        if dtype != torch.float32:
+            model.cfg.dtype = dtype  # HookedTransformer's norms cast their output to cfg.dtype
+            model = model.to(dtype)
         return model
     if family == "bridge":
         import transformers
@@ -167,5 +171,6 @@ def toy_model(
         config = _hf_config(architecture, vocab_size, d_model, n_layers, n_heads, init_scale)
         hf_model = transformers.AutoModelForCausalLM.from_config(config)
         _randomise_norm_weights(hf_model, seed)
+        hf_model = hf_model.to(dtype)
         return adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer, compatibility_mode=compatibility_mode)
     raise ValueError(f"family must be 'bridge' or 'hooked'; got {family!r}.")
