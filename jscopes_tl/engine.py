@@ -19,6 +19,9 @@ Mechanics that keep this exact and cheap:
 * Prompts in a batch are independent, so one grad_output can carry the directions of all prompts
   for the same (position, direction) slot; only different positions of one prompt need different
   backward vectors.
+* Causality: a prediction at ``p`` depends on tokens ``≤ p`` only, so positions are processed in
+  groups, each on the shortest prefix that holds them (``position="all"`` never backpropagates
+  through tokens a position cannot see).
 """
 
 from __future__ import annotations
