@@ -25,6 +25,7 @@ forward pass, so we avoid doing that in full:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,13 +93,18 @@ def _orthonormal_complement(block: torch.Tensor, basis: torch.Tensor | None) -> 
 
 
 def _krylov_top(
-    kept: _KeptFisher, rank: int, start: torch.Tensor, tolerance: float, max_products: int
+    kept: _KeptFisher, rank: int, start: torch.Tensor, tolerance: float, max_products: float
 ) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
-    """Block Krylov with Rayleigh–Ritz. Returns (values, vectors, relative residual, converged)."""
+    """Block Krylov with Rayleigh–Ritz. Returns (values, vectors, relative residual, converged).
+
+    Stops unconverged once ``max_products`` columns have been multiplied, or earlier when the
+    observed rate of convergence cannot reach the tolerance within that budget.
+    """
     d = kept.G.shape[0]
     basis = _orthonormal_complement(start, None)
     images = kept.matmul(basis)
     products = last_block = basis.shape[1]
+    previous = float("inf")
     while True:
         projected = (basis.T @ images).double()
         values, vectors = torch.linalg.eigh((projected + projected.T) / 2)
@@ -108,8 +114,13 @@ def _krylov_top(
         relative = float(residual.max()) / max(float(values[0]), 1e-30)
         if relative <= tolerance or basis.shape[1] >= d:
             return values, ritz.double(), relative, True
-        if products >= max_products:
+        steps_needed = 0.0
+        if math.isfinite(previous):
+            rate = relative / previous
+            steps_needed = math.log(tolerance / relative) / math.log(rate) if 0 < rate < 1 else math.inf
+        if products >= max_products or products + last_block * steps_needed > max_products:
             return values, ritz.double(), relative, False
+        previous = relative
         # The next block of the Krylov space span{S, FS, F²S, ...}: F times the newest block.
         block = _orthonormal_complement(images[:, -last_block:], basis)
         if block.shape[1] == 0:
@@ -173,8 +184,9 @@ def fisher_eigenpairs(
         if start.shape[1] < block:
             generator = torch.Generator().manual_seed(0)
             start = torch.cat([start, torch.randn(d, block - start.shape[1], generator=generator).to(start)], dim=1)
-        # Stop iterating once the products would cost a quarter of the dense route.
-        max_products = d if solver == "krylov" else max(block, d // 8)
+        # "auto" stops iterating once the products would cost a quarter of the dense route (a
+        # flat top of the spectrum converges slowly; dense is then the cheaper route).
+        max_products = math.inf if solver == "krylov" else max(block, d // 8)
         values, vectors, residual, converged = _krylov_top(kept, rank, start, tolerance, max_products)
         if not converged and solver == "auto":
             use_dense = True
