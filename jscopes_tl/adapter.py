@@ -297,6 +297,32 @@ class ModelAdapter:
             readout_hook=self.final_hidden_hook,
         )
 
+    # ----------------------------------------------------------------------------- attention
+    def attention_patterns(self, tokens: Int[torch.Tensor, " pos"]) -> Float[torch.Tensor, "n_layers n_heads pos pos"]:
+        """Every layer's attention pattern (query × key probabilities) on one prompt, in eval mode.
+
+        Read at ``blocks.{L}.attn.hook_pattern`` (HookedTransformer, and TransformerBridge with
+        or without compatibility mode); returned as float32 on the CPU.
+        """
+        names = [self._resolve_hook([f"blocks.{layer}.attn.hook_pattern"]) for layer in range(self.n_layers)]
+        patterns: dict[str, torch.Tensor] = {}
+
+        def capture(name: str) -> HookFunction:
+            def hook(activation: torch.Tensor, hook: Any) -> None:
+                patterns[name] = activation.detach()
+
+            return hook
+
+        training = [(module, module.training) for module in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad(), self.hooks([(name, capture(name)) for name in names]):
+                self.forward(tokens.reshape(1, -1).to(self.device))
+        finally:
+            for module, mode in training:
+                module.training = mode
+        return torch.stack([patterns[name][0] for name in names]).float().cpu()
+
 
 # --------------------------------------------------------------------------------- construction
 def transformer_lens_version() -> str:
