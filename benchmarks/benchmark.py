@@ -20,6 +20,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -143,22 +144,40 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     return row
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class _PeakSampler(threading.Thread):
+    """Polls the resident set size every millisecond (ru_maxrss would include model building)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = _rss_mb(), True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.001)
 
 
 def memory_child(architecture: str, mode: str, length: int) -> None:
     """Run in a fresh process: print the resident-set growth of one run above the loaded model."""
     model = build_model(architecture)
     tokens = random_tokens(model, 1, length)
-    baseline = _peak_rss_mb()
-    if mode == "floor":
-        forward_backward(model, tokens)()
-    elif mode == "semantic":
-        semantic_scope(model, tokens[0])
-    elif mode == "fisher_rank8":
-        fisher_scope(model, tokens[0], rank=8)
-    print(json.dumps({"peak_mb": _peak_rss_mb() - baseline}))
+    run = {
+        "floor": forward_backward(model, tokens),
+        "semantic": lambda: semantic_scope(model, tokens[0]),
+        "fisher_rank8": lambda: fisher_scope(model, tokens[0], rank=8),
+    }[mode]
+    baseline = _rss_mb()
+    sampler = _PeakSampler()
+    sampler.start()
+    run()
+    sampler.running = False
+    sampler.join()
+    print(json.dumps({"peak_mb": max(sampler.peak, _rss_mb()) - baseline}))
 
 
 def measure_memory(architecture: str, length: int) -> dict[str, Any]:
