@@ -11,10 +11,15 @@ Axis rules (one prompt vs a batch, one position vs several) are applied here, on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,61 @@ class ScopeResult:
             )
         values, indices = self.scores.topk(min(k, self.scores.shape[0]))
         return [(int(i), self.str_tokens[int(i)], float(v)) for v, i in zip(values, indices)]
+
+    # Views and export live in jscopes_tl.views and jscopes_tl.export (imported lazily: they
+    # import this module). View options: prompt, position, layer, values, words, log_scale.
+    def to_html(self, **view_options: Any) -> str:
+        """A self-contained HTML page of this result (see :func:`jscopes_tl.views.token_view`)."""
+        from jscopes_tl.views.tokens import token_view
+
+        return token_view(self, **view_options).to_html()
+
+    def save_html(self, path: str | Path, **view_options: Any) -> Path:
+        """Write :meth:`to_html` to ``path``; the file works offline, with no server."""
+        from jscopes_tl.views.tokens import token_view
+
+        return token_view(self, **view_options).save_html(path)
+
+    def show(self, **view_options: Any) -> None:
+        """Display the token view in Jupyter."""
+        from jscopes_tl.views.tokens import token_view
+
+        token_view(self, **view_options).show()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-compatible data; :meth:`from_dict` inverts it exactly."""
+        from jscopes_tl.export import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScopeResult:
+        from jscopes_tl.export import from_dict
+
+        return from_dict(data)
+
+    def to_json(self, indent: int | None = None) -> str:
+        from jscopes_tl.export import to_json
+
+        return to_json(self, indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScopeResult:
+        from jscopes_tl.export import from_json
+
+        return from_json(text)
+
+    def to_numpy(self) -> np.ndarray:
+        """``scores`` as a numpy array."""
+        from jscopes_tl.export import to_numpy
+
+        return to_numpy(self)
+
+    def to_pandas(self, words: str | None = None) -> pandas.DataFrame:
+        """A tidy long table of scores (see :func:`jscopes_tl.export.to_pandas`)."""
+        from jscopes_tl.export import to_pandas
+
+        return to_pandas(self, words)
 
     def __repr__(self) -> str:
         return (
