@@ -324,6 +324,59 @@ class ModelAdapter:
         return torch.stack([patterns[name][0] for name in names]).float().cpu()
 
 
+    # ----------------------------------------------------------------------------- patching, ablation
+    @property
+    def token_embedding_hook(self) -> str:
+        """Hook on the token embedding alone, before any positional embedding is added (zeroing it
+        ablates a token's identity and keeps its position)."""
+        return self._resolve_hook(["hook_embed", "embed.hook_out"])
+
+    def capture(
+        self, tokens: Int[torch.Tensor, "batch pos"], hook_names: Sequence[str]
+    ) -> dict[str, Float[torch.Tensor, "batch pos ..."]]:
+        """Activations at ``hook_names`` from one forward pass without gradients, in eval mode."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture_hook(name: str) -> HookFunction:
+            def hook(activation: torch.Tensor, hook: Any) -> None:
+                captured[name] = activation.detach()
+
+            return hook
+
+        training = [(module, module.training) for module in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad(), self.hooks([(name, capture_hook(name)) for name in hook_names]):
+                self.forward(tokens.to(self.device))
+        finally:
+            for module, mode in training:
+                module.training = mode
+        return captured
+
+    def transformer_lens_resid_pre_patching(
+        self,
+    ) -> Callable[[Int[torch.Tensor, "1 pos"], Int[torch.Tensor, "1 pos"], Callable[[torch.Tensor], torch.Tensor]], torch.Tensor] | None:
+        """TransformerLens's own ``patching.get_act_patch_resid_pre`` bound to this model, or None.
+
+        Available where the installed TransformerLens has ``transformer_lens.patching`` (2.x; 4.x,
+        where it also runs on a TransformerBridge) and the model has the hook names it patches,
+        ``blocks.L.hook_resid_pre`` (the bridge has them as aliases with or without compatibility
+        mode in 4.x). The returned function maps ``(clean_tokens, corrupted_tokens, metric)`` to
+        the ``[n_layers, pos]`` patched metric; it shows TransformerLens's own progress bar.
+        """
+        try:
+            from transformer_lens import patching
+        except ImportError:
+            return None
+        if not all(f"blocks.{layer}.hook_resid_pre" in self.model.hook_dict for layer in range(self.n_layers)):
+            return None
+
+        def patch(clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            _, clean_cache = self.model.run_with_cache(clean_tokens.to(self.device))
+            return patching.get_act_patch_resid_pre(self.model, corrupted_tokens.to(self.device), clean_cache, metric)
+
+        return patch
+
 # --------------------------------------------------------------------------------- construction
 def transformer_lens_version() -> str:
     from importlib.metadata import version
