@@ -1,0 +1,384 @@
+"""Faithfulness of token attributions: AOPC under ablation and agreement with leave-one-out.
+
+An attribution method is *faithful* when the tokens it ranks highest are the ones the prediction
+actually depends on. Following Jacobian Scopes (arXiv 2601.16407, §faithfulness), two checks:
+
+**AOPC** (area over the perturbation curve; DeYoung et al., 2020). Each prompt's final token is the
+one predicted, so the prediction is read at the second-to-last position ``p`` and the *context*
+is the tokens up to and including ``p``. Rank the context tokens by score, ablate the top
+``n = max(1, ⌊n_candidates · k⌋)`` for ``k ∈ {5 %, 10 %, 20 %}`` and record
+
+    Δ_k = log p_ablated(ŷ) - log p_orig(ŷ)
+
+for the model's original top-1 prediction ``ŷ`` at ``p``. AOPC is the trapezoid over ``k``,
+``0.025·Δ5 + 0.075·Δ10 + 0.05·Δ20`` for the default fractions: the more negative, the more the
+top-ranked tokens mattered, the more faithful the ranking.
+
+**Leave-one-out agreement.** Ablate each context token alone and measure
+``KL(p_orig ‖ p_LOO)`` at ``p``: a direct (but ``n``-forward) measure of each token's influence.
+Report Spearman's ρ between a scorer's scores and the LOO divergences, and the LOO percentile of
+the scorer's top token (the fraction of candidates whose LOO divergence is at most that token's:
+1.0 when the scorer's favourite is also LOO's).
+
+Ablation (``ablation=``):
+
+* ``"zero"`` (default, the paper's): the token embedding (``hook_embed``) of an ablated token is
+  set to zero; the token keeps its position (positional embeddings, rotary phases), and the
+  attention mask is unchanged.
+* ``"pad"``: the token is replaced by the tokenizer's pad token (else EOS, else BOS), i.e. its
+  embedding by the pad token's embedding.
+
+Ablation candidates are the context tokens except a leading BOS: position 0 is excluded when it
+holds the tokenizer's BOS token, because ablating the attention sink measures a disruption of the
+model rather than a dependence on content. Without a tokenizer (token-id prompts on a model with
+none) nothing is excluded.
+
+Scorers are functions ``(model, context_tokens [pos], gold_token_id) -> scores [pos]`` for the
+prediction at the context's last position. Built in: the three Jacobian Scopes (Semantic reads the
+logit of the gold token; Fisher at rank 1), gradient × input and Integrated Gradients (both on
+``log p(gold)``, scored as the L2 norm over ``d_model`` of the per-dimension attribution, zero
+baseline and ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` for IG), and random scores. All ablated forwards of
+one prompt (every scorer × fraction, every leave-one-out, the original) run as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.inputs import prepare_tokens
+from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
+from jscopes_tl.stats import spearman
+
+Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Float[torch.Tensor, " pos"]]
+Ablation = Literal["zero", "pad"]
+Prompts = Union[str, Int[torch.Tensor, "..."], Sequence[Union[str, Int[torch.Tensor, " pos"]]]]
+
+DEFAULT_FRACTIONS = (0.05, 0.10, 0.20)
+INTEGRATED_GRADIENTS_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
+DEFAULT_SCORERS = ("semantic", "fisher", "temperature", "gradient_x_input", "integrated_gradients", "random")
+
+
+# --------------------------------------------------------------------------------- scorers
+def semantic_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    """Semantic Scope of the gold token's logit: ``‖W_U[:, gold]^T J_t‖``."""
+    return semantic_scope(model, context, target=gold).scores
+
+
+def fisher_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    """Fisher Scope at rank 1 (the paper's default): ``λ_1 ‖u_1^T J_t‖²``."""
+    return fisher_scope(model, context, rank=1).scores
+
+
+def temperature_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    """Temperature Scope: ``‖ŷ^T J_t‖``."""
+    return temperature_scope(model, context).scores
+
+
+def _log_probability_of(model: Any, gold: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    adapter = ModelAdapter(model)
+
+    def log_probability(y: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(adapter.logits(y).float(), dim=-1)[:, gold]
+
+    return log_probability
+
+
+def _input_embeddings(model: Any, context: torch.Tensor) -> Float[torch.Tensor, "pos d_model"]:
+    adapter = ModelAdapter(model)
+    hook = adapter.resid_pre_hook(0)
+    return adapter.capture(context[None], [hook])[hook][0].float().cpu()
+
+
+def gradient_x_input_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    """``‖∂log p(gold)/∂x_t ⊙ x_t‖₂`` (the loss is the gold token's cross-entropy; its sign is irrelevant)."""
+    gradients = semantic_scope(model, context, target=_log_probability_of(model, gold), return_gradients=True).gradients
+    return (gradients * _input_embeddings(model, context)).norm(dim=-1)
+
+
+def integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    """Integrated Gradients from a zero baseline: ``‖x_t ⊙ mean_α ∂log p(gold)/∂x_t (α·x)‖₂``,
+    ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` (a right Riemann sum of the path integral)."""
+    target = _log_probability_of(model, gold)
+    gradients = [
+        semantic_scope(model, context, target=target, input_scale=alpha, return_gradients=True).gradients
+        for alpha in INTEGRATED_GRADIENTS_ALPHAS
+    ]
+    return (torch.stack(gradients).mean(0) * _input_embeddings(model, context)).norm(dim=-1)
+
+
+def random_scorer(seed: int = 0) -> Scorer:
+    """Uniform random scores (a fresh draw per prompt, reproducible from ``seed``): the baseline."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def random_scores(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+        return torch.rand(len(context), generator=generator)
+
+    return random_scores
+
+
+def builtin_scorers(seed: int = 0) -> dict[str, Scorer]:
+    """The scorers of the paper's faithfulness table, by name."""
+    return {
+        "semantic": semantic_scorer,
+        "fisher": fisher_scorer,
+        "temperature": temperature_scorer,
+        "gradient_x_input": gradient_x_input_scorer,
+        "integrated_gradients": integrated_gradients_scorer,
+        "random": random_scorer(seed),
+    }
+
+
+def _resolve_scorers(scorers: Sequence[str] | Mapping[str, Scorer], seed: int) -> dict[str, Scorer]:
+    if isinstance(scorers, Mapping):
+        if not scorers or not all(isinstance(name, str) and callable(f) for name, f in scorers.items()):
+            raise ScopeInputError("scorers must map names to callables (model, context_tokens, gold_id) -> scores [pos].")
+        return dict(scorers)
+    available = builtin_scorers(seed)
+    if isinstance(scorers, str) or not scorers:
+        raise ScopeInputError(f"scorers must be a non-empty list of names from {sorted(available)} or a dict of callables; got {scorers!r}.")
+    unknown = [name for name in scorers if name not in available]
+    if unknown:
+        raise ScopeInputError(f"unknown scorer {unknown[0]!r}; the built-in scorers are {sorted(available)}.")
+    return {name: available[name] for name in scorers}
+
+
+# --------------------------------------------------------------------------------- ablation
+def _ablated_log_probabilities(
+    adapter: ModelAdapter,
+    context: Int[torch.Tensor, " pos"],
+    ablated: Bool[torch.Tensor, "variant pos"],
+    ablation: Ablation,
+    batch_size: int,
+) -> Float[torch.Tensor, "variant d_vocab"]:
+    """Log-probabilities at the context's last position with each variant's tokens ablated."""
+    outputs = []
+    with adapter.prepared_for_scopes(), torch.no_grad():
+        for start in range(0, len(ablated), batch_size):
+            mask = ablated[start : start + batch_size].to(adapter.device)
+            tokens = context.to(adapter.device).expand(len(mask), -1)
+            if ablation == "pad":
+                logits = adapter.forward(torch.where(mask, adapter.pad_token_id, tokens))
+            else:
+
+                def zero_token_embedding(activation: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
+                    return activation * (~mask)[..., None].to(activation.dtype)
+
+                with adapter.hooks([(adapter.token_embedding_hook, zero_token_embedding)]):
+                    logits = adapter.forward(tokens)
+            outputs.append(torch.log_softmax(logits[:, -1].float(), dim=-1).cpu())
+    return torch.cat(outputs)
+
+
+def top_k_counts(n_candidates: int, fractions: Sequence[float]) -> list[int]:
+    """How many tokens each fraction ablates: ``max(1, ⌊n_candidates · k⌋)``."""
+    return [max(1, int(n_candidates * fraction + 1e-9)) for fraction in fractions]
+
+
+def aopc(deltas: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
+    """Trapezoid of ``Δ_k`` over the fractions ``k`` (``0.025·Δ5 + 0.075·Δ10 + 0.05·Δ20`` by default)."""
+    if len(deltas) != len(fractions) or len(fractions) < 2:
+        raise ScopeInputError(f"aopc needs one Δ per fraction and at least 2 fractions; got {len(deltas)} Δ for {len(fractions)} fractions.")
+    return float(torch.trapezoid(torch.tensor(deltas, dtype=torch.float64), torch.tensor(fractions, dtype=torch.float64)))
+
+
+# --------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class PromptEvaluation:
+    """Everything measured on one prompt.
+
+    Attributes:
+        str_tokens: the context tokens (the prompt without its final, predicted token).
+        candidates: positions that may be ablated (the context minus a leading BOS).
+        gold_token, predicted_token: the prompt's final token and the model's top-1 at the
+            prediction position (``ŷ``, whose log-probability ``Δ_k`` tracks).
+        scores: each scorer's scores over the context, ``[pos]``.
+        leave_one_out_kl: ``KL(p_orig ‖ p_LOO)`` for each candidate, ``[n_candidates]``.
+    """
+
+    str_tokens: list[str]
+    candidates: Int[torch.Tensor, " n_candidates"]
+    gold_token: str
+    predicted_token: str
+    scores: dict[str, Float[torch.Tensor, " pos"]]
+    leave_one_out_kl: Float[torch.Tensor, " n_candidates"]
+
+
+@dataclass(frozen=True)
+class FaithfulnessReport:
+    """A tidy table: one row per (prompt, scorer), plus the per-prompt measurements.
+
+    Row fields: ``prompt`` (index), ``scorer``, ``n_candidates``, ``delta_5`` / ``delta_10`` /
+    ``delta_20`` (named after the fractions in percent), ``aopc``, ``loo_spearman``,
+    ``loo_percentile_of_top``, ``top_token`` (the scorer's top candidate), ``predicted_token``,
+    ``gold_token``.
+    """
+
+    rows: list[dict[str, Any]]
+    prompts: list[PromptEvaluation]
+    fractions: tuple[float, ...]
+    ablation: str
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per scorer, the mean of every numeric column over prompts (NaN correlations skipped)."""
+        numeric = ["aopc", *[_delta_column(k) for k in self.fractions], "loo_spearman", "loo_percentile_of_top"]
+        table = []
+        for scorer in dict.fromkeys(row["scorer"] for row in self.rows):
+            rows = [row for row in self.rows if row["scorer"] == scorer]
+            means = {}
+            for column in numeric:
+                values = torch.tensor([row[column] for row in rows], dtype=torch.float64)
+                means[column] = float(values.nanmean())
+            table.append({"scorer": scorer, "n_prompts": len(rows), **means})
+        return table
+
+    def to_dataframe(self, summary: bool = False) -> Any:
+        """The rows (or :meth:`summary`) as a pandas DataFrame."""
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise ImportError("to_dataframe needs pandas; use report.rows (a list of dicts) without it.") from error
+        return pd.DataFrame(self.summary() if summary else self.rows)
+
+
+def _delta_column(fraction: float) -> str:
+    return f"delta_{round(fraction * 100, 4):g}"
+
+
+def _prompt_list(adapter: ModelAdapter, prompts: Prompts) -> list[torch.Tensor]:
+    if isinstance(prompts, str) or (isinstance(prompts, torch.Tensor) and prompts.ndim == 1):
+        prompts = [prompts]
+    if isinstance(prompts, torch.Tensor):
+        prompts = list(prompts)
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ScopeInputError(f"prompts must be a prompt or a non-empty list of prompts (text or token ids [pos]); got {type(prompts).__name__}.")
+    token_lists = []
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, (str, torch.Tensor)) or (isinstance(prompt, torch.Tensor) and prompt.ndim != 1):
+            raise ScopeInputError(f"prompts[{index}] must be text or token ids [pos]; got {type(prompt).__name__}.")
+        token_lists.append(prepare_tokens(adapter, prompt).tokens[0])
+    return token_lists
+
+
+def _candidates(adapter: ModelAdapter, context: torch.Tensor) -> torch.Tensor:
+    tokenizer = getattr(adapter.model, "tokenizer", None)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    first = 1 if bos is not None and int(context[0]) == int(bos) else 0
+    return torch.arange(first, len(context))
+
+
+def _top_candidates(scores: torch.Tensor, candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` highest-scoring candidates; ties go to the earlier position (stable sort)."""
+    order = torch.sort(scores[candidates].float(), descending=True, stable=True).indices
+    return candidates[order[:count]]
+
+
+def evaluate_faithfulness(
+    model: Any,
+    prompts: Prompts,
+    scorers: Sequence[str] | Mapping[str, Scorer] = DEFAULT_SCORERS,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    ablation: Ablation = "zero",
+    batch_size: int = 64,
+    progress: bool = True,
+    seed: int = 0,
+) -> FaithfulnessReport:
+    """AOPC and leave-one-out agreement of each scorer over a list of prompts (module docstring).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompts: prompts whose *final token* is the one predicted (text, or token ids ``[pos]``
+            used as given); at least one ablation candidate must precede it.
+        scorers: names of built-in scorers (:data:`DEFAULT_SCORERS`) or a dict name → scorer.
+        fractions: the ablated fractions ``k`` (default 5 %, 10 %, 20 %).
+        ablation: ``"zero"`` (token embedding set to 0) or ``"pad"`` (pad token substituted).
+        batch_size: ablated forwards per batch.
+        progress: show a tqdm progress bar over prompts.
+        seed: seed of the random scorer.
+
+    Example:
+        >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
+        >>> report.to_dataframe(summary=True)[["scorer", "aopc", "loo_spearman"]]
+    """
+    from tqdm.auto import tqdm
+
+    if ablation not in ("zero", "pad"):
+        raise ScopeInputError(f"ablation must be 'zero' or 'pad'; got {ablation!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    fractions = tuple(float(k) for k in fractions)
+    if len(fractions) < 2 or not all(0 < k <= 1 for k in fractions) or list(fractions) != sorted(set(fractions)):
+        raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
+    adapter = ModelAdapter(model)
+    scorer_functions = _resolve_scorers(scorers, seed)
+    token_lists = _prompt_list(adapter, prompts)
+    for index, tokens in enumerate(token_lists):
+        if len(_candidates(adapter, tokens[:-1])) == 0:
+            raise ScopeInputError(
+                f"prompts[{index}] has {len(tokens)} token(s): it needs at least one context token (besides BOS) "
+                "before its final, predicted token."
+            )
+
+    rows: list[dict[str, Any]] = []
+    evaluations: list[PromptEvaluation] = []
+    for index, tokens in enumerate(tqdm(token_lists, desc="faithfulness", disable=not progress)):
+        context, gold = tokens[:-1], int(tokens[-1])
+        candidates = _candidates(adapter, context)
+        counts = top_k_counts(len(candidates), fractions)
+        scores = {name: scorer(model, context, gold).detach().float().cpu() for name, scorer in scorer_functions.items()}
+
+        # One batch: the original, each scorer's top-n for every fraction, each leave-one-out.
+        variants = [torch.zeros(len(context), dtype=torch.bool)]
+        for name in scores:
+            for count in counts:
+                mask = torch.zeros(len(context), dtype=torch.bool)
+                mask[_top_candidates(scores[name], candidates, count)] = True
+                variants.append(mask)
+        for position in candidates:
+            mask = torch.zeros(len(context), dtype=torch.bool)
+            mask[position] = True
+            variants.append(mask)
+        log_probabilities = _ablated_log_probabilities(adapter, context, torch.stack(variants), ablation, batch_size)
+
+        original = log_probabilities[0]
+        predicted = int(original.argmax())
+        top_k_rows = log_probabilities[1 : 1 + len(scores) * len(counts)].reshape(len(scores), len(counts), -1)
+        leave_one_out = log_probabilities[1 + len(scores) * len(counts) :]
+        loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
+        str_tokens = adapter.str_tokens(tokens)
+        for scorer_index, (name, scorer_scores) in enumerate(scores.items()):
+            deltas = (top_k_rows[scorer_index, :, predicted] - original[predicted]).tolist()
+            top = int(_top_candidates(scorer_scores, candidates, 1)[0])
+            loo_of_top = loo_kl[int((candidates == top).nonzero()[0, 0])]
+            rows.append(
+                {
+                    "prompt": index,
+                    "scorer": name,
+                    "n_candidates": len(candidates),
+                    **{_delta_column(k): delta for k, delta in zip(fractions, deltas)},
+                    "aopc": aopc(deltas, fractions),
+                    "loo_spearman": spearman(scorer_scores[candidates], loo_kl) if len(candidates) > 1 else float("nan"),
+                    "loo_percentile_of_top": float((loo_kl <= loo_of_top).double().mean()),
+                    "top_token": str_tokens[top],
+                    "predicted_token": adapter.str_tokens(torch.tensor([predicted]))[0],
+                    "gold_token": str_tokens[-1],
+                }
+            )
+        evaluations.append(
+            PromptEvaluation(
+                str_tokens=str_tokens[:-1],
+                candidates=candidates,
+                gold_token=str_tokens[-1],
+                predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
+                scores=scores,
+                leave_one_out_kl=loo_kl,
+            )
+        )
+    return FaithfulnessReport(rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation)

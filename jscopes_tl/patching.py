@@ -1,0 +1,491 @@
+"""Layer-resolved Jacobian Scopes next to activation patching and attribution patching.
+
+Context. *Activation patching* (Meng et al., ROME; ``transformer_lens.patching``) localises where
+a model computes something by intervening on it. Take a *clean* prompt, whose answer we care
+about, and a *corrupted* prompt of the same length that differs in one key detail ("When Mary
+and John went to the store, John gave a drink to" vs "... Mary gave a drink to"). Run the
+corrupted prompt, replace one activation — here the residual stream entering block ``L`` at
+position ``p``, ``blocks.L.hook_resid_pre[p]`` — with its value on the clean run, and measure how
+far a metric (by default the logit difference between the clean and the corrupted answer) moves
+back towards its clean value. Over all ``L`` and ``p`` this gives a ``[n_layers, pos]`` map of
+causal effects, at the price of ``n_layers · pos`` forward passes.
+
+*Attribution patching* (Nanda, 2023; Syed et al., 2023) estimates the same map to first order
+from one forward and one backward pass on the corrupted run::
+
+    metric(patch L, p) - metric(corrupted) ≈ (a_clean[L, p] - a_corrupt[L, p]) · ∂metric/∂a[L, p]
+
+It is exact for linear effects and misses saturation (an effect that is already maximal has a
+small gradient). TransformerLens 4.x's ``attribution_patch`` scores component writes (attention
+heads, MLPs) summed over positions; the residual-stream cells here need the gradient with respect
+to every ``blocks.L.hook_resid_pre[p]``, which is exactly what the scope engine computes (the
+metric, as a function of the final hidden state, is its readout).
+
+The *layer-resolved Jacobian Scope* perturbs the same hook points and reports how sensitive the
+prediction is to each cell, ``‖u^T ∂y/∂resid_L[p]‖`` — no counterfactual prompt needed. All three
+maps share TransformerLens's ``get_act_patch_resid_pre`` axes, so they can be laid side by side and
+their rank correlations read off: where they agree, a cheap gradient map localises what the
+expensive intervention does; where they disagree, the model is non-linear between the prompts
+(or, for the scope, sensitive at positions where the two prompts do not differ at all).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
+from jscopes_tl.inputs import prepare_tokens
+from jscopes_tl.readouts import TokenLike, parse_semantic_target
+from jscopes_tl.result import ScopeResult
+from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
+from jscopes_tl.stats import spearman
+
+ScopeKind = Literal["semantic", "fisher", "temperature"]
+PatchingBackend = Literal["auto", "transformer_lens", "hooks"]
+MetricFunction = Callable[[Float[torch.Tensor, "batch d_vocab"]], Float[torch.Tensor, " batch"]]
+PatchingMetric = Union[None, tuple[TokenLike, TokenLike], MetricFunction]
+
+_SCOPES = {"semantic": semantic_scope, "fisher": fisher_scope, "temperature": temperature_scope}
+
+
+# --------------------------------------------------------------------------------- layer-resolved scope
+@dataclass(frozen=True)
+class LayerResolvedScope:
+    """A Jacobian Scope with the perturbation at every residual-stream layer of one prompt.
+
+    Attributes:
+        kind: ``"semantic"``, ``"fisher"`` or ``"temperature"``.
+        scores: ``[n_layers + 1, pos]``; row ``L < n_layers`` perturbs the residual stream entering
+            block ``L`` (``blocks.L.hook_resid_pre``, the rows of TransformerLens's
+            ``get_act_patch_resid_pre``); the last row perturbs the final residual stream.
+        layer_labels: one label per row (``"resid_pre 0"``, …, ``"resid_final"``).
+        hook_names: the hook point of each row on this model.
+        str_tokens: the prompt's tokens.
+        position: the absolute prediction position.
+        result: the underlying :class:`ScopeResult` (prediction, target, numerics).
+    """
+
+    kind: str
+    scores: Float[torch.Tensor, "n_rows pos"]
+    layer_labels: list[str]
+    hook_names: list[str]
+    str_tokens: list[str]
+    position: int
+    result: ScopeResult
+
+    @property
+    def resid_pre_scores(self) -> Float[torch.Tensor, "n_layers pos"]:
+        """The rows aligned with ``get_act_patch_resid_pre`` (the final residual row dropped)."""
+        return self.scores[:-1]
+
+
+def _single_prompt(adapter: ModelAdapter, prompt: str | torch.Tensor, argument: str) -> Int[torch.Tensor, " pos"]:
+    if isinstance(prompt, torch.Tensor) and prompt.ndim != 1:
+        raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got a tensor of shape {tuple(prompt.shape)}.")
+    if not isinstance(prompt, (str, torch.Tensor)):
+        raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got {type(prompt).__name__}.")
+    return prepare_tokens(adapter, prompt).tokens[0]
+
+
+def _absolute_position(position: int, n_tokens: int, argument: str = "position") -> int:
+    if isinstance(position, bool) or not isinstance(position, int) or not -n_tokens <= position < n_tokens:
+        raise ScopeInputError(f"{argument} must be an int in [{-n_tokens}, {n_tokens - 1}] for a prompt of {n_tokens} tokens; got {position!r}.")
+    return position % n_tokens
+
+
+def layer_resolved_scope(
+    model: Any,
+    prompt: str | Int[torch.Tensor, " pos"],
+    kind: ScopeKind = "semantic",
+    *,
+    position: int = -1,
+    **scope_options: Any,
+) -> LayerResolvedScope:
+    """The scope ``kind`` perturbed at every ``blocks.L.hook_resid_pre`` and the final residual stream.
+
+    One forward and one batched backward pass give ``u^T ∂y/∂resid_L[t]`` for every layer ``L``
+    and token ``t`` (``layer="all"`` of the scope functions); ``scores[0]`` is the ordinary
+    embedding-level scope.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: one prompt, as text or token ids ``[pos]``.
+        kind: ``"semantic"``, ``"fisher"`` or ``"temperature"``.
+        position: the prediction position (negative counts from the end).
+        **scope_options: passed to the scope (``target=`` for Semantic, ``rank=`` for Fisher, …).
+
+    Example:
+        >>> lrs = layer_resolved_scope(model, "When Mary and John went to the store, John gave a drink to",
+        ...                            target=(" Mary", " John"))
+        >>> lrs.resid_pre_scores.shape      # == get_act_patch_resid_pre(...).shape
+    """
+    if kind not in _SCOPES:
+        raise ScopeInputError(f"kind must be one of {sorted(_SCOPES)}; got {kind!r}.")
+    if "layer" in scope_options:
+        raise ScopeInputError("layer_resolved_scope perturbs every layer; do not pass layer=.")
+    adapter = ModelAdapter(model)
+    tokens = _single_prompt(adapter, prompt, "prompt")
+    absolute = _absolute_position(position, len(tokens))
+    result = _SCOPES[kind](model, tokens, position=absolute, layer="all", **scope_options)
+    n_layers = adapter.n_layers
+    return LayerResolvedScope(
+        kind=kind,
+        scores=result.scores,
+        layer_labels=[f"resid_pre {layer}" for layer in range(n_layers)] + ["resid_final"],
+        hook_names=list(result.metadata["numerics"]["perturbation_hook"]),
+        str_tokens=list(result.str_tokens),
+        position=absolute,
+        result=result,
+    )
+
+
+# --------------------------------------------------------------------------------- prompts and metric
+@dataclass(frozen=True)
+class _PatchingSetup:
+    clean_tokens: Int[torch.Tensor, " pos"]
+    corrupted_tokens: Int[torch.Tensor, " pos"]
+    position: int
+    metric: MetricFunction
+    metric_description: str
+
+
+def _prompt_pair(adapter: ModelAdapter, clean: str | torch.Tensor, corrupted: str | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    clean_tokens = _single_prompt(adapter, clean, "clean")
+    corrupted_tokens = _single_prompt(adapter, corrupted, "corrupted")
+    if len(clean_tokens) != len(corrupted_tokens):
+        raise ScopeInputError(
+            f"the clean prompt has {len(clean_tokens)} tokens but the corrupted prompt has "
+            f"{len(corrupted_tokens)}: activation patching swaps activations position by position, "
+            "so both prompts must tokenise to the same length."
+        )
+    return clean_tokens, corrupted_tokens
+
+
+def _logits_at(adapter: ModelAdapter, tokens: torch.Tensor, position: int) -> torch.Tensor:
+    with adapter.prepared_for_scopes(), torch.no_grad():
+        return adapter.forward(tokens[None].to(adapter.device))[0, position]
+
+
+def _setup(
+    adapter: ModelAdapter,
+    clean: str | torch.Tensor,
+    corrupted: str | torch.Tensor,
+    metric: PatchingMetric,
+    position: int,
+) -> _PatchingSetup:
+    clean_tokens, corrupted_tokens = _prompt_pair(adapter, clean, corrupted)
+    absolute = _absolute_position(position, len(clean_tokens))
+    if metric is None:
+        clean_answer = int(_logits_at(adapter, clean_tokens, absolute).argmax())
+        corrupted_answer = int(_logits_at(adapter, corrupted_tokens, absolute).argmax())
+        if clean_answer == corrupted_answer:
+            raise ScopeInputError(
+                f"metric=None uses the logit difference of the clean and the corrupted prediction, but both "
+                f"prompts predict {adapter.str_tokens(torch.tensor([clean_answer]))[0]!r} at position {absolute}; "
+                "pass metric=(correct_answer, wrong_answer) or a callable on the logits."
+            )
+        metric = (clean_answer, corrupted_answer)
+    if isinstance(metric, tuple):
+        target = parse_semantic_target(adapter, metric)
+        correct, wrong = target.token_ids
+        names = adapter.str_tokens(torch.tensor([correct, wrong]))
+
+        def logit_difference(logits: torch.Tensor) -> torch.Tensor:
+            return logits[..., correct] - logits[..., wrong]
+
+        return _PatchingSetup(clean_tokens, corrupted_tokens, absolute, logit_difference, f"logit({names[0]!r}) - logit({names[1]!r})")
+    if callable(metric):
+        return _PatchingSetup(clean_tokens, corrupted_tokens, absolute, metric, getattr(metric, "__name__", "custom metric"))
+    raise ScopeInputError(
+        f"metric must be None, a pair of answer tokens (correct, wrong) or a callable on logits [batch, d_vocab]; got {type(metric).__name__}."
+    )
+
+
+def _metric_values(setup: _PatchingSetup, logits: Float[torch.Tensor, "batch d_vocab"]) -> Float[torch.Tensor, " batch"]:
+    values = setup.metric(logits)
+    if values.shape != logits.shape[:1]:
+        raise ScopeInputError(
+            f"the metric must map logits [batch, d_vocab] to one value per row, shape [{logits.shape[0]}]; "
+            f"got {tuple(values.shape)}."
+        )
+    return values
+
+
+# --------------------------------------------------------------------------------- activation patching
+@dataclass(frozen=True)
+class ActivationPatching:
+    """Denoising activation patching of ``blocks.L.hook_resid_pre`` over layers × positions.
+
+    Attributes:
+        patched_metric: ``[n_layers, pos]``, the metric on the corrupted run with one residual
+            cell restored from the clean run (what ``get_act_patch_resid_pre`` returns).
+        clean_metric, corrupted_metric: the metric on the unpatched runs.
+        backend: ``"transformer_lens"`` (``transformer_lens.patching``) or ``"hooks"``.
+    """
+
+    patched_metric: Float[torch.Tensor, "n_layers pos"]
+    clean_metric: float
+    corrupted_metric: float
+    backend: str
+
+    @property
+    def effect(self) -> Float[torch.Tensor, "n_layers pos"]:
+        """``patched_metric - corrupted_metric``: how far restoring each cell moves the metric."""
+        return self.patched_metric - self.corrupted_metric
+
+
+def _resid_pre_activations(adapter: ModelAdapter, tokens: torch.Tensor) -> Float[torch.Tensor, "n_layers pos d_model"]:
+    names = [adapter.resid_pre_hook(layer) for layer in range(adapter.n_layers)]
+    captured = adapter.capture(tokens[None], names)
+    return torch.stack([captured[name][0] for name in names])
+
+
+def _patch_with_hooks(adapter: ModelAdapter, setup: _PatchingSetup, batch_size: int) -> Float[torch.Tensor, "n_layers pos"]:
+    """Every position of one layer in one batched forward: row ``i`` patches position ``i``."""
+    clean_activations = _resid_pre_activations(adapter, setup.clean_tokens)
+    width = len(setup.corrupted_tokens)
+    corrupted = setup.corrupted_tokens.to(adapter.device)
+    patched = torch.zeros(adapter.n_layers, width)
+    with adapter.prepared_for_scopes(), torch.no_grad():
+        for layer in range(adapter.n_layers):
+            for start in range(0, width, batch_size):
+                positions = torch.arange(start, min(start + batch_size, width), device=adapter.device)
+                rows = torch.arange(len(positions), device=adapter.device)
+
+                def restore_clean(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:
+                    activation = activation.clone()
+                    activation[rows, positions] = clean_activations[layer][positions].to(activation.dtype)
+                    return activation
+
+                with adapter.hooks([(adapter.resid_pre_hook(layer), restore_clean)]):
+                    logits = adapter.forward(corrupted.expand(len(positions), -1))
+                patched[layer, positions.cpu()] = _metric_values(setup, logits[:, setup.position]).float().cpu()
+    return patched
+
+
+def _activation_patching(adapter: ModelAdapter, setup: _PatchingSetup, backend: PatchingBackend, batch_size: int) -> ActivationPatching:
+    if backend not in ("auto", "transformer_lens", "hooks"):
+        raise ScopeInputError(f"backend must be 'auto', 'transformer_lens' or 'hooks'; got {backend!r}.")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    transformer_lens_patch = adapter.transformer_lens_resid_pre_patching() if backend != "hooks" else None
+    if backend == "transformer_lens" and transformer_lens_patch is None:
+        raise UnsupportedModelError(
+            "backend='transformer_lens' needs transformer_lens.patching and blocks.L.hook_resid_pre hooks, "
+            "which this TransformerLens version or model lacks; use backend='hooks' (same patching, our hooks)."
+        )
+    if transformer_lens_patch is not None:
+
+        def scalar_metric(logits: torch.Tensor) -> torch.Tensor:
+            return _metric_values(setup, logits[:, setup.position]).sum()
+
+        with adapter.prepared_for_scopes(), torch.no_grad():
+            patched = transformer_lens_patch(setup.clean_tokens[None], setup.corrupted_tokens[None], scalar_metric)
+        used = "transformer_lens"
+        patched = patched.detach().float().cpu()
+    else:
+        patched = _patch_with_hooks(adapter, setup, batch_size)
+        used = "hooks"
+    clean_metric = float(_metric_values(setup, _logits_at(adapter, setup.clean_tokens, setup.position)[None]))
+    corrupted_metric = float(_metric_values(setup, _logits_at(adapter, setup.corrupted_tokens, setup.position)[None]))
+    return ActivationPatching(patched, clean_metric, corrupted_metric, used)
+
+
+def activation_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    position: int = -1,
+    backend: PatchingBackend = "auto",
+    batch_size: int = 32,
+) -> ActivationPatching:
+    """Activation patching of the residual stream (``blocks.L.hook_resid_pre``) over layers × positions.
+
+    ``backend="auto"`` uses ``transformer_lens.patching.get_act_patch_resid_pre`` where the installed
+    TransformerLens has it and it applies to the model, and otherwise the same patch through the
+    model's hooks (``"hooks"``, which batches all positions of a layer into one forward).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        clean, corrupted: two prompts of the same token length (text or token ids ``[pos]``).
+        metric: ``None`` (logit difference of the clean and the corrupted run's top-1 predictions),
+            a pair ``(correct, wrong)`` of answer tokens (their logit difference), or a callable
+            mapping logits ``[batch, d_vocab]`` at ``position`` to ``[batch]``.
+        position: where the metric reads the logits (default: the last token).
+
+    Example:
+        >>> patching = activation_patching(model, "... John gave a drink to", "... Mary gave a drink to",
+        ...                                (" Mary", " John"))
+        >>> patching.effect.shape       # [n_layers, pos]
+    """
+    adapter = ModelAdapter(model)
+    return _activation_patching(adapter, _setup(adapter, clean, corrupted, metric, position), backend, batch_size)
+
+
+# --------------------------------------------------------------------------------- attribution patching
+def _metric_as_target(adapter: ModelAdapter, setup: _PatchingSetup) -> Callable[[torch.Tensor], torch.Tensor]:
+    def metric_of_final_hidden(y: torch.Tensor) -> torch.Tensor:
+        return _metric_values(setup, adapter.logits(y))
+
+    return metric_of_final_hidden
+
+
+def _attribution_patching(
+    adapter: ModelAdapter, setup: _PatchingSetup
+) -> tuple[Float[torch.Tensor, "n_layers pos"], Bool[torch.Tensor, "n_layers pos"]]:
+    """The estimate, and which cells' clean and corrupted activations differ at all."""
+    gradients = semantic_scope(
+        adapter.model,
+        setup.corrupted_tokens,
+        target=_metric_as_target(adapter, setup),
+        position=setup.position,
+        layer=list(range(adapter.n_layers)),
+        return_gradients=True,
+    ).gradients
+    difference = (_resid_pre_activations(adapter, setup.clean_tokens) - _resid_pre_activations(adapter, setup.corrupted_tokens)).float().cpu()
+    return (difference * gradients).sum(-1), difference.abs().amax(-1) > 0
+
+
+def attribution_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    position: int = -1,
+) -> Float[torch.Tensor, "n_layers pos"]:
+    """First-order estimate of :func:`activation_patching`'s effect, ``[n_layers, pos]``.
+
+    ``(a_clean[L, p] - a_corrupt[L, p]) · ∂metric/∂a[L, p]`` at the corrupted run, for
+    ``a = blocks.L.hook_resid_pre``: one forward and one backward pass (the scope engine, with the
+    metric as its readout) and one cached forward per prompt. Arguments as for
+    :func:`activation_patching`.
+
+    Example:
+        >>> estimate = attribution_patching(model, clean, corrupted, (" Mary", " John"))
+    """
+    adapter = ModelAdapter(model)
+    estimate, _ = _attribution_patching(adapter, _setup(adapter, clean, corrupted, metric, position))
+    return estimate
+
+
+# --------------------------------------------------------------------------------- comparison
+@dataclass(frozen=True)
+class PatchingComparison:
+    """Activation patching, attribution patching and a layer-resolved scope on the same axes.
+
+    All maps are ``[n_layers, pos]`` with rows ``blocks.L.hook_resid_pre`` (TransformerLens's
+    ``get_act_patch_resid_pre`` layout).
+
+    Attributes:
+        activation_patching: the patched metric and its clean / corrupted baselines.
+        attribution_patching: the first-order estimate of ``activation_patching.effect``.
+        scope: the layer-resolved scope's ``resid_pre_scores`` (non-negative sensitivities).
+        scope_kind, scope_prompt: which scope, computed on the ``"clean"`` or ``"corrupted"`` prompt.
+        metric_description: what the metric measures.
+        layer_labels: the row labels.
+        clean_str_tokens, corrupted_str_tokens: the column labels of each prompt.
+        position: the absolute position whose logits the metric reads.
+        differing_cells: ``[n_layers, pos]``, True where the clean and corrupted activations
+            differ; elsewhere patching is a no-op (e.g. every position before the first changed
+            token), while a scope still measures sensitivity.
+        rank_correlations: Spearman ρ over all cells. ``"activation_vs_attribution"``,
+            ``"activation_vs_scope"`` and ``"attribution_vs_scope"`` compare magnitudes
+            (``|effect|``, ``|estimate|``, scope), because a scope has no sign;
+            ``"activation_vs_attribution_signed"`` compares the signed maps; keys ending in
+            ``"_on_differing_cells"`` repeat the magnitude comparisons on ``differing_cells`` only
+            (NaN with fewer than 2 such cells).
+    """
+
+    activation_patching: ActivationPatching
+    attribution_patching: Float[torch.Tensor, "n_layers pos"]
+    scope: Float[torch.Tensor, "n_layers pos"]
+    scope_kind: str
+    scope_prompt: str
+    metric_description: str
+    layer_labels: list[str]
+    clean_str_tokens: list[str]
+    corrupted_str_tokens: list[str]
+    position: int
+    differing_cells: Bool[torch.Tensor, "n_layers pos"]
+    rank_correlations: dict[str, float]
+
+
+def compare_with_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    kind: ScopeKind = "semantic",
+    scope_prompt: Literal["clean", "corrupted"] = "clean",
+    position: int = -1,
+    backend: PatchingBackend = "auto",
+    batch_size: int = 32,
+    **scope_options: Any,
+) -> PatchingComparison:
+    """Activation patching, attribution patching and a layer-resolved Jacobian Scope, side by side.
+
+    The Semantic Scope reads the metric itself (its gradient with respect to the final hidden
+    state); Fisher and Temperature read their own directions. ``scope_prompt`` chooses the prompt
+    the scope is computed on: the clean one (what the model does with the information) by default,
+    or the corrupted one (the point where attribution patching takes its gradient).
+
+    Args:
+        model, clean, corrupted, metric, position, backend, batch_size: as for :func:`activation_patching`.
+        kind: the scope, ``"semantic"`` (default), ``"fisher"`` or ``"temperature"``.
+        scope_prompt: ``"clean"`` or ``"corrupted"``.
+        **scope_options: passed to the scope (e.g. ``rank=`` for Fisher).
+
+    Example:
+        >>> comparison = compare_with_patching(model, "When Mary and John went to the store, John gave a drink to",
+        ...                                    "When Mary and John went to the store, Mary gave a drink to",
+        ...                                    (" Mary", " John"))
+        >>> comparison.rank_correlations["activation_vs_scope"]
+    """
+    if scope_prompt not in ("clean", "corrupted"):
+        raise ScopeInputError(f"scope_prompt must be 'clean' or 'corrupted'; got {scope_prompt!r}.")
+    if kind not in _SCOPES:
+        raise ScopeInputError(f"kind must be one of {sorted(_SCOPES)}; got {kind!r}.")
+    if kind == "semantic" and "target" in scope_options:
+        raise ScopeInputError("compare_with_patching's Semantic Scope reads the metric; pass metric=, not target=.")
+    adapter = ModelAdapter(model)
+    setup = _setup(adapter, clean, corrupted, metric, position)
+    patching = _activation_patching(adapter, setup, backend, batch_size)
+    estimate, differing_cells = _attribution_patching(adapter, setup)
+    if kind == "semantic":
+        scope_options = dict(scope_options, target=_metric_as_target(adapter, setup))
+    scope_tokens = setup.clean_tokens if scope_prompt == "clean" else setup.corrupted_tokens
+    scope = layer_resolved_scope(model, scope_tokens, kind, position=setup.position, **scope_options)
+    magnitudes = {"activation": patching.effect.abs(), "attribution": estimate.abs(), "scope": scope.resid_pre_scores}
+    pairs = [("activation", "attribution"), ("activation", "scope"), ("attribution", "scope")]
+    correlations = {f"{a}_vs_{b}": spearman(magnitudes[a], magnitudes[b]) for a, b in pairs}
+    correlations["activation_vs_attribution_signed"] = spearman(patching.effect, estimate)
+    for a, b in pairs:
+        enough = int(differing_cells.sum()) >= 2
+        correlations[f"{a}_vs_{b}_on_differing_cells"] = (
+            spearman(magnitudes[a][differing_cells], magnitudes[b][differing_cells]) if enough else math.nan
+        )
+    return PatchingComparison(
+        activation_patching=patching,
+        attribution_patching=estimate,
+        scope=scope.resid_pre_scores,
+        scope_kind=kind,
+        scope_prompt=scope_prompt,
+        metric_description=setup.metric_description,
+        layer_labels=scope.layer_labels[:-1],
+        clean_str_tokens=adapter.str_tokens(setup.clean_tokens),
+        corrupted_str_tokens=adapter.str_tokens(setup.corrupted_tokens),
+        position=setup.position,
+        differing_cells=differing_cells,
+        rank_correlations=correlations,
+    )
