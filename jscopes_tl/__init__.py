@@ -9,23 +9,37 @@ through hooks on a HookedTransformer or TransformerBridge:
 """
 
 from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError, UnsupportedModelError
+from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness
+from jscopes_tl.patching import (
+    ActivationPatching,
+    LayerResolvedScope,
+    PatchingComparison,
+    activation_patching,
+    attribution_patching,
+    compare_with_patching,
+    layer_resolved_scope,
+)
 from jscopes_tl.result import Prediction, ScopeResult
 from jscopes_tl.scopes import fisher_scope, jacobian_scope, semantic_scope, temperature_scope
-from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness  # noqa: F401
-from jscopes_tl.patching import (  # noqa: F401
-    ActivationPatching, LayerResolvedScope, PatchingComparison, activation_patching, attribution_patching,
-    compare_with_patching, layer_resolved_scope,
-)
 from jscopes_tl.views.report import report
 
 __all__ = [
+    "ActivationPatching",
+    "FaithfulnessReport",
+    "LayerResolvedScope",
     "NonFiniteLogitsError",
+    "PatchingComparison",
     "Prediction",
     "ScopeInputError",
     "ScopeResult",
     "UnsupportedModelError",
+    "activation_patching",
+    "attribution_patching",
+    "compare_with_patching",
+    "evaluate_faithfulness",
     "fisher_scope",
     "jacobian_scope",
+    "layer_resolved_scope",
     "report",
     "semantic_scope",
     "temperature_scope",

@@ -7,7 +7,7 @@ file (the circuitsvis bundle inlined once, so it opens offline). No analysis hap
 
 from jscopes_tl.views.attention import attention_comparison_view
 from jscopes_tl.views.html import Component, Page
-from jscopes_tl.views.patching import faithfulness_table_html, patching_comparison_html, standalone_html  # noqa: F401
+from jscopes_tl.views.patching import faithfulness_table_html, patching_comparison_html, standalone_html
 from jscopes_tl.views.report import report
 from jscopes_tl.views.tokens import compare_view, save_html, select_columns, token_view
 
@@ -16,8 +16,11 @@ __all__ = [
     "Page",
     "attention_comparison_view",
     "compare_view",
+    "faithfulness_table_html",
+    "patching_comparison_html",
     "report",
     "save_html",
     "select_columns",
+    "standalone_html",
     "token_view",
 ]
