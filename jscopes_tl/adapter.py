@@ -24,8 +24,10 @@ Everything downstream (scopes, views, evaluation) talks to :class:`ModelAdapter`
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -432,42 +434,115 @@ def load_pretrained(name_or_path: str, *, device: str | None = None) -> Any:
     """A Hugging Face hub name or a local directory of a saved model, as a TransformerLens model.
 
     TransformerLens with TransformerBridge (3.x, 4.x): ``TransformerBridge.boot_transformers``.
-    TransformerLens 2.x: ``HookedTransformer.from_pretrained`` (hub names it supports).
-    Offline with no local copy this fails at once with a message saying what to do.
-    """
-    import os
-    from pathlib import Path
+    TransformerLens 2.x: ``HookedTransformer.from_pretrained`` for hub names it supports, and
+    :func:`hooked_transformer_from_hf_directory` (same processing) for a local directory.
 
+    Before a hub name is looked up, one quick connection probe checks that the hub is reachable
+    (no probe when ``HF_HUB_OFFLINE`` is set). Offline, a model missing from the local cache fails
+    at once (instead of after the hub client's retries, about half a minute) with a message saying
+    how to point at a local copy, and a cached one is loaded in offline mode.
+    """
     local = Path(name_or_path).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(
+            f"{name_or_path!r} is a file; pass the directory that holds the model's config.json."
+        )
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelLoadError(
+                f"{name_or_path!r} has no config.json, so it is not a saved Hugging Face model "
+                "(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir))."
+            )
+        return _load_transformer_lens_model(str(local), device=device, is_local=True)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"no such model directory: {name_or_path!r}.")
+    offline = hub_offline_requested() or not hub_reachable()
+    if offline and not _in_hub_cache(name_or_path):
+        raise ModelLoadError(
+            f"could not load model {name_or_path!r}: the Hugging Face Hub is not reachable from here "
+            "(offline) and the model is not in the local cache.\n"
+            f"{_LOCAL_COPY_HINT.format(name=name_or_path)}"
+        )
+    with _hub_offline_mode(offline):
+        return _load_transformer_lens_model(name_or_path, device=device, is_local=False)
+
+
+_LOCAL_COPY_HINT = (
+    "Download it where you have internet (e.g. `huggingface-cli download {name} --local-dir ./my-model`) "
+    "and pass that directory instead, or point HF_HOME at a cache that already holds it."
+)
+
+
+def _load_transformer_lens_model(source: str, *, device: str | None, is_local: bool) -> Any:
     try:
         if _bridge_builder_available():
             from transformer_lens.model_bridge import TransformerBridge
 
-            source = str(local) if local.is_dir() else name_or_path
             return TransformerBridge.boot_transformers(source, device=device)
-        if local.is_dir():
-            raise ModelLoadError(
-                f"TransformerLens {transformer_lens_version()} loads HookedTransformers by hub name only; "
-                f"to use the local directory {name_or_path!r}, install TransformerLens 4.x (TransformerBridge)."
-            )
+        if is_local:
+            return hooked_transformer_from_hf_directory(source, device=device)
         from transformer_lens import HookedTransformer
 
-        return HookedTransformer.from_pretrained(name_or_path, device=device)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, ConnectionError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(error).lower()
-        hint = (
-            "The Hugging Face Hub is not reachable from here (offline) and no local copy was found. "
-            if offline or not local.exists()
-            else ""
-        )
+        return HookedTransformer.from_pretrained(source, device=device)
+    except (OSError, ValueError, KeyError, NotImplementedError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
         raise ModelLoadError(
-            f"could not load model {name_or_path!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-            f"{hint}Download it where you have internet (e.g. `huggingface-cli download {name_or_path} "
-            "--local-dir ./my-model`) and pass that directory instead, or point HF_HOME at a cache "
-            "that already holds it."
+            f"could not load model {source!r}: {type(error).__name__}: {first_line}\n"
+            f"{'' if is_local else _LOCAL_COPY_HINT.format(name=source)}"
         ) from error
+
+
+def hub_offline_requested() -> bool:
+    """True when the environment asks the Hugging Face libraries to stay offline."""
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout_seconds: float = 2.0) -> bool:
+    """One TCP connection to the hub endpoint (``HF_ENDPOINT``), no retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout_seconds):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except (ImportError, ValueError):  # ValueError: not a valid repo id
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_mode(offline: bool) -> Iterator[None]:
+    """Make the hub clients read only their cache (they read the flag at import, so set both)."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved_environment = os.environ.get("HF_HUB_OFFLINE")
+    saved_flag = hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_flag
+        if saved_environment is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_environment
 
 
 def _bridge_builder_available() -> bool:
@@ -476,3 +551,49 @@ def _bridge_builder_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def hooked_transformer_from_hf_directory(
+    directory: str | Any,
+    *,
+    hf_model: torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+    device: str | None = None,
+) -> Any:
+    """A HookedTransformer (TransformerLens 2.x, 3.x) from a local directory of a saved HF causal LM.
+
+    ``HookedTransformer.from_pretrained`` accepts hub names only; this goes the same way by hand:
+    TransformerLens's config conversion (which reads ``directory/config.json``), its weight
+    conversion for the architecture, and ``load_and_process_state_dict``. The processing flags
+    default to ``from_pretrained``'s (LayerNorm folded, writing weights and unembedding centred);
+    turn them all off to keep the Hugging Face model's numerics exactly.
+    """
+    if not hooked_transformer_available():
+        raise UnsupportedModelError(
+            f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
+            "use a TransformerBridge instead."
+        )
+    import transformers
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    directory = str(directory)
+    config = loading.get_pretrained_model_config(directory, fold_ln=fold_ln, device=device)
+    if hf_model is None:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    if tokenizer is None:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = HookedTransformer(config, tokenizer=tokenizer)
+    state_dict = loading.get_pretrained_state_dict(directory, config, hf_model)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    return model.eval()
