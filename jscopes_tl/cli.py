@@ -1,7 +1,20 @@
-"""Command line: ``jscopes scope "TEXT" --model NAME --kind semantic --out view.html``.
+"""Command line ``jscopes`` (also ``python -m jscopes_tl``).
 
-Exit codes: 0 success, 2 bad arguments, 1 runtime failure. Errors go to stderr; results to
-stdout or the files named.
+* ``jscopes scope "TEXT" --model NAME --kind semantic|fisher|temperature|all [--target T
+  [--contrast C]] [--position N|all] [--rank K] [--out view.html] [--json scores.json]``:
+  score every token of a prompt; the top tokens go to stdout, the view and scores to files.
+* ``jscopes ground-truth [--models recall induction periodic] [--prompts N]``: how often each
+  scope and baseline ranks the known source token first on the bundled models' held-out prompts.
+* ``jscopes eval PROMPTS --model NAME``: the faithfulness table (AOPC under ablation, agreement
+  with leave-one-out; :mod:`jscopes_tl.faithfulness`) over a file of prompts whose final token is
+  the one predicted: JSON lines (a string or an object with ``"text"``), CSV (a ``text`` column,
+  else the first) or plain text, one prompt a line.
+* ``jscopes models``: the bundled models and their held-out accuracy.
+
+``--model`` takes a bundled model (``recall``, ``induction``, ``periodic``), a random toy model
+(``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a Hugging Face hub name or a local directory of a
+saved model. Exit codes: 0 success, 2 bad arguments, 1 runtime failure (e.g. a model that cannot
+be loaded). Errors go to stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
@@ -10,10 +23,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from jscopes_tl import models
 from jscopes_tl.adapter import ModelLoadError, hooked_transformer_available, load_pretrained
 from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
+from jscopes_tl.result import ScopeResult
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 
 TOY_MODELS = {"toy-gpt2": "gpt2", "toy-llama": "llama", "toy-gemma2": "gemma2"}
@@ -25,7 +41,9 @@ class UsageError(Exception):
 
 
 def load_model(name: str) -> Any:
-    """A toy model name (``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a hub name or a local path."""
+    """A bundled model, a toy model, a hub name or a local directory, as a TransformerLens model."""
+    if models.is_bundled(name):
+        return models.load(name)
     if name in TOY_MODELS:
         from jscopes_tl.toy import toy_model
 
@@ -53,27 +71,100 @@ def _token(text: str) -> int | str:
     return text
 
 
+def _rank(text: str) -> int:
+    try:
+        rank = int(text)
+    except ValueError:
+        rank = -1
+    if rank < 0:
+        raise argparse.ArgumentTypeError(f"--rank must be an int >= 1, or 0 for exact; got {text!r}")
+    return rank
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int; got {text!r}")
+    return value
+
+
+MODEL_HELP = (
+    f"bundled: {', '.join(models.BUNDLED_MODELS)}; random toys: {', '.join(TOY_MODELS)}; "
+    "or a Hugging Face hub name or a local directory of a saved model"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jscopes", description="Jacobian Scopes for TransformerLens models.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     scope = commands.add_parser("scope", help="score every token of a prompt for one prediction")
     scope.add_argument("text", help="the prompt")
-    scope.add_argument("--model", default="toy-gpt2", help="toy-gpt2 | toy-llama | toy-gemma2 | hub name | local dir")
+    scope.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
     scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic")
-    scope.add_argument("--target", type=_token, help="target token text (e.g. ' Paris') or id:N; default: top-1")
+    scope.add_argument("--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: top-1")
     scope.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
     scope.add_argument("--position", type=_position, default=-1, help="prediction position (int) or 'all'")
-    scope.add_argument("--rank", type=int, default=1, help="Fisher rank (0 for exact)")
-    scope.add_argument("--out", help="write an offline HTML view here")
-    scope.add_argument("--json", dest="json_path", help="write scores as JSON here")
+    scope.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
+    scope.add_argument("--top", type=_positive, default=5, help="how many top tokens to print")
+    scope.add_argument("--out", type=Path, help="write an offline HTML view here")
+    scope.add_argument("--json", dest="json_path", type=Path, help="write the scores as JSON here")
+
+    ground_truth = commands.add_parser(
+        "ground-truth", help="how often each scope and baseline ranks the known source first (bundled models)"
+    )
+    ground_truth.add_argument("--models", nargs="+", choices=models.BUNDLED_MODELS, default=list(models.BUNDLED_MODELS))
+    ground_truth.add_argument("--prompts", type=_positive, default=200, help="held-out prompts per model")
+    ground_truth.add_argument("--seed", type=int, default=0)
+    ground_truth.add_argument("--json", dest="json_path", type=Path, help="write the accuracies as JSON here")
+
+    evaluate = commands.add_parser("eval", help="faithfulness (AOPC, leave-one-out) of scopes and baselines over prompts")
+    evaluate.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line")
+    evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
+    evaluate.add_argument("--scorers", nargs="+", help="scorer names (default: all built in)")
+    evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero")
+    evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
+    evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
+
+    commands.add_parser("models", help="list the bundled models and their held-out accuracy")
     return parser
+
+
+def _result_record(result: ScopeResult, model_name: str, text: str) -> dict[str, Any]:
+    return {
+        "kind": result.kind,
+        "model": model_name,
+        "text": text,
+        "tokens": result.str_tokens,
+        "token_ids": result.tokens.tolist(),
+        "position": result.position.tolist(),
+        "target": None if result.target is None else result.target.tolist(),
+        "scores": result.scores.tolist(),
+        "prediction": {
+            "tokens": result.prediction.str_tokens,
+            "probabilities": result.prediction.probabilities.tolist(),
+        },
+        "numerics": result.metadata.get("numerics"),
+    }
+
+
+def _check_writable(path: Path | None) -> None:
+    if path is not None and not path.expanduser().resolve().parent.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist")
 
 
 def run_scope_command(args: argparse.Namespace) -> int:
     if args.contrast is not None and args.target is None:
         raise UsageError("--contrast needs --target (the token the difference is taken from)")
-    if args.rank < 0:
-        raise UsageError(f"--rank must be >= 1, or 0 for exact; got {args.rank}")
+    if args.target is not None and args.kind not in ("semantic", "all"):
+        raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
+    if not args.text:
+        raise UsageError("the prompt is empty")
+    _check_writable(args.out)
+    _check_writable(args.json_path)
     model = load_model(args.model)
     target = (args.target, args.contrast) if args.contrast is not None else args.target
     kinds = KINDS if args.kind == "all" else (args.kind,)
@@ -86,25 +177,129 @@ def run_scope_command(args: argparse.Namespace) -> int:
         else:
             results.append(temperature_scope(model, args.text, position=args.position))
     for result in results:
-        print(f"{result.kind}:")
+        prediction = result.prediction.str_tokens
+        print(f"{result.kind} (prediction position {result.position.tolist()}; model's top tokens {prediction!r}):")
         if result.scores.ndim == 1:
-            for index, token, score in result.top_tokens(5):
+            for index, token, score in result.top_tokens(args.top):
                 print(f"  {index:4d} {token!r:>16} {score:.4g}")
         else:
-            print(f"  scores of shape {tuple(result.scores.shape)}")
+            print(f"  scores of shape {tuple(result.scores.shape)} (prediction positions × tokens)")
     if args.out:
         from jscopes_tl.views import save_html
 
         print(f"wrote {save_html(results[0], args.out)}")
     if args.json_path:
-        payload = [
-            {"kind": r.kind, "tokens": r.str_tokens, "position": r.position.tolist(), "scores": r.scores.tolist()}
-            for r in results
-        ]
-        with open(args.json_path, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
+        payload = [_result_record(result, args.model, args.text) for result in results]
+        args.json_path.write_text(json.dumps(payload), encoding="utf-8")
         print(f"wrote {args.json_path}")
     return 0
+
+
+def run_ground_truth_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from jscopes_tl.models.ground_truth import format_table, ground_truth_accuracy
+
+    _check_writable(args.json_path)
+    reports = []
+    for name in tqdm(args.models, desc="bundled models", unit="model", file=sys.stderr):
+        reports.append(ground_truth_accuracy(models.load(name), name, n_prompts=args.prompts, seed=args.seed))
+    print(format_table(reports))
+    if args.json_path:
+        payload = {
+            report.task: {
+                "prompts": report.n_prompts,
+                "accuracy": report.accuracy,
+                "chance": report.chance,
+                "model_accuracy": report.model_accuracy,
+            }
+            for report in reports
+        }
+        args.json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a JSON-lines, CSV or plain-text file (one a line; blank lines skipped)."""
+    import csv
+
+    if not path.is_file():
+        raise UsageError(f"no such prompts file: {str(path)!r}")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}:{number}: not JSON ({error.msg})") from None
+            text = value if isinstance(value, str) else value.get("text") if isinstance(value, dict) else None
+            if not isinstance(text, str):
+                raise UsageError(f'{path}:{number}: expected a string or an object with "text"')
+            prompts.append(text)
+    elif path.suffix == ".csv":
+        rows = list(csv.reader(lines))
+        column = rows[0].index("text") if "text" in rows[0] else 0
+        body = rows[1:] if "text" in rows[0] or "prompt" in rows[0] else rows
+        prompts = [row[column] for row in body if len(row) > column and row[column]]
+    else:
+        prompts = lines
+    if not prompts:
+        raise UsageError(f"{str(path)!r} holds no prompts")
+    return prompts
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
+
+    _check_writable(args.json_path)
+    prompts = read_prompts(args.prompts)[: args.limit]
+    scorers = args.scorers or list(DEFAULT_SCORERS)
+    unknown = [name for name in scorers if name not in DEFAULT_SCORERS]
+    if unknown:
+        raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
+    model = load_model(args.model)
+    report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, progress=True)
+    summary = report.summary()
+    columns = list(summary[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * (len(columns) - 1))
+    for row in summary:
+        cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
+        print("| " + " | ".join(cells) + " |")
+    if args.json_path:
+        payload = {"model": args.model, "ablation": args.ablation, "summary": summary, "rows": report.rows}
+        args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+def run_models_command(args: argparse.Namespace) -> int:
+    for name in models.BUNDLED_MODELS:
+        record = models.training_record(name)
+        task = models.get_task(name)
+        print(
+            f"{name:10s} {task.__doc__.splitlines()[0]}\n"
+            f"{'':10s} held-out accuracy {record['held_out_accuracy']:.3f} on {record['held_out_prompts']} prompts"
+        )
+    return 0
+
+
+COMMANDS = {
+    "scope": run_scope_command,
+    "ground-truth": run_ground_truth_command,
+    "eval": run_eval_command,
+    "models": run_models_command,
+}
+
+
+def _quiet_libraries() -> None:
+    """Loading progress bars and padding advice from transformers are noise on a command line."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,12 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    _quiet_libraries()
     try:
-        return run_scope_command(args)
+        return COMMANDS[args.command](args)
     except (UsageError, ScopeInputError) as error:
         print(f"jscopes: error: {error}", file=sys.stderr)
         return 2
-    except (ModelLoadError, UnsupportedModelError, RuntimeError, OSError) as error:
+    except (ModelLoadError, UnsupportedModelError, RuntimeError, OSError, KeyError) as error:
         print(f"jscopes: error: {error}", file=sys.stderr)
         return 1
 
