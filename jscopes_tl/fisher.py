@@ -157,22 +157,23 @@ def fisher_eigenpairs(
     # ‖g_v - μ‖² for every v in d_vocab · d_model: tr(F) and the dropped part, exactly.
     centred_sq_norm = s.pow(2) * column_sq_norms - 2.0 * s * (mean @ W) + mean @ mean
     trace = float((p * centred_sq_norm).sum())
+    keep = torch.ones_like(p, dtype=torch.bool)
     if tail_mass > 0:
         order = torch.argsort(p, descending=True)
         mass_from_here = torch.flip(torch.cumsum(torch.flip(p[order], [0]), 0), [0])
-        n_keep = max(int((mass_from_here > tail_mass).sum()), 1)
-        keep = order[:n_keep]
-        G = W[:, keep] * s[keep][None, :]
-        kept_p = p[keep]
-        dropped_mass = float(p[order[n_keep:]].sum())
+        keep[order[max(int((mass_from_here > tail_mass).sum()), 1):]] = False
+    m = int(keep.sum())
+    dropped_mass = float(p[~keep].sum())
+    if 2 * m < p.shape[0]:
+        # Few rows kept: gather them (in vocabulary order, for contiguous reads).
+        index = keep.nonzero(as_tuple=True)[0]
+        G, kept_p = W[:, index] * s[index][None, :], p[index]
     else:
-        keep = None
+        # Most rows kept: gathering would copy W_U; zeroing the dropped probabilities is cheaper.
         G = W if slope is None else W * s[None, :]
-        kept_p = p
-        dropped_mass = 0.0
+        kept_p = torch.where(keep, p, 0.0)
     kept = _KeptFisher(G=G, p=kept_p, mean=mean, kept_mean=G @ kept_p, kept_mass=float(kept_p.sum()))
-    m = kept_p.shape[0]
-    kept_trace = float((kept_p * (centred_sq_norm if keep is None else centred_sq_norm[keep])).sum())
+    kept_trace = float((torch.where(keep, p, 0.0) * centred_sq_norm).sum())
 
     dense_work = m * d * d
     use_dense = solver == "dense" or (solver == "auto" and (dense_work <= DENSE_WORK_THRESHOLD or 2 * rank >= d))
@@ -184,9 +185,9 @@ def fisher_eigenpairs(
         if start.shape[1] < block:
             generator = torch.Generator().manual_seed(0)
             start = torch.cat([start, torch.randn(d, block - start.shape[1], generator=generator).to(start)], dim=1)
-        # "auto" stops iterating once the products would cost a quarter of the dense route (a
+        # "auto" stops iterating once the products would cost an eighth of the dense route (a
         # flat top of the spectrum converges slowly; dense is then the cheaper route).
-        max_products = math.inf if solver == "krylov" else max(block, d // 8)
+        max_products = math.inf if solver == "krylov" else max(block, d // 16)
         values, vectors, residual, converged = _krylov_top(kept, rank, start, tolerance, max_products)
         if not converged and solver == "auto":
             use_dense = True
