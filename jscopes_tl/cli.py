@@ -185,9 +185,13 @@ def run_scope_command(args: argparse.Namespace) -> int:
         else:
             print(f"  scores of shape {tuple(result.scores.shape)} (prediction positions × tokens)")
     if args.out:
-        from jscopes_tl.views import save_html
+        from jscopes_tl.views import compare_view, save_html
 
-        print(f"wrote {save_html(results[0], args.out)}")
+        # Several scopes of one position: side by side in one page; otherwise the scope's own view.
+        if len(results) > 1 and all(result.scores.ndim == 1 for result in results):
+            print(f"wrote {compare_view(results).save_html(args.out)}")
+        else:
+            print(f"wrote {save_html(results[0], args.out)}")
     if args.json_path:
         payload = [_result_record(result, args.model, args.text) for result in results]
         args.json_path.write_text(json.dumps(payload), encoding="utf-8")

@@ -61,6 +61,15 @@ def test_scope_writes_an_html_view(capsys, tmp_path: Path):
     assert path.read_text().lstrip().lower().startswith("<!doctype html")
 
 
+def test_scope_kind_all_writes_the_three_scopes_side_by_side(capsys, tmp_path: Path):
+    path = tmp_path / "view.html"
+    code, _, err = run(capsys, "scope", RECALL, "--model", "recall", "--kind", "all", "--out", str(path))
+    assert code == 0, err
+    page = path.read_text()
+    assert all(label in page for label in ('"Semantic"', '"Fisher"', '"Temperature"'))
+    assert "ColoredTokensMulti" in page
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
