@@ -65,7 +65,9 @@ def build_model(architecture: str) -> Any:
 
 
 def best_time(function: Callable[[], Any], repeats: int) -> float:
-    function()  # warm-up
+    """Best of ``repeats`` runs after one warm-up run (no warm-up for single long runs)."""
+    if repeats > 1:
+        function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -98,6 +100,7 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     with torch.no_grad():
         row["forward_s"] = best_time(lambda: model(tokens), repeats)
     row["forward_backward_s"] = floor = best_time(forward_backward(model, tokens), repeats)
+    report(row, "forward_s", "forward_backward_s")
 
     scopes: dict[str, Callable[[], Any]] = {
         "semantic": lambda: semantic_scope(model, tokens[0]),
@@ -112,6 +115,7 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
         seconds = best_time(scope, 1 if name in ("fisher_rank64", "fisher_exact") else repeats)
         row[f"{name}_s"] = seconds
         row[f"{name}_vs_floor"] = seconds / floor
+        report(row, f"{name}_s", f"{name}_vs_floor")
     for name in ("fisher_rank1", "fisher_rank8", "fisher_rank64", "fisher_exact"):
         if f"{name}_s" in row:
             row[f"{name}_vs_semantic"] = row[f"{name}_s"] / row["semantic_s"]
@@ -122,6 +126,7 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     W_U = adapter.W_U.detach()
     row["fisher_eigensolve_rank1_s"] = best_time(lambda: fisher_eigenpairs(W_U, probabilities, 1, tail_mass=1e-6), repeats)
     row["eigensolve_share_of_fisher_rank1"] = row["fisher_eigensolve_rank1_s"] / row["fisher_rank1_s"]
+    report(row, "fisher_eigensolve_rank1_s", "eigensolve_share_of_fisher_rank1")
 
     # Batch of 16 prompts vs the same prompts one by one.
     batch = random_tokens(model, 16, length, seed=1)
@@ -129,6 +134,7 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     batched = best_time(lambda: semantic_scope(model, batch), 1)
     row["batch16_s"], row["one_by_one16_s"] = batched, one_by_one
     row["batch16_throughput_ratio"] = one_by_one / batched
+    report(row, "batch16_s", "one_by_one16_s", "batch16_throughput_ratio")
 
     # position="all" vs a loop over positions (the loop is timed on evenly spaced positions and
     # scaled up: each call costs what its position costs, so the sample mean is unbiased).
@@ -141,7 +147,14 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
         row[f"all_{all_length}_s"] = all_seconds
         row[f"loop_{all_length}_estimated_s"] = loop_seconds
         row[f"all_{all_length}_speedup_vs_loop"] = loop_seconds / all_seconds
+        report(row, f"all_{all_length}_s", f"loop_{all_length}_estimated_s", f"all_{all_length}_speedup_vs_loop")
     return row
+
+
+def report(row: dict[str, Any], *keys: str) -> None:
+    """Progress on stderr as figures come in (the tables are printed at the end)."""
+    figures = ", ".join(f"{key}={row[key]:.3f}" for key in keys)
+    print(f"[{row['model']}] {figures}", file=sys.stderr, flush=True)
 
 
 def _rss_mb() -> float:
