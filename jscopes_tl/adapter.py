@@ -254,16 +254,23 @@ class ModelAdapter:
             )
         parameters = list(self.model.parameters())
         requires_grad = [p.requires_grad for p in parameters]
-        training = [(module, module.training) for module in self.model.modules()]
         try:
             for parameter in parameters:
                 parameter.requires_grad_(False)
-            self.model.eval()
-            with torch.enable_grad():
+            with self.eval_mode(), torch.enable_grad():
                 yield
         finally:
             for parameter, flag in zip(parameters, requires_grad):
                 parameter.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Eval mode (no dropout) for the duration; every module's own mode restored on exit."""
+        training = [(module, module.training) for module in self.model.modules()]
+        try:
+            self.model.eval()
+            yield
+        finally:
             for module, mode in training:
                 module.training = mode
 
@@ -307,24 +314,8 @@ class ModelAdapter:
         or without compatibility mode); returned as float32 on the CPU.
         """
         names = [self._resolve_hook([f"blocks.{layer}.attn.hook_pattern"]) for layer in range(self.n_layers)]
-        patterns: dict[str, torch.Tensor] = {}
-
-        def capture(name: str) -> HookFunction:
-            def hook(activation: torch.Tensor, hook: Any) -> None:
-                patterns[name] = activation.detach()
-
-            return hook
-
-        training = [(module, module.training) for module in self.model.modules()]
-        try:
-            self.model.eval()
-            with torch.no_grad(), self.hooks([(name, capture(name)) for name in names]):
-                self.forward(tokens.reshape(1, -1).to(self.device))
-        finally:
-            for module, mode in training:
-                module.training = mode
+        patterns = self.capture(tokens.reshape(1, -1), names)
         return torch.stack([patterns[name][0] for name in names]).float().cpu()
-
 
     # ----------------------------------------------------------------------------- patching, ablation
     @property
@@ -345,14 +336,8 @@ class ModelAdapter:
 
             return hook
 
-        training = [(module, module.training) for module in self.model.modules()]
-        try:
-            self.model.eval()
-            with torch.no_grad(), self.hooks([(name, capture_hook(name)) for name in hook_names]):
-                self.forward(tokens.to(self.device))
-        finally:
-            for module, mode in training:
-                module.training = mode
+        with self.eval_mode(), torch.no_grad(), self.hooks([(name, capture_hook(name)) for name in hook_names]):
+            self.forward(tokens.to(self.device))
         return captured
 
     def transformer_lens_resid_pre_patching(
