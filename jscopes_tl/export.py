@@ -13,14 +13,13 @@ token) — or per word with ``words="sum"`` / ``"max"`` — which is what plotti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
-from jscopes_tl.result import Prediction, ScopeResult
+from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
 from jscopes_tl.words import Reduction, aggregate_words
 
 if TYPE_CHECKING:
@@ -33,36 +32,6 @@ _TENSOR_TAG = "__tensor__"
 
 
 # ------------------------------------------------------------------------------------ axes
-@dataclass(frozen=True)
-class ResultAxes:
-    """Which of the optional axes (prompts, positions, layers) a result kept."""
-
-    prompts: bool
-    positions: bool
-    layers: bool
-
-    def expand_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A per-prediction tensor ``[...]`` → ``[batch, n_positions, ...]``."""
-        if not self.prompts:
-            tensor = tensor.unsqueeze(0)
-        if not self.positions:
-            tensor = tensor.unsqueeze(1)
-        return tensor
-
-    def expand_score(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A per-score tensor ``[..., pos, ...]`` → ``[batch, n_positions, n_layers, pos, ...]``."""
-        tensor = self.expand_prediction(tensor)
-        return tensor if self.layers else tensor.unsqueeze(2)
-
-    def expand_nested(self, values: list[Any]) -> list[list[Any]]:
-        """Nested per-prediction lists (e.g. predicted strings) → ``[batch][n_positions]``."""
-        if not self.prompts:
-            values = [values]
-        if not self.positions:
-            values = [[row] for row in values]
-        return values
-
-
 def result_axes(result: ScopeResult) -> ResultAxes:
     prompts = result.tokens.ndim == 2
     return ResultAxes(

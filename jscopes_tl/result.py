@@ -23,6 +23,54 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ResultAxes:
+    """Which of the optional axes (prompts, positions, layers) a result kept.
+
+    Scopes compute the full form ``[batch, n_positions, n_layers, ...]`` and ``squeeze_*`` drops
+    the axes the user asked away; ``expand_*`` restores them (export, views).
+    """
+
+    prompts: bool
+    positions: bool
+    layers: bool
+
+    def squeeze_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-prediction tensor ``[batch, n_positions, ...]`` → the kept axes only."""
+        if not self.positions:
+            tensor = tensor.squeeze(1)
+        if not self.prompts:
+            tensor = tensor.squeeze(0)
+        return tensor
+
+    def squeeze_score(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-score tensor ``[batch, n_positions, n_layers, pos, ...]`` → the kept axes only."""
+        if not self.layers:
+            tensor = tensor.squeeze(2)
+        return self.squeeze_prediction(tensor)
+
+    def expand_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-prediction tensor ``[...]`` → ``[batch, n_positions, ...]``."""
+        if not self.prompts:
+            tensor = tensor.unsqueeze(0)
+        if not self.positions:
+            tensor = tensor.unsqueeze(1)
+        return tensor
+
+    def expand_score(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-score tensor ``[..., pos, ...]`` → ``[batch, n_positions, n_layers, pos, ...]``."""
+        tensor = self.expand_prediction(tensor)
+        return tensor if self.layers else tensor.unsqueeze(2)
+
+    def expand_nested(self, values: list[Any]) -> list[list[Any]]:
+        """Nested per-prediction lists (e.g. predicted strings) → ``[batch][n_positions]``."""
+        if not self.prompts:
+            values = [values]
+        if not self.positions:
+            values = [[row] for row in values]
+        return values
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The model's top-k next-token prediction at each scored position."""
 

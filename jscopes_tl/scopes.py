@@ -25,7 +25,6 @@ Semantic and Temperature scores do. ``result.metadata["numerics"]`` records whic
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import torch
@@ -42,32 +41,9 @@ from jscopes_tl.readouts import (
     semantic_readout,
     temperature_readout,
 )
-from jscopes_tl.result import Prediction, ScopeResult
+from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
 
 DEFAULT_FISHER_TAIL_MASS = 1e-6
-
-
-@dataclass(frozen=True)
-class _Axes:
-    """Which axes of the full ``[batch, n_positions, n_layers, ...]`` form the user asked away."""
-
-    single_prompt: bool
-    single_position: bool
-    single_layer: bool
-
-    def per_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``[batch, n_positions, ...]`` → drop the axes of one prompt / one position."""
-        if self.single_position:
-            tensor = tensor.squeeze(1)
-        if self.single_prompt:
-            tensor = tensor.squeeze(0)
-        return tensor
-
-    def per_score(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``[batch, n_positions, n_layers, ...]`` → also drop the axis of one layer."""
-        if self.single_layer:
-            tensor = tensor.squeeze(2)
-        return self.per_prediction(tensor)
 
 
 Layer = Union[int, Sequence[int], Literal["all"]]
@@ -128,7 +104,7 @@ def jacobian_scope(
     layers, single_layer = resolve_layers(adapter, layer)
     batch = prepare_tokens(adapter, inputs)
     positions = resolve_positions(position, batch)
-    axes = _Axes(single_prompt=batch.single, single_position=positions.single, single_layer=single_layer)
+    axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=not single_layer)
     output: EngineOutput = run_scope(
         adapter,
         batch,
@@ -143,8 +119,8 @@ def jacobian_scope(
 
     probabilities = torch.softmax(output.logits, dim=-1)
     top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
-    top_ids = axes.per_prediction(top_ids)
-    target = None if output.target is None else axes.per_prediction(output.target)
+    top_ids = axes.squeeze_prediction(top_ids)
+    target = None if output.target is None else axes.squeeze_prediction(output.target)
     hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
         "layer": layers[0] if single_layer else layers,
@@ -152,25 +128,25 @@ def jacobian_scope(
         **output.metadata,
     }
     for key, values in output.per_prediction.items():
-        metadata[key] = axes.per_prediction(values)
+        metadata[key] = axes.squeeze_prediction(values)
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
     return ScopeResult(
         kind=kind,
-        scores=axes.per_score(output.scores),
+        scores=axes.squeeze_score(output.scores),
         tokens=batch.tokens[0] if batch.single else batch.tokens,
         str_tokens=str_tokens[0] if batch.single else str_tokens,
         lengths=batch.lengths,
-        position=axes.per_prediction(positions.index),
+        position=axes.squeeze_prediction(positions.index),
         target=target,
         prediction=Prediction(
             token_ids=top_ids,
-            probabilities=axes.per_prediction(top_probabilities),
+            probabilities=axes.squeeze_prediction(top_probabilities),
             str_tokens=_nested_str_tokens(adapter, top_ids),
         ),
-        gradient_x_input=None if output.gradient_x_input is None else axes.per_score(output.gradient_x_input),
-        gradients=None if output.gradients is None else axes.per_score(output.gradients),
+        gradient_x_input=None if output.gradient_x_input is None else axes.squeeze_score(output.gradient_x_input),
+        gradients=None if output.gradients is None else axes.squeeze_score(output.gradients),
         metadata=metadata,
     )
 
