@@ -24,6 +24,7 @@ Everything downstream (scopes, views, evaluation) talks to :class:`ModelAdapter`
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,13 @@ class ModelAdapter:
     @property
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
         return self.model.W_U
+
+    @functools.cached_property
+    def unembed_column_sq_norms(self) -> Float[torch.Tensor, " d_vocab"]:
+        """``‖W_U[:, v]‖²`` in float32, computed once per adapter (one pass over ``W_U``); every
+        Fisher eigen-solve of a call reads it."""
+        with torch.no_grad():
+            return self.W_U.detach().float().pow(2).sum(0)
 
     @property
     def device(self) -> torch.device:

@@ -254,7 +254,10 @@ def _run_group(
         if return_gradients and n_directions == 1
         else None
     )
-    residual_inputs = torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu()  # [b, l, p, d]
+    # The residual inputs x_t, for the signed scores (u^T J_t) · x_t of single-direction readouts.
+    residual_inputs = (
+        torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu() if signed is not None else None
+    )  # [b, l, p, d]
     # One backward vector per (slot, direction); within it, every prompt's own direction.
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
     chunk = max(1, _vectors_per_backward(n_prompts, prefix, adapter, memory_budget_mb) // n_layers)

@@ -190,7 +190,6 @@ def fisher_readout(
     probabilities = torch.softmax(logits.float(), dim=-1)
     slopes = logit_transform_slope(adapter, y)
     W_U = adapter.W_U.detach()
-    column_sq_norms = W_U.float().pow(2).sum(0)
     pairs = [
         fisher_eigenpairs(
             W_U,
@@ -198,7 +197,7 @@ def fisher_readout(
             rank,
             tail_mass=tail_mass,
             slope=None if slopes is None else slopes[i],
-            column_sq_norms=column_sq_norms,
+            column_sq_norms=adapter.unembed_column_sq_norms,
             solver=solver,
         )
         for i in range(y.shape[0])
