@@ -24,8 +24,9 @@ Everything downstream (scopes, views, evaluation) talks to :class:`ModelAdapter`
 from __future__ import annotations
 
 import contextlib
-import functools
+import math
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,21 @@ HOOKED_TRANSFORMER = "HookedTransformer"
 TRANSFORMER_BRIDGE = "TransformerBridge"
 
 HookFunction = Callable[[torch.Tensor, Any], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class UnembedStatistics:
+    """Facts about ``W_U`` that cost a pass over it (d_vocab · d_model) to compute."""
+
+    column_sq_norms: Float[torch.Tensor, " d_vocab"]  # ‖W_U[:, v]‖², float32
+    centred: bool  # every row of W_U has mean 0 over the vocabulary (HookedTransformer's centring)
+
+
+# Per model, keyed by the identity and autograd version counter of W_U's storage: an in-place edit
+# of the weights (or new weights) bumps the version and the statistics are recomputed.
+_unembed_statistics: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[Any, ...], UnembedStatistics]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _is_remote_bridge(model: Any) -> bool:
@@ -117,12 +133,26 @@ class ModelAdapter:
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
         return self.model.W_U
 
-    @functools.cached_property
-    def unembed_column_sq_norms(self) -> Float[torch.Tensor, " d_vocab"]:
-        """``‖W_U[:, v]‖²`` in float32, computed once per adapter (one pass over ``W_U``); every
-        Fisher eigen-solve of a call reads it."""
+    @property
+    def unembed_statistics(self) -> UnembedStatistics:
+        """Column norms and centring of ``W_U``, computed once per model and weight version (one
+        pass over ``W_U``, which a scope would otherwise repeat on every call)."""
+        W_U = self.W_U.detach()
+        key = (W_U.data_ptr(), W_U._version, tuple(W_U.shape), W_U.stride(), W_U.dtype, W_U.device)
+        cached = _unembed_statistics.get(self.model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         with torch.no_grad():
-            return self.W_U.detach().float().pow(2).sum(0)
+            W = W_U.float()
+            column_sq_norms = torch.linalg.vector_norm(W, dim=0).pow(2)
+            row_means = W @ torch.full((W.shape[1],), 1.0 / W.shape[1], dtype=W.dtype, device=W.device)
+            rms = float(column_sq_norms.sum() / W.numel()) ** 0.5
+            # Centring in a low-precision dtype leaves row means at the level of its rounding.
+            tolerance = max(1e-5, 8 * torch.finfo(W_U.dtype).eps / math.sqrt(W.shape[1]))
+            centred = bool(row_means.abs().max() <= tolerance * (rms + 1e-12))
+        statistics = UnembedStatistics(column_sq_norms=column_sq_norms, centred=centred)
+        _unembed_statistics[self.model] = (key, statistics)
+        return statistics
 
     @property
     def device(self) -> torch.device:
@@ -298,9 +328,6 @@ class ModelAdapter:
         return True
 
     def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
-        with torch.no_grad():
-            column_mean = self.W_U.float().mean(dim=-1)
-            centred = bool(column_mean.abs().max() <= 1e-5 * (self.W_U.float().abs().max() + 1e-12))
         return Numerics(
             model_family=self.family,
             compatibility_mode=(
@@ -309,7 +336,7 @@ class ModelAdapter:
                 else None
             ),
             final_norm_folded_into_unembed=self.final_norm_has_no_gain(),
-            unembed_centred=centred,
+            unembed_centred=self.unembed_statistics.centred,
             perturbation_hook=perturbation_hook,
             readout_hook=self.final_hidden_hook,
         )

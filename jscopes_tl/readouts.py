@@ -197,7 +197,7 @@ def fisher_readout(
             rank,
             tail_mass=tail_mass,
             slope=None if slopes is None else slopes[i],
-            column_sq_norms=adapter.unembed_column_sq_norms,
+            column_sq_norms=adapter.unembed_statistics.column_sq_norms,
             solver=solver,
         )
         for i in range(y.shape[0])

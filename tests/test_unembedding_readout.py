@@ -88,3 +88,32 @@ def test_unembedding_bias_never_changes_a_fixed_target_score():
         with torch.no_grad():
             model.b_U.copy_(saved)
     torch.testing.assert_close(after, before)
+
+
+def test_unembed_statistics_match_W_U_and_follow_in_place_edits():
+    """Column norms and the centring flag are cached per model; editing W_U in place (which bumps
+    its version counter) must not leave stale statistics behind."""
+    from jscopes_tl.toy import toy_model
+
+    model = toy_model("gpt2", init_scale=0.3, seed=3, family="hooked" if hooked_transformer_available() else "bridge")
+    adapter = ModelAdapter(model)
+    W_U = model.W_U.detach()
+    torch.testing.assert_close(adapter.unembed_statistics.column_sq_norms, W_U.pow(2).sum(0))
+    assert not adapter.unembed_statistics.centred
+    assert adapter.unembed_statistics is ModelAdapter(model).unembed_statistics  # cached, not recomputed
+    with torch.no_grad():
+        W_U.sub_(W_U.mean(dim=-1, keepdim=True))  # what center_unembed does
+    assert ModelAdapter(model).unembed_statistics.centred
+    assert ModelAdapter(model).numerics("").unembed_centred
+    torch.testing.assert_close(ModelAdapter(model).unembed_statistics.column_sq_norms, W_U.pow(2).sum(0))
+    with torch.no_grad():
+        W_U[:, 0] += 1.0
+    assert not ModelAdapter(model).numerics("").unembed_centred
+
+
+def test_numerics_report_whether_W_U_is_centred(model):
+    W_U = model.W_U.detach().double()
+    independent = bool(W_U.mean(-1).abs().max() <= 1e-4 * W_U.abs().max())
+    assert ModelAdapter(model).numerics("").unembed_centred == independent
+    if ModelAdapter(model).family == "HookedTransformer" and ModelAdapter(model).final_norm_has_no_gain():
+        assert independent  # process_weights_(center_unembed=True) was applied to this fixture
