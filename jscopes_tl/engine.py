@@ -62,6 +62,53 @@ class EngineOutput:
     perturbation_hooks: list[str]
 
 
+def _activation_bytes_per_token(adapter: ModelAdapter, width: int) -> int:
+    """A rough size of what one token's forward pass keeps for the backward pass: per layer, the
+    residual-width tensors (norms, attention in/out, projections), the MLP's hidden tensors and a
+    row of attention scores and probabilities per head."""
+    cfg = adapter.cfg
+    d_mlp = int(getattr(cfg, "d_mlp", None) or 4 * adapter.d_model)
+    n_heads = int(getattr(cfg, "n_heads", 1))
+    per_layer = 12 * adapter.d_model + 4 * d_mlp + 2 * n_heads * width
+    return adapter.n_layers * per_layer * max(adapter.dtype.itemsize, 4)
+
+
+def _prompt_chunks(batch: TokenBatch, adapter: ModelAdapter, memory_budget_mb: float) -> list[slice]:
+    """Consecutive runs of prompts whose forward activations fit ``memory_budget_mb`` (at least
+    one prompt each). Bigger passes gain nothing on a CPU, where one prompt of a hundred tokens
+    already fills the matrix products; past a few hundred MB of activations they get slower
+    (memory traffic, page faults), and on any device they raise peak memory."""
+    n_prompts, width = batch.tokens.shape
+    per_prompt = width * _activation_bytes_per_token(adapter, width)
+    size = max(1, int(memory_budget_mb * 2**20 // per_prompt))
+    return [slice(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]
+
+
+def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
+    """Outputs of consecutive prompt chunks as one (every tensor's first axis is the prompt)."""
+
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if tensors[0] is None else torch.cat(tensors)
+
+    first = outputs[0]
+    metadata: dict[str, Any] = {}
+    for output in outputs:
+        for key, value in output.metadata.items():
+            if isinstance(value, list) and isinstance(metadata.get(key), list):
+                value = sorted(set(metadata[key]) | set(value))
+            metadata[key] = value
+    return EngineOutput(
+        scores=torch.cat([o.scores for o in outputs]),
+        gradient_x_input=cat([o.gradient_x_input for o in outputs]),
+        gradients=cat([o.gradients for o in outputs]),
+        logits=torch.cat([o.logits for o in outputs]),
+        target=cat([o.target for o in outputs]),
+        per_prediction={key: torch.cat([o.per_prediction[key] for o in outputs]) for key in first.per_prediction},
+        metadata=metadata,
+        perturbation_hooks=first.perturbation_hooks,
+    )
+
+
 def _vectors_per_backward(n_prompts: int, width: int, adapter: ModelAdapter, memory_budget_mb: float) -> int:
     """How many backward vectors to batch: a rough per-vector footprint of one layer's backward
     (activation gradients ``8·d_model`` wide plus attention-pattern gradients ``n_heads·pos``)."""
@@ -87,7 +134,8 @@ def _slot_groups(positions: Positions, slots_per_group: int) -> list[list[int]]:
     """Prediction slots grouped by how long a prefix they need (causality: the tokens after the
     last position predicted from are irrelevant), so each group's pass runs on its own prefix."""
     need = torch.where(positions.valid, positions.index, -1).max(dim=0).values  # [n_positions]
-    order = torch.argsort(need, stable=True).tolist()
+    # Slots no prompt of this batch fills (padding of position="all") are left at zero.
+    order = [slot for slot in torch.argsort(need, stable=True).tolist() if need[slot] >= 0]
     return [order[i : i + slots_per_group] for i in range(0, len(order), slots_per_group)]
 
 
@@ -111,10 +159,20 @@ def run_scope(
     residual stream at the first listed layer before it is perturbed, i.e. the Jacobian is taken
     at ``α·x`` (the points of an Integrated Gradients path); signed scores still use ``x``.
 
-    Prediction positions are processed in groups, each on the shortest prefix that contains
-    them, with as many backward vectors batched as ``memory_budget_mb`` allows
+    Prompts go through in chunks whose forward activations fit ``memory_budget_mb``; within a
+    chunk, prediction positions are processed in groups, each on the shortest prefix that
+    contains them, with as many backward vectors batched as ``memory_budget_mb`` allows
     (``n_directions`` per position is the readout's size, used for that estimate).
     """
+    chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
+    if len(chunks) > 1:
+        options: dict[str, Any] = dict(
+            layers=layers, n_directions=n_directions, input_scale=input_scale,
+            memory_budget_mb=memory_budget_mb, return_gradients=return_gradients,
+        )
+        return _concatenate(
+            [run_scope(adapter, batch.rows(rows), positions.rows(rows), build_readout, **options) for rows in chunks]
+        )
     perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
     n_prompts, width = batch.tokens.shape
     n_slots, n_layers = positions.n_positions, len(perturbation_hooks)

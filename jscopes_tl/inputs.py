@@ -36,6 +36,10 @@ class TokenBatch:
         positions = torch.arange(self.tokens.shape[1])
         return positions[None, :] < self.lengths[:, None]
 
+    def rows(self, index: slice) -> TokenBatch:
+        """Some of the prompts (same width)."""
+        return TokenBatch(tokens=self.tokens[index], lengths=self.lengths[index], single=False)
+
 
 def _pad(sequences: list[torch.Tensor], pad_id: int) -> TokenBatch:
     lengths = torch.tensor([len(s) for s in sequences])
@@ -97,6 +101,10 @@ class Positions:
     @property
     def n_positions(self) -> int:
         return self.index.shape[1]
+
+    def rows(self, index: slice) -> Positions:
+        """The positions of some of the prompts."""
+        return Positions(index=self.index[index], valid=self.valid[index], single=self.single)
 
 
 def resolve_positions(position: Position, batch: TokenBatch) -> Positions:

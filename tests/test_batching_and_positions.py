@@ -104,10 +104,48 @@ def test_prediction_reports_top_k_probabilities(any_model):
     assert len(result.prediction.str_tokens) == 3
 
 
+def count_forward_passes(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls, handle
+
+
 def test_small_memory_budget_chunks_without_changing_scores(any_model):
     reference = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0)
     chunked = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0, memory_budget_mb=0.01)
     torch.testing.assert_close(chunked.scores, reference.scores, rtol=1e-4, atol=1e-7)
+    for key in ("eigenvalues", "fisher_trace", "kept_vocabulary_rows"):
+        torch.testing.assert_close(chunked.metadata[key], reference.metadata[key], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("scope_name", ["semantic", "fisher"])
+def test_prompts_are_chunked_by_the_memory_budget_with_identical_results(any_model, scope_name):
+    """A batch bigger than the budget goes through in several forward passes, one prompt each
+    at a tiny budget, and every output (scores, signed scores, gradients, predictions) is the
+    same as from one pass."""
+    scope = SCOPES[scope_name]
+    options = dict(return_gradients=True) if scope_name == "semantic" else {}
+    calls, handle = count_forward_passes(any_model)
+    try:
+        whole = scope(any_model, PROMPTS, memory_budget_mb=1e4, **options)
+        passes_whole = len(calls)
+        chunked = scope(any_model, PROMPTS, memory_budget_mb=1e-3, **options)
+        passes_chunked = len(calls) - passes_whole
+    finally:
+        handle.remove()
+    assert passes_whole == 1 and passes_chunked == len(PROMPTS)
+
+    def close(actual, expected):  # batch size changes only the float32 rounding of the matmuls
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+    close(chunked.scores, whole.scores)
+    assert chunked.prediction.token_ids.tolist() == whole.prediction.token_ids.tolist()
+    if scope_name == "semantic":
+        close(chunked.gradient_x_input, whole.gradient_x_input)
+        close(chunked.gradients, whole.gradients)
+        assert chunked.target.tolist() == whole.target.tolist()
+    else:
+        torch.testing.assert_close(chunked.metadata["eigenvalues"], whole.metadata["eigenvalues"])
 
 
 def test_fisher_reports_its_approximation(any_model):
