@@ -5,9 +5,10 @@ Jacobian ``J_t = ∂y_p/∂x_t`` along a few directions ``u`` of the final hidde
 ``u^T J_t`` is a vector–Jacobian product, and one backward pass gives it for *every* ``t`` at
 once: it is the gradient of ``u · y_p`` with respect to a zero perturbation ``δ`` added to the
 residual stream ``x`` (at ``blocks.L.hook_resid_pre``; ``L = 0`` is the token plus positional
-embedding). So a scope costs one forward pass and one backward pass per direction, and the
-directions of all positions and prompts go through one batched backward
-(``torch.autograd.grad(..., is_grads_batched=True)``), chunked to bound memory.
+embedding). So a scope costs one forward pass and one backward pass per direction. On an
+accelerator the directions of all positions go through batched backward passes
+(``torch.autograd.grad(..., is_grads_batched=True)``), chunked to bound memory; on a CPU one
+vector per pass is as fast and lighter (see :func:`_vectors_per_backward`).
 
 Mechanics that keep this exact and cheap:
 
@@ -26,6 +27,7 @@ Mechanics that keep this exact and cheap:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,12 +111,43 @@ def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
     )
 
 
-def _vectors_per_backward(n_prompts: int, width: int, adapter: ModelAdapter, memory_budget_mb: float) -> int:
-    """How many backward vectors to batch: a rough per-vector footprint of one layer's backward
-    (activation gradients ``8·d_model`` wide plus attention-pattern gradients ``n_heads·pos``)."""
+def _vectors_per_backward(
+    n_prompts: int, width: int, n_layers: int, adapter: ModelAdapter, memory_budget_mb: float, requested: int | None
+) -> int:
+    """How many backward vectors to batch in one backward pass (``is_grads_batched``): the
+    user's ``backward_batch`` when given, otherwise as follows.
+
+    On a CPU, one: a single vector's backward already keeps every core busy, and batching them
+    through vmap measured no cheaper per vector up to 8 vectors and 25–35 % dearer from 16 on
+    (GPT-2 size, 256 tokens, 2 cores). Elsewhere as many as ``memory_budget_mb`` holds, from a
+    rough per-vector footprint of one layer's backward (activation gradients ``8·d_model`` wide
+    plus attention-pattern gradients ``n_heads·pos``) for every perturbed layer.
+    """
+    if requested is not None:
+        return requested
+    if adapter.device.type == "cpu":
+        return 1
     n_heads = int(getattr(adapter.cfg, "n_heads", 1))
-    bytes_per_vector = n_prompts * width * (8 * adapter.d_model + n_heads * width) * 4
+    bytes_per_vector = n_layers * n_prompts * width * (8 * adapter.d_model + n_heads * width) * 4
     return max(1, int(memory_budget_mb * 2**20 // bytes_per_vector))
+
+
+# A forward pass that records the graph costs about this many times one vector's backward pass
+# (measured on CPU, GPT-2 size, 128–256 tokens).
+FORWARD_TO_BACKWARD_COST = 1.2
+
+
+def _slots_per_group(width: int, n_directions: int, vectors_per_backward: int) -> int:
+    """How many prediction positions share one forward pass.
+
+    A group of ``g`` positions (sorted by the prefix they need) shares one forward pass on the
+    longest prefix ``P`` among them, and each of its ``g · k`` backward vectors then runs on that
+    prefix, on average ``g/2`` tokens more than its own position needs. Forward cost per
+    position ``≈ c·P/g``, wasted backward ``≈ k·g/2``: balanced at ``g = √(2c·P/k)``. At least
+    one full batch of backward vectors, so accelerators get their batching.
+    """
+    balanced = round(math.sqrt(2 * FORWARD_TO_BACKWARD_COST * width / n_directions))
+    return max(1, balanced, vectors_per_backward // n_directions)
 
 
 def _vector_jacobian_products(
@@ -150,6 +183,7 @@ def run_scope(
     input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
+    backward_batch: int | None = None,
 ) -> EngineOutput:
     """Forward with zero perturbations, read the directions, and backpropagate them.
 
@@ -161,14 +195,15 @@ def run_scope(
 
     Prompts go through in chunks whose forward activations fit ``memory_budget_mb``; within a
     chunk, prediction positions are processed in groups, each on the shortest prefix that
-    contains them, with as many backward vectors batched as ``memory_budget_mb`` allows
-    (``n_directions`` per position is the readout's size, used for that estimate).
+    contains them, with ``backward_batch`` backward vectors per backward pass (default: one on a
+    CPU, as many as ``memory_budget_mb`` allows elsewhere; ``n_directions`` per position is the
+    readout's size, used for that estimate).
     """
     chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
     if len(chunks) > 1:
         options: dict[str, Any] = dict(
             layers=layers, n_directions=n_directions, input_scale=input_scale,
-            memory_budget_mb=memory_budget_mb, return_gradients=return_gradients,
+            memory_budget_mb=memory_budget_mb, return_gradients=return_gradients, backward_batch=backward_batch,
         )
         return _concatenate(
             [run_scope(adapter, batch.rows(rows), positions.rows(rows), build_readout, **options) for rows in chunks]
@@ -176,8 +211,8 @@ def run_scope(
     perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
     n_prompts, width = batch.tokens.shape
     n_slots, n_layers = positions.n_positions, len(perturbation_hooks)
-    per_backward = _vectors_per_backward(n_prompts, width, adapter, memory_budget_mb)
-    slots_per_group = max(1, per_backward // max(1, n_directions * n_layers))
+    per_backward = _vectors_per_backward(n_prompts, width, n_layers, adapter, memory_budget_mb, backward_batch)
+    slots_per_group = _slots_per_group(width, n_directions, per_backward)
 
     squared_norms = torch.zeros(n_prompts, n_slots, n_layers, width)
     signed: torch.Tensor | None = None
@@ -192,7 +227,7 @@ def run_scope(
         for slots in _slot_groups(positions, slots_per_group):
             group = _run_group(
                 adapter, batch, positions, slots, build_readout, perturbation_hooks, input_scale,
-                memory_budget_mb, return_gradients,
+                memory_budget_mb, return_gradients, backward_batch,
             )
             prompts, slot_index = group.prompts, group.slots
             prefix = group.squared_norms.shape[-1]
@@ -249,6 +284,7 @@ def _run_group(
     input_scale: float,
     memory_budget_mb: float,
     return_gradients: bool,
+    backward_batch: int | None,
 ) -> _GroupOutput:
     """One forward pass on the prefix these slots need, then their batched backward passes."""
     slot_tensor = torch.tensor(slots)
@@ -318,7 +354,7 @@ def _run_group(
     )  # [b, l, p, d]
     # One backward vector per (slot, direction); within it, every prompt's own direction.
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
-    chunk = max(1, _vectors_per_backward(n_prompts, prefix, adapter, memory_budget_mb) // n_layers)
+    chunk = _vectors_per_backward(n_prompts, prefix, n_layers, adapter, memory_budget_mb, backward_batch)
     directions = readout.directions.to(y.dtype)
     rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
     for start in range(0, len(vectors), chunk):

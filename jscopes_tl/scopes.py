@@ -87,6 +87,7 @@ def jacobian_scope(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
     n_directions: int = 1,
+    backward_batch: int | None = None,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
@@ -94,13 +95,17 @@ def jacobian_scope(
     ``input_scale`` evaluates the Jacobian at ``α·x`` instead of ``x`` (for path integrals such
     as Integrated Gradients); ``memory_budget_mb`` bounds the batched backward's working memory;
     ``return_gradients`` keeps ``u^T J_t`` itself; ``n_directions`` (how many directions the
-    readout returns per prediction) sizes the batched backward passes.
+    readout returns per prediction) sizes the batched backward passes; ``backward_batch`` fixes
+    how many backward vectors share one backward pass (default: 1 on a CPU, where batching them
+    is no faster; as many as ``memory_budget_mb`` holds on an accelerator).
     """
     adapter = ModelAdapter(model)
     if not isinstance(top_k, int) or top_k < 1:
         raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
     if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
         raise ScopeInputError(f"input_scale must be in (0, 1]; got {input_scale!r}.")
+    if backward_batch is not None and (isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1):
+        raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
     layers, single_layer = resolve_layers(adapter, layer)
     batch = prepare_tokens(adapter, inputs)
     positions = resolve_positions(position, batch)
@@ -115,6 +120,7 @@ def jacobian_scope(
         input_scale=input_scale,
         memory_budget_mb=memory_budget_mb,
         return_gradients=return_gradients,
+        backward_batch=backward_batch,
     )
 
     probabilities = torch.softmax(output.logits, dim=-1)
@@ -176,8 +182,8 @@ def semantic_scope(
         layer: perturb the residual stream entering this block (0: the embeddings; ``n_layers``:
             the final residual stream); a list or ``"all"`` adds a layers axis before ``pos``
             (``[n_layers + 1, pos]`` for ``"all"``), all from one forward and one backward pass.
-        **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``
-            (see :func:`jacobian_scope`).
+        **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``,
+            ``backward_batch`` (see :func:`jacobian_scope`).
 
     Example:
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))

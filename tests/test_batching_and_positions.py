@@ -173,3 +173,48 @@ def test_layer_list_keeps_the_order_given(any_model):
     result = fisher_scope(any_model, PROMPTS[0], rank=2, layer=[1, 0])
     assert result.scores.shape[0] == 2
     torch.testing.assert_close(result.scores[1], fisher_scope(any_model, PROMPTS[0], rank=2, layer=0).scores)
+
+
+@pytest.mark.parametrize("scope_name", ["semantic", "fisher"])
+def test_batched_backward_passes_equal_one_vector_at_a_time(model, scope_name, monkeypatch):
+    """backward_batch > 1 (the accelerator path, is_grads_batched) and the CPU default of one
+    vector per backward pass give the same scores, signed scores and gradients."""
+    scope = SCOPES[scope_name]
+    options = dict(position="all", layer=[0, 1])
+    if scope_name == "semantic":
+        options["return_gradients"] = True
+    batched_calls = []
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        batched_calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    one = scope(model, PROMPTS[:2], **options)
+    assert not any(batched_calls)  # CPU default: one vector per backward pass
+    batched = scope(model, PROMPTS[:2], backward_batch=7, **options)
+    assert any(batched_calls)
+
+    def close(actual, expected):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+    close(batched.scores, one.scores)
+    if scope_name == "semantic":
+        close(batched.gradient_x_input, one.gradient_x_input)
+        close(batched.gradients, one.gradients)
+
+
+def test_position_groups_share_forward_passes(any_model):
+    """position="all" on a long prompt runs a few forward passes (groups of positions on their
+    prefixes), not one per position, and gives the loop's scores."""
+    prompt = torch.arange(1, 41) % ModelAdapter(any_model).d_vocab
+    calls, handle = count_forward_passes(any_model)
+    try:
+        result = semantic_scope(any_model, prompt, position="all")
+    finally:
+        handle.remove()
+    assert 1 < len(calls) < 10
+    for p in (0, 13, 39):
+        alone = semantic_scope(any_model, prompt, position=p)
+        torch.testing.assert_close(result.scores[p], alone.scores, rtol=1e-4, atol=1e-6 * float(alone.scores.max()))

@@ -65,6 +65,8 @@ BAD_CALLS = {
     "layer repeated": (lambda m: temperature_scope(m, PROMPT, layer=[0, 0]), ScopeInputError, "twice"),
     "top_k zero": (lambda m: semantic_scope(m, PROMPT, top_k=0), ScopeInputError, "top_k"),
     "input scale zero": (lambda m: semantic_scope(m, PROMPT, input_scale=0.0), ScopeInputError, "input_scale"),
+    "backward batch zero": (lambda m: semantic_scope(m, PROMPT, backward_batch=0), ScopeInputError, "backward_batch"),
+    "backward batch float": (lambda m: fisher_scope(m, PROMPT, backward_batch=2.5), ScopeInputError, "backward_batch"),
 }
 
 
