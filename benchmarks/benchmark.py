@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/benchmark.py                 # GPT-2-small- and Llama-sized models
     .venv/bin/python benchmarks/benchmark.py --quick         # shorter prompts, fewer repeats
+    .venv/bin/python benchmarks/benchmark.py --tiny          # 2-layer models: checks the script runs
     .venv/bin/python benchmarks/benchmark.py --json out.json
 
 Models have random weights (no download) at realistic sizes: GPT-2 small (12 layers, d_model
@@ -10,6 +11,13 @@ grouped-query attention, 32,000 tokens). The floor is what any gradient attribut
 forward pass and ``loss.backward()`` on one logit. Every scope is reported as a ratio to it, so
 the figures transfer across machines; absolute seconds are printed too. Peak memory is measured
 in a fresh subprocess per configuration (resident set size above the loaded model).
+
+The Fisher eigen-solve depends on the next-token distribution, which random weights make nearly
+uniform (entropy ≈ ln d_vocab): the worst case, where no vocabulary row can be dropped and the
+top of the Fisher spectrum is flat. The Fisher rows are therefore measured twice: on the random
+model as it is, and with its unembedding scaled (a separate copy, so the forward pass is
+unchanged) until the entropy at the scored position is ``--peaked-entropy`` nats (default 3.3,
+about GPT-2 small's next-token loss on web text), as for a trained model.
 """
 
 from __future__ import annotations
@@ -35,19 +43,31 @@ from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available  # noq
 from jscopes_tl.fisher import fisher_eigenpairs  # noqa: E402
 
 
-def build_model(architecture: str) -> Any:
-    """A randomly initialised model of GPT-2-small size (TransformerBridge or HookedTransformer)."""
+# Sizes: GPT-2 small and a Llama-style model of similar size; "tiny" only checks the script runs.
+SIZES = {
+    "full": dict(n_layers=12, d_model=768, n_heads=12, gpt2_vocab=50257, llama_vocab=32000, gpt2_mlp=3072, llama_mlp=2048),
+    "tiny": dict(n_layers=2, d_model=64, n_heads=4, gpt2_vocab=1000, llama_vocab=1000, gpt2_mlp=256, llama_mlp=128),
+}
+
+
+def build_model(architecture: str, size: str = "full") -> Any:
+    """A randomly initialised model (TransformerBridge, or HookedTransformer on TransformerLens 2.x)."""
     torch.manual_seed(0)
+    z = SIZES[size]
+    n_layers, d_model, n_heads = z["n_layers"], z["d_model"], z["n_heads"]
     if hooked_transformer_available():
         from jscopes_tl.adapter import hooked_transformer_from_config
 
-        common = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, n_ctx=2048, default_prepend_bos=False)
+        common = dict(
+            n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, n_ctx=2048,
+            default_prepend_bos=False,
+        )
         if architecture == "gpt2":
-            config = dict(common, d_vocab=50257, d_mlp=3072, act_fn="gelu_new", normalization_type="LN")
+            config = dict(common, d_vocab=z["gpt2_vocab"], d_mlp=z["gpt2_mlp"], act_fn="gelu_new", normalization_type="LN")
         else:
             config = dict(
-                common, d_vocab=32000, d_mlp=2048, act_fn="silu", normalization_type="RMS",
-                positional_embedding_type="rotary", gated_mlp=True, n_key_value_heads=4,
+                common, d_vocab=z["llama_vocab"], d_mlp=z["llama_mlp"], act_fn="silu", normalization_type="RMS",
+                positional_embedding_type="rotary", gated_mlp=True, n_key_value_heads=n_heads // 3 or 1,
             )
         return hooked_transformer_from_config(config)
     import transformers
@@ -55,11 +75,15 @@ def build_model(architecture: str) -> Any:
     from jscopes_tl.adapter import bridge_from_hf_model
 
     if architecture == "gpt2":
-        config = transformers.GPT2Config(n_positions=2048)
+        config = transformers.GPT2Config(
+            n_positions=2048, n_layer=n_layers, n_embd=d_model, n_head=n_heads, vocab_size=z["gpt2_vocab"],
+            n_inner=z["gpt2_mlp"],
+        )
     else:
         config = transformers.LlamaConfig(
-            vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-            num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+            vocab_size=z["llama_vocab"], hidden_size=d_model, intermediate_size=z["llama_mlp"],
+            num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads // 3 or 1,
+            max_position_embeddings=2048,
         )
     return bridge_from_hf_model(transformers.AutoModelForCausalLM.from_config(config))
 
@@ -85,14 +109,45 @@ def forward_backward(model: Any, tokens: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def unembedding_weight(model: Any) -> torch.nn.Parameter:
+    """The parameter holding W_U: HookedTransformer's ``unembed.W_U`` ([d_model, d_vocab]) or the
+    Hugging Face ``lm_head.weight`` ([d_vocab, d_model]) inside a TransformerBridge."""
+    unembed = model.unembed
+    return unembed.W_U if isinstance(getattr(unembed, "W_U", None), torch.nn.Parameter) else unembed.original_component.weight
+
+
+def sharpen_unembedding(model: Any, tokens: torch.Tensor, entropy: float) -> tuple[float, float]:
+    """Scale W_U (untied from the embedding first, so the forward pass is unchanged) until the
+    next-token entropy at the last position is ``entropy`` nats. Returns (scale, entropy)."""
+    weight = unembedding_weight(model)
+    original = weight.detach().clone()
+    untied = torch.nn.Parameter(original.clone(), requires_grad=weight.requires_grad)
+    owner = model.unembed if weight is getattr(model.unembed, "W_U", None) else model.unembed.original_component
+    setattr(owner, "W_U" if owner is model.unembed else "weight", untied)
+
+    def entropy_at(scale: float) -> float:
+        with torch.no_grad():
+            untied.copy_(original * scale)
+            logits = model(tokens)[0, -1].float()
+        log_p = torch.log_softmax(logits, -1)
+        return float(-(log_p.exp() * log_p).sum())
+
+    low, high = 1.0, 1.0
+    while entropy_at(high) > entropy:
+        high *= 2
+    for _ in range(20):  # bisection on log-scale: entropy falls as the logits sharpen
+        middle = (low * high) ** 0.5
+        low, high = (middle, high) if entropy_at(middle) > entropy else (low, middle)
+    return high, entropy_at(high)
+
+
 def random_tokens(model: Any, n_prompts: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, ModelAdapter(model).d_vocab, (n_prompts, length), generator=generator)
 
 
 def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]:
-    model = build_model(architecture)
-    adapter = ModelAdapter(model)
+    model = build_model(architecture, args.size)
     length, repeats = args.length, args.repeats
     tokens = random_tokens(model, 1, length)
     row: dict[str, Any] = {"model": architecture, "tokens": length}
@@ -120,13 +175,23 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
         if f"{name}_s" in row:
             row[f"{name}_vs_semantic"] = row[f"{name}_s"] / row["semantic_s"]
 
-    # The eigen-solve alone, on this model's own predictive distribution at the last position.
-    logits = model(tokens)[0, -1].detach()
-    probabilities = torch.softmax(logits.float(), -1)
-    W_U = adapter.W_U.detach()
-    row["fisher_eigensolve_rank1_s"] = best_time(lambda: fisher_eigenpairs(W_U, probabilities, 1, tail_mass=1e-6), repeats)
-    row["eigensolve_share_of_fisher_rank1"] = row["fisher_eigensolve_rank1_s"] / row["fisher_rank1_s"]
-    report(row, "fisher_eigensolve_rank1_s", "eigensolve_share_of_fisher_rank1")
+    measure_eigensolve(row, "", model, tokens, repeats)
+
+    # The same Fisher scopes on a trained-like (peaked) next-token distribution.
+    row["peaked_unembedding_scale"], row["peaked_entropy_nats"] = sharpen_unembedding(model, tokens, args.peaked_entropy)
+    report(row, "peaked_unembedding_scale", "peaked_entropy_nats")
+    row["peaked_semantic_s"] = best_time(lambda: semantic_scope(model, tokens[0]), repeats)
+    for rank in (1, 8, 64):
+        seconds = best_time(lambda: fisher_scope(model, tokens[0], rank=rank), 1 if rank == 64 else repeats)
+        row[f"peaked_fisher_rank{rank}_s"] = seconds
+        row[f"peaked_fisher_rank{rank}_vs_semantic"] = seconds / row["peaked_semantic_s"]
+        report(row, f"peaked_fisher_rank{rank}_s", f"peaked_fisher_rank{rank}_vs_semantic")
+    kept = fisher_scope(model, tokens[0], rank=1).metadata
+    row["peaked_kept_vocabulary_rows"] = int(kept["kept_vocabulary_rows"])
+    row["peaked_eigen_solver"] = ",".join(kept["eigen_solver"])
+    measure_eigensolve(row, "peaked_", model, tokens, repeats)
+    with torch.no_grad():
+        unembedding_weight(model).copy_(unembedding_weight(model) / row["peaked_unembedding_scale"])
 
     # Batch of 16 prompts vs the same prompts one by one.
     batch = random_tokens(model, 16, length, seed=1)
@@ -151,9 +216,24 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     return row
 
 
+def measure_eigensolve(row: dict[str, Any], prefix: str, model: Any, tokens: torch.Tensor, repeats: int) -> None:
+    """The rank-1 eigen-solve alone, on the model's own distribution at the last position, and its
+    share of the whole rank-1 Fisher Scope."""
+    adapter = ModelAdapter(model)
+    with torch.no_grad():
+        logits = model(tokens)[0, -1]
+    probabilities = torch.softmax(logits.float(), -1)
+    W_U, norms = adapter.W_U.detach(), adapter.unembed_statistics.column_sq_norms
+    row[f"{prefix}fisher_eigensolve_rank1_s"] = best_time(
+        lambda: fisher_eigenpairs(W_U, probabilities, 1, tail_mass=1e-6, column_sq_norms=norms), repeats
+    )
+    row[f"{prefix}eigensolve_share_of_fisher_rank1"] = row[f"{prefix}fisher_eigensolve_rank1_s"] / row[f"{prefix}fisher_rank1_s"]
+    report(row, f"{prefix}fisher_eigensolve_rank1_s", f"{prefix}eigensolve_share_of_fisher_rank1")
+
+
 def report(row: dict[str, Any], *keys: str) -> None:
     """Progress on stderr as figures come in (the tables are printed at the end)."""
-    figures = ", ".join(f"{key}={row[key]:.3f}" for key in keys)
+    figures = ", ".join(f"{key}={row[key]:.3f}" if isinstance(row[key], float) else f"{key}={row[key]}" for key in keys)
     print(f"[{row['model']}] {figures}", file=sys.stderr, flush=True)
 
 
@@ -175,9 +255,9 @@ class _PeakSampler(threading.Thread):
             time.sleep(0.001)
 
 
-def memory_child(architecture: str, mode: str, length: int) -> None:
+def memory_child(architecture: str, mode: str, length: int, size: str) -> None:
     """Run in a fresh process: print the resident-set growth of one run above the loaded model."""
-    model = build_model(architecture)
+    model = build_model(architecture, size)
     tokens = random_tokens(model, 1, length)
     run = {
         "floor": forward_backward(model, tokens),
@@ -193,11 +273,11 @@ def memory_child(architecture: str, mode: str, length: int) -> None:
     print(json.dumps({"peak_mb": max(sampler.peak, _rss_mb()) - baseline}))
 
 
-def measure_memory(architecture: str, length: int) -> dict[str, Any]:
+def measure_memory(architecture: str, length: int, size: str) -> dict[str, Any]:
     row: dict[str, Any] = {"model": architecture, "tokens": length}
     for mode in ("floor", "semantic", "fisher_rank8"):
         output = subprocess.run(
-            [sys.executable, __file__, "--memory-child", architecture, mode, str(length)],
+            [sys.executable, __file__, "--memory-child", architecture, mode, str(length), size],
             check=True, capture_output=True, text=True,
         ).stdout
         row[f"{mode}_peak_mb"] = json.loads(output.strip().splitlines()[-1])["peak_mb"]
@@ -223,19 +303,24 @@ def main() -> None:
     parser.add_argument("--loop-samples", type=int, default=16)
     parser.add_argument("--memory-length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peaked-entropy", type=float, default=3.3, help="next-token entropy (nats) of the peaked Fisher rows")
     parser.add_argument("--skip-exact", action="store_true", help="skip exact Fisher (d_model backward vectors)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--quick", action="store_true", help="64 tokens, 1 repeat, no exact Fisher, all at 128 only")
+    parser.add_argument("--tiny", action="store_true", help="2-layer models, 16 tokens: checks the script runs (tests)")
     parser.add_argument("--json", help="write all figures here")
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        architecture, mode, length = args.memory_child
-        memory_child(architecture, mode, int(length))
+        architecture, mode, length, size = args.memory_child
+        memory_child(architecture, mode, int(length), size)
         return
+    args.size = "tiny" if args.tiny else "full"
     if args.quick:
         args.length, args.repeats, args.skip_exact, args.all_lengths = 64, 1, True, [128]
         args.memory_length = 512
+    if args.tiny:
+        args.length, args.repeats, args.all_lengths, args.memory_length, args.loop_samples = 16, 1, [16], 32, 4
 
     machine = {
         "python": platform.python_version(),
@@ -243,12 +328,13 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "transformer_lens": __import__("importlib.metadata").metadata.version("transformer_lens"),
+        "model_size": args.size,
     }
     print("machine:", machine)
     architectures = args.models.split(",")
     speed = [measure_speed(architecture, args) for architecture in architectures]
     print_rows("speed (seconds, and ratios)", speed)
-    memory = [] if args.skip_memory else [measure_memory(a, args.memory_length) for a in architectures]
+    memory = [] if args.skip_memory else [measure_memory(a, args.memory_length, args.size) for a in architectures]
     if memory:
         print_rows("peak memory (MB above the loaded model)", memory)
     if args.json:

@@ -1,0 +1,32 @@
+"""The benchmark script runs end to end (on 2-layer models) and writes every figure it promises,
+so the README's performance table can always be regenerated."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+
+
+def test_benchmark_writes_every_ratio(tmp_path):
+    output = tmp_path / "figures.json"
+    subprocess.run(
+        [sys.executable, str(BENCHMARK), "--tiny", "--models", "gpt2", "--json", str(output)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    figures = json.loads(output.read_text())
+    speed, memory = figures["speed"][0], figures["memory"][0]
+    for key in (
+        "semantic_vs_floor", "temperature_vs_floor", "fisher_rank1_vs_semantic", "fisher_rank64_vs_semantic",
+        "eigensolve_share_of_fisher_rank1", "peaked_fisher_rank1_vs_semantic", "peaked_fisher_rank64_vs_semantic",
+        "peaked_eigensolve_share_of_fisher_rank1", "batch16_throughput_ratio", "all_16_speedup_vs_loop",
+    ):
+        assert math.isfinite(speed[key]) and speed[key] > 0, key
+    assert abs(speed["peaked_entropy_nats"] - 3.3) < 0.05
+    assert speed["peaked_unembedding_scale"] > 1
+    assert memory["semantic_vs_floor"] > 0 and memory["fisher_rank8_vs_floor"] > 0
+    assert figures["machine"]["model_size"] == "tiny"
