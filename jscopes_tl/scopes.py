@@ -93,11 +93,12 @@ def jacobian_scope(
 
     The named scopes below are this function with their readout; use it directly for a custom one.
     ``input_scale`` evaluates the Jacobian at ``α·x`` instead of ``x`` (for path integrals such
-    as Integrated Gradients); ``memory_budget_mb`` bounds the batched backward's working memory;
-    ``return_gradients`` keeps ``u^T J_t`` itself; ``n_directions`` (how many directions the
-    readout returns per prediction) sizes the batched backward passes; ``backward_batch`` fixes
-    how many backward vectors share one backward pass (default: 1 on a CPU, where batching them
-    is no faster; as many as ``memory_budget_mb`` holds on an accelerator).
+    as Integrated Gradients); ``memory_budget_mb`` bounds the working memory (how many prompts
+    share a forward pass, how many vectors a batched backward pass); ``return_gradients`` keeps
+    ``u^T J_t`` itself; ``n_directions`` (how many directions the readout returns per
+    prediction) sizes the batched backward passes; ``backward_batch`` fixes how many backward
+    vectors share one backward pass (default: 1 on a CPU, where batching them is no faster; as
+    many as ``memory_budget_mb`` holds on an accelerator).
     """
     adapter = ModelAdapter(model)
     if not isinstance(top_k, int) or top_k < 1:
