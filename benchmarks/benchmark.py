@@ -141,6 +141,39 @@ def sharpen_unembedding(model: Any, tokens: torch.Tensor, entropy: float) -> tup
     return high, entropy_at(high)
 
 
+class _Stop(Exception):
+    pass
+
+
+def scope_parts(model: Any, tokens: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Seconds of the two parts of a Semantic Scope: the forward pass recording the graph for the
+    perturbation δ (stopped at the unembedding input), and one backward vector through it."""
+    adapter = ModelAdapter(model)
+    state: dict[str, torch.Tensor] = {}
+
+    def forward() -> None:
+        delta = torch.zeros(*tokens.shape, adapter.d_model, requires_grad=True)
+
+        def stop(activation: torch.Tensor, hook: Any) -> None:
+            state["y"], state["delta"] = activation, delta
+            raise _Stop
+
+        hooks = [(adapter.resid_pre_hook(0), lambda activation, hook: activation + delta), (adapter.final_hidden_hook, stop)]
+        with adapter.prepared_for_scopes(), adapter.hooks(hooks):
+            try:
+                adapter.forward(tokens)
+            except _Stop:
+                pass
+
+    forward_seconds = best_time(forward, repeats)
+    y = adapter.final_hidden(state["y"])[0, -1]
+    direction = torch.randn(adapter.d_model)
+    backward_seconds = best_time(
+        lambda: torch.autograd.grad(y, state["delta"], direction, retain_graph=True), repeats
+    )
+    return forward_seconds, backward_seconds
+
+
 def random_tokens(model: Any, n_prompts: int, length: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(1, ModelAdapter(model).d_vocab, (n_prompts, length), generator=generator)
@@ -156,6 +189,13 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
         row["forward_s"] = best_time(lambda: model(tokens), repeats)
     row["forward_backward_s"] = floor = best_time(forward_backward(model, tokens), repeats)
     report(row, "forward_s", "forward_backward_s")
+    # A scope's own floor: a forward pass recording the graph for δ, and one backward vector.
+    # Rank k costs one forward + k backward vectors; position="all" over n tokens needs n backward
+    # vectors (one per position) but can share forward passes, so it cannot beat a loop of
+    # positions by more than about (forward + backward) / backward.
+    row["scope_forward_s"], row["scope_backward_vector_s"] = scope_parts(model, tokens, repeats)
+    row["all_speedup_bound"] = (row["scope_forward_s"] + row["scope_backward_vector_s"]) / row["scope_backward_vector_s"]
+    report(row, "scope_forward_s", "scope_backward_vector_s", "all_speedup_bound")
 
     scopes: dict[str, Callable[[], Any]] = {
         "semantic": lambda: semantic_scope(model, tokens[0]),
@@ -174,6 +214,9 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     for name in ("fisher_rank1", "fisher_rank8", "fisher_rank64", "fisher_exact"):
         if f"{name}_s" in row:
             row[f"{name}_vs_semantic"] = row[f"{name}_s"] / row["semantic_s"]
+    # What any exact rank-64 scope must cost, from the two parts: one forward and 64 backward vectors.
+    forward, backward = row["scope_forward_s"], row["scope_backward_vector_s"]
+    row["fisher_rank64_floor_vs_semantic"] = (forward + 64 * backward) / (forward + backward)
 
     measure_eigensolve(row, "", model, tokens, repeats)
 

@@ -83,11 +83,16 @@ def test_softcap_slope_scales_each_unembedding_column():
     torch.testing.assert_close(result.eigenvalues.double(), values[:2], rtol=1e-5, atol=0)
 
 
-def test_auto_solver_uses_krylov_for_large_problems_and_matches_dense():
-    W_U, p = problem(d=64, vocab=200_000 // 64 * 64, sharpness=6.0)
-    dense = fisher_eigenpairs(W_U, p, 1, solver="dense")
-    auto = fisher_eigenpairs(W_U, p, 1, solver="auto")
-    assert auto.solver in ("krylov", "dense")
+@pytest.mark.parametrize("sharpness, expected_solver", [(0.5, "dense"), (4.0, "krylov")])
+def test_auto_solver_picks_by_spectrum_and_cost_and_matches_dense(sharpness, expected_solver):
+    """A flat distribution (perplexity > d_model, as from random weights) goes straight to the
+    dense route; a peaked one (trained-model-like) converges matrix-free without forming F."""
+    W_U, p = problem(d=128, vocab=50_000, sharpness=sharpness)
+    perplexity = float(torch.exp(-torch.special.xlogy(p, p).sum()))
+    assert (perplexity > 128) == (expected_solver == "dense")
+    dense = fisher_eigenpairs(W_U, p, 2, solver="dense")
+    auto = fisher_eigenpairs(W_U, p, 2, solver="auto")
+    assert auto.solver == expected_solver
     torch.testing.assert_close(auto.eigenvalues, dense.eigenvalues, rtol=1e-4, atol=0)
     assert subspace_matches(auto.eigenvectors, dense.eigenvectors.double())
 
@@ -97,3 +102,21 @@ def test_fisher_scope_krylov_equals_dense_on_a_model(any_model):
     krylov = fisher_scope(any_model, PROMPT, rank=2, tail_mass=0.0, eigen_solver="krylov")
     torch.testing.assert_close(krylov.scores, dense.scores, rtol=1e-3, atol=1e-6 * float(dense.scores.max()))
     assert krylov.metadata["eigen_solver"] == ["krylov"]
+
+
+@pytest.mark.parametrize("tail_mass, gathered", [(0.3, True), (1e-4, False)])
+def test_truncated_fisher_with_slope_matches_the_kept_sum(tail_mass, gathered):
+    """Both ways of leaving rows out (gathering few kept rows; zeroing many dropped ones) give
+    F_kept = Σ_kept p_v (g_v - μ)(g_v - μ)^T with μ over the whole vocabulary, slopes included."""
+    W_U, p = problem(d=32, vocab=4000, sharpness=3.0)
+    slope = 0.5 + torch.rand(W_U.shape[1], generator=torch.Generator().manual_seed(5))
+    result = fisher_eigenpairs(W_U, p, 3, tail_mass=tail_mass, slope=slope, solver="dense")
+    assert (4 * result.kept_rows < W_U.shape[1]) == gathered
+    G = W_U.double() * slope.double()[None, :]
+    mean = G @ p.double()
+    order = torch.argsort(p, descending=True)[: result.kept_rows]
+    centred = G[:, order] - mean[:, None]
+    F_kept = (centred * p.double()[order][None, :]) @ centred.T
+    expected = torch.linalg.eigvalsh(F_kept).flip(0)[:3]
+    torch.testing.assert_close(result.eigenvalues.double(), expected, rtol=1e-4, atol=0)
+    assert abs(result.dropped_mass - float(p[torch.argsort(p, descending=True)[result.kept_rows:]].sum())) < 1e-6
