@@ -110,9 +110,9 @@ def layer_resolved_scope(
 ) -> LayerResolvedScope:
     """The scope ``kind`` perturbed at every ``blocks.L.hook_resid_pre`` and the final residual stream.
 
-    One forward pass and one backward pass per readout direction give ``u^T ∂y/∂resid_L[t]`` for every layer ``L``
-    and token ``t`` (``layer="all"`` of the scope functions); ``scores[0]`` is the ordinary
-    embedding-level scope.
+    One forward pass and one backward pass per readout direction give ``u^T ∂y/∂resid_L[t]``
+    for every layer ``L`` and token ``t`` (``layer="all"`` of the scope functions);
+    ``scores[0]`` is the ordinary embedding-level scope.
 
     Args:
         model: a HookedTransformer or TransformerBridge.
