@@ -151,8 +151,8 @@ def semantic_readout(
 
 
 # ------------------------------------------------------------------------------------ temperature
-def temperature_readout(adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model"]) -> Readout:
-    """``u = y/‖y‖`` (a constant), so ``u^T J_t = ∂‖y‖/∂x_t``."""
+def warn_if_norm_is_fixed(adapter: ModelAdapter, stacklevel: int) -> None:
+    """Temperature reads ``‖y‖``, which a final norm without its own gain fixes at ``√d_model``."""
     if adapter.final_norm_has_no_gain() and getattr(adapter.cfg, "normalization_type", "LN") is not None:
         warnings.warn(
             "Temperature Scope on a model whose final norm has no gain (weights folded into W_U, "
@@ -160,8 +160,12 @@ def temperature_readout(adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model
             "‖y‖ is fixed by the normalisation, so every score is 0 up to rounding. Load the model "
             "without folding (HookedTransformer.from_pretrained_no_processing, or a bridge without "
             "compatibility mode) to see the confidence dynamics.",
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
+
+
+def temperature_readout(adapter: ModelAdapter, y: Float[torch.Tensor, "m d_model"]) -> Readout:
+    """``u = y/‖y‖`` (a constant), so ``u^T J_t = ∂‖y‖/∂x_t``."""
     unit = y / y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
     return Readout(unit[:, None, :], torch.ones(y.shape[0], 1), squared=False)
 

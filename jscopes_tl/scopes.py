@@ -40,6 +40,7 @@ from jscopes_tl.readouts import (
     parse_semantic_target,
     semantic_readout,
     temperature_readout,
+    warn_if_norm_is_fixed,
 )
 from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
 
@@ -215,6 +216,7 @@ def temperature_scope(
         >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
     """
     adapter = ModelAdapter(model)
+    warn_if_norm_is_fixed(adapter, stacklevel=2)  # points at the caller's line
     return jacobian_scope(
         model, inputs, lambda y, logits: temperature_readout(adapter, y), kind="temperature", position=position, layer=layer, **options
     )

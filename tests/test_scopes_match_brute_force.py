@@ -97,8 +97,9 @@ def test_temperature_equals_norm_of_unit_hidden_state_readout(model_with_final_n
 
 
 def test_temperature_on_folded_final_norm_warns_and_vanishes(folded_model):
-    with pytest.warns(UserWarning, match="final norm has no gain"):
+    with pytest.warns(UserWarning, match="final norm has no gain") as caught:
         temperature = temperature_scope(folded_model, PROMPT).scores
+    assert [w.filename for w in caught if "final norm" in str(w.message)] == [__file__]  # the caller's line
     semantic = semantic_scope(folded_model, PROMPT).scores
     assert ModelAdapter(folded_model).numerics("").final_norm_folded_into_unembed
     assert temperature.max() <= 1e-4 * semantic.max()
