@@ -216,10 +216,11 @@ def temperature_scope(
         >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
     """
     adapter = ModelAdapter(model)
-    warn_if_norm_is_fixed(adapter, stacklevel=2)  # points at the caller's line
-    return jacobian_scope(
+    result = jacobian_scope(
         model, inputs, lambda y, logits: temperature_readout(adapter, y), kind="temperature", position=position, layer=layer, **options
     )
+    warn_if_norm_is_fixed(adapter, stacklevel=2)  # after the inputs were accepted; at the caller's line
+    return result
 
 
 def fisher_scope(
