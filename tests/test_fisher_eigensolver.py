@@ -104,14 +104,18 @@ def test_fisher_scope_krylov_equals_dense_on_a_model(any_model):
     assert krylov.metadata["eigen_solver"] == ["krylov"]
 
 
+@pytest.mark.parametrize("layout", ["d_model x d_vocab", "view of d_vocab x d_model"])
 @pytest.mark.parametrize("tail_mass, gathered", [(0.3, True), (1e-4, False)])
-def test_truncated_fisher_with_slope_matches_the_kept_sum(tail_mass, gathered):
-    """Both ways of leaving rows out (gathering few kept rows; zeroing many dropped ones) give
+def test_truncated_fisher_with_slope_matches_the_kept_sum(tail_mass, gathered, layout):
+    """Both ways of leaving rows out (gathering few kept rows; zeroing many dropped ones), for
+    W_U stored either way round (HookedTransformer; a bridge's lm_head), give
     F_kept = Σ_kept p_v (g_v - μ)(g_v - μ)^T with μ over the whole vocabulary, slopes included."""
     W_U, p = problem(d=32, vocab=4000, sharpness=3.0)
+    if layout.startswith("view"):
+        W_U = W_U.T.contiguous().T
     slope = 0.5 + torch.rand(W_U.shape[1], generator=torch.Generator().manual_seed(5))
     result = fisher_eigenpairs(W_U, p, 3, tail_mass=tail_mass, slope=slope, solver="dense")
-    assert (4 * result.kept_rows < W_U.shape[1]) == gathered
+    assert (4 * result.kept_rows < W_U.shape[1]) == gathered and (2 * result.kept_rows > W_U.shape[1]) != gathered
     G = W_U.double() * slope.double()[None, :]
     mean = G @ p.double()
     order = torch.argsort(p, descending=True)[: result.kept_rows]
