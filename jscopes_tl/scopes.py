@@ -106,7 +106,9 @@ def jacobian_scope(
         raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
     if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
         raise ScopeInputError(f"input_scale must be in (0, 1]; got {input_scale!r}.")
-    if backward_batch is not None and (isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1):
+    if backward_batch is not None and (
+        isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1
+    ):
         raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
     layers, single_layer = resolve_layers(adapter, layer)
     batch = prepare_tokens(adapter, inputs)
