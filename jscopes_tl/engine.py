@@ -86,6 +86,15 @@ def _prompt_chunks(batch: TokenBatch, adapter: ModelAdapter, memory_budget_mb: f
     return [slice(start, min(start + size, n_prompts)) for start in range(0, n_prompts, size)]
 
 
+def _merge_metadata(merged: dict[str, Any], new: dict[str, Any]) -> None:
+    """Readout metadata of another group or chunk of predictions: values shared by every
+    prediction are kept; lists (e.g. which eigen-solvers ran) become the sorted union."""
+    for key, value in new.items():
+        if isinstance(value, list) and isinstance(merged.get(key), list):
+            value = sorted(set(merged[key]) | set(value))
+        merged[key] = value
+
+
 def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
     """Outputs of consecutive prompt chunks as one (every tensor's first axis is the prompt)."""
 
@@ -95,10 +104,7 @@ def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
     first = outputs[0]
     metadata: dict[str, Any] = {}
     for output in outputs:
-        for key, value in output.metadata.items():
-            if isinstance(value, list) and isinstance(metadata.get(key), list):
-                value = sorted(set(metadata[key]) | set(value))
-            metadata[key] = value
+        _merge_metadata(metadata, output.metadata)
     return EngineOutput(
         scores=torch.cat([o.scores for o in outputs]),
         gradient_x_input=cat([o.gradient_x_input for o in outputs]),
@@ -249,7 +255,7 @@ def run_scope(
                 if key not in per_prediction:
                     per_prediction[key] = torch.zeros(n_prompts, n_slots, *values.shape[1:], dtype=values.dtype)
                 per_prediction[key][prompts, slot_index] = values.cpu()
-            metadata.update(group.readout.metadata)
+            _merge_metadata(metadata, group.readout.metadata)
 
     return EngineOutput(
         scores=squared_norms if squared else squared_norms.sqrt(),

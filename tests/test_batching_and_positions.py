@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jscopes_tl import fisher_scope, semantic_scope, temperature_scope
+from jscopes_tl import fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.readouts import Readout
 
 PROMPTS = ["Tom loves Korean food. He is a", "The cat sat", "German: Dies ist ein Aufsatz."]
 SCOPES = {
@@ -218,3 +219,21 @@ def test_position_groups_share_forward_passes(any_model):
     for p in (0, 13, 39):
         alone = semantic_scope(any_model, prompt, position=p)
         torch.testing.assert_close(result.scores[p], alone.scores, rtol=1e-4, atol=1e-6 * float(alone.scores.max()))
+
+
+def test_list_metadata_of_every_position_group_and_prompt_chunk_is_kept(any_model):
+    """Readout metadata lists (e.g. which Fisher eigen-solvers ran) are the union over all
+    position groups and prompt chunks, not the last group's."""
+    calls = []
+
+    def readout(y, logits):
+        calls.append(len(calls))
+        unit = y / y.norm(dim=-1, keepdim=True)
+        return Readout(unit[:, None, :], torch.ones(y.shape[0], 1), squared=False, metadata={"call": [calls[-1]]})
+
+    prompt = torch.arange(1, 41) % ModelAdapter(any_model).d_vocab
+    result = jacobian_scope(
+        any_model, torch.stack([prompt, prompt]), readout, kind="custom", position="all", memory_budget_mb=1e-3
+    )
+    assert len(calls) > 2  # several groups in each of two prompt chunks
+    assert result.metadata["call"] == list(range(len(calls)))
