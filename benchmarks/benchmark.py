@@ -109,21 +109,27 @@ def forward_backward(model: Any, tokens: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def unembedding_weight(model: Any) -> torch.nn.Parameter:
-    """The parameter holding W_U: HookedTransformer's ``unembed.W_U`` ([d_model, d_vocab]) or the
-    Hugging Face ``lm_head.weight`` ([d_vocab, d_model]) inside a TransformerBridge."""
+def unembedding_slot(model: Any) -> tuple[torch.nn.Module, str]:
+    """Where W_U lives: HookedTransformer's ``unembed.W_U`` ([d_model, d_vocab]) or the Hugging
+    Face ``lm_head.weight`` ([d_vocab, d_model]) inside a TransformerBridge."""
     unembed = model.unembed
-    return unembed.W_U if isinstance(getattr(unembed, "W_U", None), torch.nn.Parameter) else unembed.original_component.weight
+    if isinstance(getattr(unembed, "W_U", None), torch.nn.Parameter):
+        return unembed, "W_U"
+    return unembed.original_component, "weight"
+
+
+def unembedding_weight(model: Any) -> torch.nn.Parameter:
+    return getattr(*unembedding_slot(model))
 
 
 def sharpen_unembedding(model: Any, tokens: torch.Tensor, entropy: float) -> tuple[float, float]:
     """Scale W_U (untied from the embedding first, so the forward pass is unchanged) until the
     next-token entropy at the last position is ``entropy`` nats. Returns (scale, entropy)."""
-    weight = unembedding_weight(model)
+    owner, name = unembedding_slot(model)
+    weight = getattr(owner, name)
     original = weight.detach().clone()
     untied = torch.nn.Parameter(original.clone(), requires_grad=weight.requires_grad)
-    owner = model.unembed if weight is getattr(model.unembed, "W_U", None) else model.unembed.original_component
-    setattr(owner, "W_U" if owner is model.unembed else "weight", untied)
+    setattr(owner, name, untied)
 
     def entropy_at(scale: float) -> float:
         with torch.no_grad():
