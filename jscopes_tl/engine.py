@@ -23,6 +23,11 @@ Mechanics that keep this exact and cheap:
 * Causality: a prediction at ``p`` depends on tokens ``≤ p`` only, so positions are processed in
   groups, each on the shortest prefix that holds them (``position="all"`` never backpropagates
   through tokens a position cannot see).
+* Perturbation points are any hook whose activation is ``[batch, pos, ...]``: ``δ`` is created in
+  the hook with the activation's own shape and dtype, so the residual stream, an embedding of
+  another width, or per-head outputs ``[batch, pos, head, d_head]`` all go through the same code.
+  Leading trailing axes can be kept as *components* (one score row per head), the rest are
+  reduced by the norm.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 from jaxtyping import Float
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.errors import NonFiniteLogitsError
+from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError
 from jscopes_tl.inputs import Positions, TokenBatch
 from jscopes_tl.readouts import Readout
 
@@ -49,19 +54,36 @@ class _StopForward(Exception):
     """Raised by the capture hook: everything after the unembedding input is not needed."""
 
 
+@dataclass(frozen=True)
+class PerturbationPoint:
+    """Where a zero perturbation ``δ`` is added, and how its gradient becomes score rows.
+
+    The activation at ``hook`` must be ``[batch, pos, *rest]``. The first ``component_axes`` axes of
+    ``rest`` are kept (e.g. 1 for per-head activations ``[batch, pos, head, d_head]``: one score row
+    per head); the others are reduced by the L2 norm (squared for squared readouts).
+    """
+
+    hook: str
+    component_axes: int = 0
+
+
 @dataclass
 class EngineOutput:
-    """Results in full form: scores ``[batch, n_positions, n_layers, pos]``; per-prediction values
-    ``[batch, n_positions, ...]`` (the result object squeezes the axes the user asked away)."""
+    """Results in full form: scores ``[batch, n_positions, n_rows, pos]``; per-prediction values
+    ``[batch, n_positions, ...]`` (the result object squeezes the axes the user asked away).
 
-    scores: Float[torch.Tensor, "batch n_positions n_layers pos"]
-    gradient_x_input: Float[torch.Tensor, "batch n_positions n_layers pos"] | None
-    gradients: Float[torch.Tensor, "batch n_positions n_layers pos d_model"] | None
+    Score rows are the perturbation points in order, each contributing one row per component
+    (``component_shapes[i]`` is point ``i``'s kept shape, ``()`` for one row)."""
+
+    scores: Float[torch.Tensor, "batch n_positions n_rows pos"]
+    gradient_x_input: Float[torch.Tensor, "batch n_positions n_rows pos"] | None
+    gradients: Float[torch.Tensor, "batch n_positions n_rows pos width"] | None
     logits: Float[torch.Tensor, "batch n_positions d_vocab"]
     target: torch.Tensor | None  # [batch, n_positions, k]
     per_prediction: dict[str, torch.Tensor]  # readout values, [batch, n_positions, ...]
     metadata: dict[str, Any]
     perturbation_hooks: list[str]
+    component_shapes: list[tuple[int, ...]]
 
 
 def _activation_bytes_per_token(adapter: ModelAdapter, width: int) -> int:
@@ -114,11 +136,12 @@ def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
         per_prediction={key: torch.cat([o.per_prediction[key] for o in outputs]) for key in first.per_prediction},
         metadata=metadata,
         perturbation_hooks=first.perturbation_hooks,
+        component_shapes=first.component_shapes,
     )
 
 
 def _vectors_per_backward(
-    n_prompts: int, width: int, n_layers: int, adapter: ModelAdapter, memory_budget_mb: float, requested: int | None
+    n_prompts: int, width: int, n_points: int, adapter: ModelAdapter, memory_budget_mb: float, requested: int | None
 ) -> int:
     """How many backward vectors to batch in one backward pass (``is_grads_batched``): the
     user's ``backward_batch`` when given, otherwise as follows.
@@ -127,14 +150,14 @@ def _vectors_per_backward(
     through vmap measured no cheaper per vector up to 8 vectors and 25–35 % dearer from 16 on
     (GPT-2 size, 256 tokens, 2 cores). Elsewhere as many as ``memory_budget_mb`` holds, from a
     rough per-vector footprint of one layer's backward (activation gradients ``8·d_model`` wide
-    plus attention-pattern gradients ``n_heads·pos``) for every perturbed layer.
+    plus attention-pattern gradients ``n_heads·pos``) for every perturbation point.
     """
     if requested is not None:
         return requested
     if adapter.device.type == "cpu":
         return 1
     n_heads = int(getattr(adapter.cfg, "n_heads", 1))
-    bytes_per_vector = n_layers * n_prompts * width * (8 * adapter.d_model + n_heads * width) * 4
+    bytes_per_vector = n_points * n_prompts * width * (8 * adapter.d_model + n_heads * width) * 4
     return max(1, int(memory_budget_mb * 2**20 // bytes_per_vector))
 
 
@@ -157,16 +180,14 @@ def _slots_per_group(width: int, n_directions: int, vectors_per_backward: int) -
 
 
 def _vector_jacobian_products(
-    output: torch.Tensor, leaf: torch.Tensor, grad_outputs: torch.Tensor
-) -> torch.Tensor:
-    """``grad_outputs[i]^T ∂output/∂leaf`` for every i, in one batched backward where possible."""
+    output: torch.Tensor, leaves: list[torch.Tensor], grad_outputs: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``grad_outputs[i]^T ∂output/∂leaf`` for every i and leaf (each ``[vector, *leaf.shape]``),
+    in one batched backward where possible."""
     if grad_outputs.shape[0] == 1:
-        (gradient,) = torch.autograd.grad(output, leaf, grad_outputs[0], retain_graph=True)
-        return gradient[None]
-    (gradients,) = torch.autograd.grad(
-        output, leaf, grad_outputs, retain_graph=True, is_grads_batched=True
-    )
-    return gradients
+        gradients = torch.autograd.grad(output, leaves, grad_outputs[0], retain_graph=True)
+        return tuple(gradient[None] for gradient in gradients)
+    return torch.autograd.grad(output, leaves, grad_outputs, retain_graph=True, is_grads_batched=True)
 
 
 def _slot_groups(positions: Positions, slots_per_group: int) -> list[list[int]]:
@@ -184,7 +205,7 @@ def run_scope(
     positions: Positions,
     build_readout: ReadoutBuilder,
     *,
-    layers: Sequence[int] = (0,),
+    points: Sequence[PerturbationPoint],
     n_directions: int = 1,
     input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
@@ -193,11 +214,11 @@ def run_scope(
 ) -> EngineOutput:
     """Forward with zero perturbations, read the directions, and backpropagate them.
 
-    ``layers`` lists where the residual stream is perturbed (``n_layers`` is the final residual
-    stream). Each perturbation is a separate zero leaf, so one forward and one batched backward
-    give ``u^T ∂y/∂resid_L`` for every listed layer at once. ``input_scale`` multiplies the
-    residual stream at the first listed layer before it is perturbed, i.e. the Jacobian is taken
-    at ``α·x`` (the points of an Integrated Gradients path); signed scores still use ``x``.
+    ``points`` lists where the model is perturbed (e.g. the residual stream entering each listed
+    layer). Each perturbation is a separate zero leaf, so one forward and one batched backward
+    give ``u^T ∂y/∂a`` for every listed activation ``a`` at once. ``input_scale`` multiplies the
+    activation at the first point before it is perturbed, i.e. the Jacobian is taken at ``α·x``
+    (the points of an Integrated Gradients path); signed scores still use ``x``.
 
     Prompts go through in chunks whose forward activations fit ``memory_budget_mb``; within a
     chunk, prediction positions are processed in groups, each on the shortest prefix that
@@ -208,35 +229,38 @@ def run_scope(
     chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
     if len(chunks) > 1:
         options: dict[str, Any] = dict(
-            layers=layers, n_directions=n_directions, input_scale=input_scale,
+            points=points, n_directions=n_directions, input_scale=input_scale,
             memory_budget_mb=memory_budget_mb, return_gradients=return_gradients, backward_batch=backward_batch,
         )
         return _concatenate(
             [run_scope(adapter, batch.rows(rows), positions.rows(rows), build_readout, **options) for rows in chunks]
         )
-    perturbation_hooks = [adapter.resid_pre_hook(layer) for layer in layers]
     n_prompts, width = batch.tokens.shape
-    n_slots, n_layers = positions.n_positions, len(perturbation_hooks)
-    per_backward = _vectors_per_backward(n_prompts, width, n_layers, adapter, memory_budget_mb, backward_batch)
+    n_slots = positions.n_positions
+    per_backward = _vectors_per_backward(n_prompts, width, len(points), adapter, memory_budget_mb, backward_batch)
     slots_per_group = _slots_per_group(width, n_directions, per_backward)
 
-    squared_norms = torch.zeros(n_prompts, n_slots, n_layers, width)
+    squared_norms: torch.Tensor | None = None
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
     logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab)
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
+    component_shapes: list[tuple[int, ...]] = []
     squared = False
 
     with adapter.prepared_for_scopes():
         for slots in _slot_groups(positions, slots_per_group):
             group = _run_group(
-                adapter, batch, positions, slots, build_readout, perturbation_hooks, input_scale,
+                adapter, batch, positions, slots, build_readout, points, input_scale,
                 memory_budget_mb, return_gradients, backward_batch,
             )
             prompts, slot_index = group.prompts, group.slots
-            prefix = group.squared_norms.shape[-1]
+            n_rows, prefix = group.squared_norms.shape[-2:]
+            if squared_norms is None:
+                squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width)
+                component_shapes = group.component_shapes
             squared_norms[:, slots, :, :prefix] = group.squared_norms
             logits_grid[prompts, slot_index] = group.logits
             squared = group.readout.squared
@@ -245,7 +269,7 @@ def run_scope(
                 signed[:, slots, :, :prefix] = group.signed
             if group.gradients is not None:
                 if kept_gradients is None:
-                    kept_gradients = torch.zeros(n_prompts, n_slots, n_layers, width, adapter.d_model)
+                    kept_gradients = torch.zeros(n_prompts, n_slots, n_rows, width, group.gradients.shape[-1])
                 kept_gradients[:, slots, :, :prefix] = group.gradients
             if group.readout.target is not None:
                 if target_grid is None:
@@ -256,6 +280,7 @@ def run_scope(
                     per_prediction[key] = torch.zeros(n_prompts, n_slots, *values.shape[1:], dtype=values.dtype)
                 per_prediction[key][prompts, slot_index] = values.cpu()
             _merge_metadata(metadata, group.readout.metadata)
+    assert squared_norms is not None  # every prompt has at least one valid position
 
     return EngineOutput(
         scores=squared_norms if squared else squared_norms.sqrt(),
@@ -265,7 +290,8 @@ def run_scope(
         target=target_grid,
         per_prediction=per_prediction,
         metadata=metadata,
-        perturbation_hooks=perturbation_hooks,
+        perturbation_hooks=[point.hook for point in points],
+        component_shapes=component_shapes,
     )
 
 
@@ -273,11 +299,20 @@ def run_scope(
 class _GroupOutput:
     prompts: torch.Tensor  # [m] prompt of each valid (prompt, slot) pair of the group
     slots: torch.Tensor  # [m] slot of each pair
-    squared_norms: torch.Tensor  # [batch, n_group_slots, n_layers, prefix]
+    squared_norms: torch.Tensor  # [batch, n_group_slots, n_rows, prefix]
     signed: torch.Tensor | None
     gradients: torch.Tensor | None
     logits: torch.Tensor  # [m, d_vocab]
     readout: Readout
+    component_shapes: list[tuple[int, ...]]
+
+
+def _per_component(point: PerturbationPoint, values: torch.Tensor) -> torch.Tensor:
+    """``[vector, batch, pos, *rest]`` at one point → ``[vector, batch, pos, n_components, width]``:
+    the kept component axes flattened into one, the reduced axes into another."""
+    n_vectors, n_prompts, prefix = values.shape[:3]
+    components = values.shape[3 : 3 + point.component_axes]
+    return values.reshape(n_vectors, n_prompts, prefix, math.prod(components), -1)
 
 
 def _run_group(
@@ -286,7 +321,7 @@ def _run_group(
     positions: Positions,
     slots: list[int],
     build_readout: ReadoutBuilder,
-    perturbation_hooks: list[str],
+    points: Sequence[PerturbationPoint],
     input_scale: float,
     memory_budget_mb: float,
     return_gradients: bool,
@@ -298,19 +333,24 @@ def _run_group(
     index = positions.index[:, slot_tensor]
     prefix = int(torch.where(valid, index, -1).max()) + 1
     tokens = batch.tokens[:, :prefix].to(adapter.device)
-    n_prompts, n_layers = tokens.shape[0], len(perturbation_hooks)
+    n_prompts = tokens.shape[0]
     captured: dict[str, torch.Tensor] = {}
     inputs: dict[int, torch.Tensor] = {}
-    delta = torch.zeros(
-        n_layers, n_prompts, prefix, adapter.d_model, dtype=adapter.dtype, device=adapter.device, requires_grad=True
-    )
+    deltas: dict[int, torch.Tensor] = {}
 
-    def perturbation(layer_index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def perturbation(point_index: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         def add_perturbation(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            inputs[layer_index] = activation.detach()
-            if layer_index == 0 and input_scale != 1.0:
+            if point_index in deltas:
+                raise RuntimeError(
+                    f"hook {points[point_index].hook!r} ran twice in one forward pass; it cannot be a perturbation point."
+                )
+            inputs[point_index] = activation.detach()
+            if point_index == 0 and input_scale != 1.0:
                 activation = activation * input_scale
-            return activation + delta[layer_index].to(activation.dtype)
+            # δ is created here, with the activation's own shape and dtype: it is the only leaf
+            # that requires grad.
+            deltas[point_index] = torch.zeros_like(activation, requires_grad=True)
+            return activation + deltas[point_index]
 
         return add_perturbation
 
@@ -320,17 +360,25 @@ def _run_group(
 
     # Perturbations first: where one shares the capture's hook point (the final residual of a
     # HookedTransformer), hooks run in the order added and the capture must see δ.
-    hooks = [(name, perturbation(i)) for i, name in enumerate(perturbation_hooks)]
+    hooks = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
     with adapter.hooks(hooks + [(adapter.final_hidden_hook, capture_final_hidden)]):
         try:
             adapter.forward(tokens)
         except _StopForward:
             pass
-    if "final" not in captured or len(inputs) != n_layers:
+    if "final" not in captured or len(deltas) != len(points):
         raise RuntimeError(
-            f"the forward pass never reached {perturbation_hooks} and {adapter.final_hidden_hook!r}; "
+            f"the forward pass never reached {[point.hook for point in points]} and {adapter.final_hidden_hook!r}; "
             "this model's hook layout is not supported."
         )
+    leaves = [deltas[i] for i in range(len(points))]
+    for point, leaf in zip(points, leaves):
+        if leaf.ndim < 2 + point.component_axes or tuple(leaf.shape[:2]) != (n_prompts, prefix):
+            raise RuntimeError(
+                f"the activation at {point.hook!r} has shape {tuple(leaf.shape)}; a perturbation point needs "
+                f"[batch={n_prompts}, pos={prefix}, ...] with {point.component_axes} component axes."
+            )
+    component_shapes = [tuple(leaf.shape[2 : 2 + point.component_axes]) for point, leaf in zip(points, leaves)]
 
     pair_prompt, pair_group_slot = valid.nonzero(as_tuple=True)
     source_position = index[pair_prompt, pair_group_slot]
@@ -347,20 +395,27 @@ def _run_group(
     readout = build_readout(y.detach(), logits)
 
     n_group_slots, n_directions = len(slots), readout.directions.shape[1]
-    squared_norms = torch.zeros(n_prompts, n_group_slots, n_layers, prefix)
-    signed = torch.zeros(n_prompts, n_group_slots, n_layers, prefix) if n_directions == 1 else None
+    n_rows = sum(math.prod(shape) for shape in component_shapes)
+    squared_norms = torch.zeros(n_prompts, n_group_slots, n_rows, prefix)
+    signed = torch.zeros(n_prompts, n_group_slots, n_rows, prefix) if n_directions == 1 else None
+    keep_gradients = return_gradients and n_directions == 1
+    if keep_gradients:
+        widths = {leaf[0, 0].numel() for leaf in leaves}
+        if any(point.component_axes for point in points) or len(widths) != 1:
+            raise ScopeInputError(
+                "return_gradients needs perturbation points of one width and no component axes; "
+                f"got {[point.hook for point in points]}."
+            )
     kept_gradients = (
-        torch.zeros(n_prompts, n_group_slots, n_layers, prefix, adapter.d_model)
-        if return_gradients and n_directions == 1
-        else None
+        torch.zeros(n_prompts, n_group_slots, n_rows, prefix, leaves[0][0, 0].numel()) if keep_gradients else None
     )
-    # The residual inputs x_t, for the signed scores (u^T J_t) · x_t of single-direction readouts.
-    residual_inputs = (
-        torch.stack([inputs[i] for i in range(n_layers)], dim=1).float().cpu() if signed is not None else None
-    )  # [b, l, p, d]
+    # The activations x at the points, for the signed scores (u^T J_t) · x_t of single-direction readouts.
+    activations = [
+        _per_component(point, inputs[i][None].float()) for i, point in enumerate(points)
+    ] if signed is not None else []
     # One backward vector per (slot, direction); within it, every prompt's own direction.
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
-    chunk = _vectors_per_backward(n_prompts, prefix, n_layers, adapter, memory_budget_mb, backward_batch)
+    chunk = _vectors_per_backward(n_prompts, prefix, len(points), adapter, memory_budget_mb, backward_batch)
     directions = readout.directions.to(y.dtype)
     rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
     for start in range(0, len(vectors), chunk):
@@ -369,17 +424,28 @@ def _run_group(
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot].to(y.device)
             grad_outputs[i, rows] = directions[rows, r]
-        # [vector, layer, prompt, pos, d_model] -> [vector, prompt, layer, pos, d_model]
-        gradients = _vector_jacobian_products(y, delta, grad_outputs).float().cpu().transpose(1, 2)
+        # Per point [vector, prompt, pos, n_components, width], reduced on the model's device.
+        gradients = [
+            _per_component(point, gradient.float())
+            for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs))
+        ]
+        # -> [vector, prompt, row, pos]
+        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3) for g in gradients], dim=2).cpu()
+        products = (
+            torch.cat([(g * x).sum(-1).transpose(2, 3) for g, x in zip(gradients, activations)], dim=2).cpu()
+            if signed is not None
+            else None
+        )
+        full = torch.cat([g.transpose(2, 3) for g in gradients], dim=2).cpu() if kept_gradients is not None else None
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot]
             prompts = pair_prompt[rows]
             weight = readout.weights[rows, r].float().cpu()[:, None, None]
-            squared_norms[prompts, slot] += weight * gradients[i, prompts].pow(2).sum(-1)
-            if signed is not None:
-                signed[prompts, slot] = (gradients[i, prompts] * residual_inputs[prompts]).sum(-1)
-            if kept_gradients is not None:
-                kept_gradients[prompts, slot] = gradients[i, prompts]
+            squared_norms[prompts, slot] += weight * squares[i, prompts]
+            if products is not None:
+                signed[prompts, slot] = products[i, prompts]
+            if full is not None:
+                kept_gradients[prompts, slot] = full[i, prompts]
 
     return _GroupOutput(
         prompts=pair_prompt,
@@ -389,4 +455,5 @@ def _run_group(
         gradients=kept_gradients,
         logits=logits.cpu(),
         readout=readout,
+        component_shapes=component_shapes,
     )

@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 import torch
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
+from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, PerturbationPoint, ReadoutBuilder, run_scope
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.fisher import Solver
 from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
@@ -119,7 +119,7 @@ def jacobian_scope(
         batch,
         positions,
         build_readout,
-        layers=layers,
+        points=[PerturbationPoint(adapter.resid_pre_hook(layer)) for layer in layers],
         n_directions=n_directions,
         input_scale=input_scale,
         memory_budget_mb=memory_budget_mb,
