@@ -43,6 +43,7 @@ from jscopes_tl.readouts import (
     warn_if_norm_is_fixed,
 )
 from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
+from jscopes_tl.words import tokenizer_word_starts
 
 DEFAULT_FISHER_TAIL_MASS = 1e-6
 
@@ -73,6 +74,30 @@ def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[A
     if token_ids.ndim == 1:
         return adapter.str_tokens(token_ids)
     return [_nested_str_tokens(adapter, row) for row in token_ids]
+
+
+def _display_metadata(
+    adapter: ModelAdapter,
+    real_tokens: list[torch.Tensor],
+    str_tokens: list[list[str]],
+    single: bool,
+    target: torch.Tensor | None,
+) -> dict[str, Any]:
+    """What views show beside the scores: the model's name, each prompt as text, the tokenizer's
+    word boundaries (:func:`jscopes_tl.words.tokenizer_word_starts`) and the target tokens as
+    strings (``[batch][n_positions]``, a pair each for a contrast, whatever axes ``scores`` keeps)."""
+    tokenizer = getattr(adapter.model, "tokenizer", None)
+    texts = [adapter.text(tokens) for tokens in real_tokens]
+    word_starts = [
+        None if tokenizer is None else tokenizer_word_starts(tokenizer, tokens.tolist(), strings)
+        for tokens, strings in zip(real_tokens, str_tokens)
+    ]
+    return {
+        "model_name": adapter.model_name,
+        "text": texts[0] if single else texts,
+        "word_starts": word_starts[0] if single else word_starts,
+        "target_str_tokens": None if target is None else _nested_str_tokens(adapter, target),
+    }
 
 
 def jacobian_scope(
@@ -142,6 +167,7 @@ def jacobian_scope(
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
+    metadata.update(_display_metadata(adapter, real_tokens, str_tokens, batch.single, output.target))
     return ScopeResult(
         kind=kind,
         scores=axes.squeeze_score(output.scores),
