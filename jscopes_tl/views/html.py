@@ -44,6 +44,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24
 .jscopes-page h1 { font-size: 1.5em; } .jscopes-page h2 { font-size: 1.2em; margin-top: 1.6em; }
 .jscopes-prompt { white-space: pre-wrap; background: #f6f6f6; padding: 8px 12px; border-radius: 4px; }
 .jscopes-note { color: #555; font-size: 0.9em; }
+.jscopes-prompt-text { white-space: pre-wrap; }
 .jscopes-table { border-collapse: collapse; font-size: 0.9em; margin: 6px 0; }
 .jscopes-table td, .jscopes-table th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
 .jscopes-header th { font-weight: 600; color: #444; white-space: nowrap; }
