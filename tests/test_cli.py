@@ -233,13 +233,6 @@ def test_eval_warns_when_prompts_lack_their_answer(capsys, tmp_path: Path):
     assert "warning: 2 of 2 prompts end with a token" in err and "must end with its answer" in err
 
 
-def test_eval_on_the_shipped_example_file_gives_no_warning(capsys):
-    path = Path(__file__).resolve().parents[1] / "demos" / "prompts_recall.jsonl"
-    code, out, err = run(capsys, "eval", str(path), "--model", "recall", "--scorers", "semantic", "random", "--limit", "2")
-    assert code == 0, err
-    assert "warning" not in err and "| semantic | 2 |" in out
-
-
 def test_ground_truth_progress_counts_prompts(capsys):
     code, _, err = run(capsys, "ground-truth", "--models", "recall", "--prompts", "3")
     assert code == 0

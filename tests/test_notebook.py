@@ -9,6 +9,8 @@ headless Chromium with networking disabled. The circuitsvis bundle must be in ex
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,22 @@ def html_outputs(notebook: Any) -> list[str]:
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """The tutorial after a run in a fresh kernel, saved to disk and read back."""
-    notebook = nbformat.read(TUTORIAL, as_version=4)
-    client = nbclient.NotebookClient(
-        notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(TUTORIAL.parent)}}
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    directory = tmp_path_factory.mktemp("notebook")
+    # A kernel spec of this very interpreter: a "python3" spec elsewhere on the machine (a user's
+    # ~/.local/share/jupyter) could otherwise run the notebook in another environment.
+    spec = directory / "kernels" / "jscopes-tests"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tests", "language": "python"})
     )
+    kernel = KernelManager(kernel_name="jscopes-tests", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(directory / "kernels")]))
+    notebook = nbformat.read(TUTORIAL, as_version=4)
+    client = nbclient.NotebookClient(notebook, km=kernel, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(TUTORIAL.parent)}})
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    path = tmp_path_factory.mktemp("notebook") / "tutorial.ipynb"
+    path = directory / "tutorial.ipynb"
     nbformat.write(notebook, path)
     return nbformat.read(path, as_version=4), path
 

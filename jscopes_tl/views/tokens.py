@@ -207,7 +207,8 @@ def _scale_description(columns: TokenColumns, column: int, log_scale: bool) -> s
     if columns.signed:
         return f"diverging colour scale: red −{_number(peak)} … white 0 … blue +{_number(peak)}"
     if log_scale:
-        return f"log10 colour scale: white at {_number(peak)}·10⁻{LOG_SCALE_DECADES} or less … blue at the maximum {_number(peak)}"
+        floor = peak * 10.0**-LOG_SCALE_DECADES
+        return f"log10 colour scale over {LOG_SCALE_DECADES} decades: white {_number(floor)} or less … blue {_number(peak)} (the maximum)"
     return f"colour scale: white 0 … blue {_number(peak)} (this column's maximum)"
 
 
