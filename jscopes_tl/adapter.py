@@ -265,6 +265,16 @@ class ModelAdapter:
             return None
         return tokenizer.decode(tokens.detach().cpu().tolist(), skip_special_tokens=True)
 
+    def word_starts(self, tokens: Int[torch.Tensor, " pos"], str_tokens: list[str]) -> list[bool] | None:
+        """Per token, whether the tokenizer starts a word there (None: no tokenizer); see
+        :func:`jscopes_tl.words.tokenizer_word_starts`."""
+        from jscopes_tl.words import tokenizer_word_starts
+
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return tokenizer_word_starts(tokenizer, tokens.detach().cpu().tolist(), str_tokens)
+
     @property
     def model_name(self) -> str | None:
         """The name the model was loaded under (``cfg.model_name``), for display."""

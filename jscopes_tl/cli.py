@@ -120,7 +120,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
         default = action.default
-        if "%(default)" in help_text or default is None or default is False or default == argparse.SUPPRESS or not action.option_strings:
+        no_default = default is None or default is False or default == argparse.SUPPRESS
+        if no_default or "%(default)" in help_text or not action.option_strings:
             return help_text
         return f"{help_text} (default: %(default)s)"
 
@@ -163,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("text", help="the prompt")
     scope.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
     scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
-    scope.add_argument("--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1")
+    scope.add_argument(
+        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
+    )
     scope.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
-    scope.add_argument("--position", type=_position, default=-1, help="prediction position (int, negative from the end) or 'all'")
+    scope.add_argument(
+        "--position", type=_position, default=-1, help="prediction position (int, negative from the end) or 'all'"
+    )
     scope.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
     scope.add_argument("--top", type=_positive, default=5, help="how many top tokens to print")
     scope.add_argument("--out", type=Path, help="write an offline HTML view of every scope and position here")
@@ -186,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faithfulness (AOPC under ablation, agreement with leave-one-out) of scopes and baselines.",
         epilog=EVAL_FORMAT + "\n\nexample: jscopes eval demos/prompts_recall.jsonl --model recall",
     )
-    evaluate.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line, each ending with its answer")
+    evaluate.add_argument(
+        "prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line, each ending with its answer"
+    )
     evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
-    evaluate.add_argument("--scorers", nargs="+", metavar="SCORER", help=f"scorers to compare, from: {', '.join(DEFAULT_SCORERS)} (default: all)")
+    evaluate.add_argument(
+        "--scorers", nargs="+", metavar="SCORER", help=f"scorers to compare, from: {', '.join(DEFAULT_SCORERS)} (default: all)"
+    )
     evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero",
                           help="how a top-ranked token is removed: zero its embedding, or substitute the pad token")
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
@@ -267,7 +276,8 @@ def run_ground_truth_command(args: argparse.Namespace) -> int:
     _check_writable(args.json_path)
     reports = []
     for name in args.models:  # one progress bar per model, over its prompts
-        reports.append(ground_truth_accuracy(models.load(name), name, n_prompts=args.prompts, seed=args.seed, progress=True))
+        model = models.load(name)
+        reports.append(ground_truth_accuracy(model, name, n_prompts=args.prompts, seed=args.seed, progress=True))
     print(format_table(reports))
     if args.json_path:
         payload = {
@@ -345,7 +355,7 @@ def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
     flagged = implausible_answers(model, prompts)
     if 2 * len(flagged) < len(prompts):
         return
-    examples = "; ".join(f"prompt {index} ends with {token!r} (p={probability:.1e})" for index, token, probability in flagged[:3])
+    examples = "; ".join(f"prompt {index} ends with {token!r} (p={p:.1e})" for index, token, p in flagged[:3])
     print(
         f"jscopes: warning: {len(flagged)} of {len(prompts)} prompts end with a token the model gives probability "
         f"below {IMPLAUSIBLE_ANSWER_PROBABILITY:g} at the position before it ({examples}). eval explains the "

@@ -157,7 +157,8 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
     positions = axes.expand_prediction(result.position)
     layers = layer_list(result)
     rows: list[dict[str, Any]] = []
-    for prompt, (tokens, word_starts) in enumerate(zip(str_tokens_per_prompt(result), word_starts_per_prompt(result))):
+    prompts = zip(str_tokens_per_prompt(result), word_starts_per_prompt(result))
+    for prompt, (tokens, word_starts) in enumerate(prompts):
         length = len(tokens)
         for column, position in enumerate(positions[prompt].tolist()):
             for layer_index, layer in enumerate(layers):

@@ -43,7 +43,6 @@ from jscopes_tl.readouts import (
     warn_if_norm_is_fixed,
 )
 from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
-from jscopes_tl.words import tokenizer_word_starts
 
 DEFAULT_FISHER_TAIL_MASS = 1e-6
 
@@ -86,17 +85,18 @@ def _display_metadata(
     """What views show beside the scores: the model's name, each prompt as text, the tokenizer's
     word boundaries (:func:`jscopes_tl.words.tokenizer_word_starts`) and the target tokens as
     strings (``[batch][n_positions]``, a pair each for a contrast, whatever axes ``scores`` keeps)."""
-    tokenizer = getattr(adapter.model, "tokenizer", None)
     texts = [adapter.text(tokens) for tokens in real_tokens]
-    word_starts = [
-        None if tokenizer is None else tokenizer_word_starts(tokenizer, tokens.tolist(), strings)
-        for tokens, strings in zip(real_tokens, str_tokens)
-    ]
+    word_starts = [adapter.word_starts(tokens, strings) for tokens, strings in zip(real_tokens, str_tokens)]
+    target_str_tokens = None
+    if target is not None:  # one decode per distinct id (position="all" repeats the top-1 ids)
+        distinct = target.unique()
+        names = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
+        target_str_tokens = [[[names[i] for i in row] for row in prompt] for prompt in target.tolist()]
     return {
         "model_name": adapter.model_name,
         "text": texts[0] if single else texts,
         "word_starts": word_starts[0] if single else word_starts,
-        "target_str_tokens": None if target is None else _nested_str_tokens(adapter, target),
+        "target_str_tokens": target_str_tokens,
     }
 
 

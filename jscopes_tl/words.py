@@ -79,7 +79,8 @@ def tokenizer_word_starts(tokenizer: Any, token_ids: Sequence[int], str_tokens: 
     starts = [True] + [False] * (len(ids) - 1)
     if len(ids) < 2 or tokenizer.decode(ids, clean_up_tokenization_spaces=False) == "".join(str_tokens):
         return starts
-    pairs = tokenizer.batch_decode([ids[i - 1 : i + 1] for i in range(1, len(ids))], clean_up_tokenization_spaces=False)
+    adjacent = [ids[i - 1 : i + 1] for i in range(1, len(ids))]
+    pairs = tokenizer.batch_decode(adjacent, clean_up_tokenization_spaces=False)
     for index, pair in enumerate(pairs, start=1):
         previous, token = str_tokens[index - 1], str_tokens[index]
         if len(pair) > len(previous) + len(token) and pair.startswith(previous) and pair.endswith(token):

@@ -298,3 +298,10 @@ def test_show_can_force_the_bundle(kernel: list, monkeypatch: pytest.MonkeyPatch
     page.show()
     page.show(include_bundle=True)
     assert ["var CircuitsVis=" in view.data for view in shown] == [True, False, True]
+
+
+def test_notebook_output_styles_only_its_own_elements() -> None:
+    fragment = Page("view", ["<p>x</p>"])._repr_html_(include_bundle=False)
+    style = re.search(r"<style>(.*?)</style>", fragment, flags=re.DOTALL).group(1)
+    selectors = [rule.split("{")[0] for rule in re.sub(r"\{[^}]*\}", "{}\n", style).split("\n") if "{" in rule]
+    assert selectors and all(s.strip().startswith(".jscopes") for group in selectors for s in group.split(","))

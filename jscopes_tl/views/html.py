@@ -39,14 +39,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
-PAGE_STYLE = """
+# The document's own style: only a saved page gets it (in a notebook it would restyle the notebook).
+DOCUMENT_STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #222; max-width: 1200px; }
+"""
+# Everything else is scoped to the views' own classes.
+PAGE_STYLE = """
 .jscopes-page h1 { font-size: 1.5em; } .jscopes-page h2 { font-size: 1.2em; margin-top: 1.6em; }
 .jscopes-prompt { white-space: pre-wrap; background: #f6f6f6; padding: 8px 12px; border-radius: 4px; }
 .jscopes-note { color: #555; font-size: 0.9em; }
 .jscopes-prompt-text { white-space: pre-wrap; }
 .jscopes-table { border-collapse: collapse; font-size: 0.9em; margin: 6px 0; }
-.jscopes-table td, .jscopes-table th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
+.jscopes-table td, .jscopes-table th { border: 1px solid #ddd; padding: 2px 8px; text-align: left;
+  vertical-align: top; }
 .jscopes-header th { font-weight: 600; color: #444; white-space: nowrap; }
 .jscopes-row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 .jscopes-row > div { flex: 1 1 420px; min-width: 320px; }
@@ -77,7 +82,8 @@ RUNTIME_JS = """
         if (child.tagName === "SPAN") {
           index += 1;
           var box = child.firstElementChild;
-          if (box && index < hover.titles.length && box.title !== hover.titles[index]) box.title = hover.titles[index];
+          var title = hover.titles[index];
+          if (box && title !== undefined && box.title !== title) box.title = title;
         } else if (index >= 0 && index < hover.raw.length) {
           var strong = child.querySelector("strong");
           if (strong && strong.textContent !== hover.raw[index]) strong.textContent = hover.raw[index];
@@ -152,7 +158,9 @@ class Tabs:
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.panels) or not self.labels:
-            raise ValueError(f"Tabs needs one label per panel; got {len(self.labels)} labels, {len(self.panels)} panels.")
+            raise ValueError(
+                f"Tabs needs one label per panel; got {len(self.labels)} labels, {len(self.panels)} panels."
+            )
 
 
 Block = Union[str, Component, Tabs]  # a str block is trusted HTML, already escaped by its builder
@@ -169,7 +177,7 @@ class _NotebookBundle:
 _notebook_bundle: list[_NotebookBundle] = []  # at most one entry: the current owner
 
 
-def _current_execution() -> tuple[str | None, str | None] | None:
+def _current_execution() -> tuple[str | None, str] | None:
     """(cell id, execute-request id) of the running notebook cell; None outside a Jupyter kernel."""
     try:
         from IPython import get_ipython
@@ -218,7 +226,7 @@ class Page:
         """A complete, self-contained HTML document."""
         return (
             "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(self.title)}</title>\n<style>{PAGE_STYLE}</style>\n"
+            f"<title>{html.escape(self.title)}</title>\n<style>{DOCUMENT_STYLE}{PAGE_STYLE}</style>\n"
             f"{runtime_script()}\n{bundle_script()}\n</head>\n<body>\n{self._body()}\n</body></html>\n"
         )
 
@@ -280,8 +288,9 @@ def script_literal(value: Any) -> str:
 
 def _render_call(element_id: str, component: Component) -> str:
     css_class = "jscopes-view jscopes-tokens" if component.hover is not None else "jscopes-view"
+    pending = f"<span class='jscopes-pending'>{html.escape(PENDING_MESSAGE)}</span>"  # until circuitsvis draws
     return (
-        f"<div id='{element_id}' class='{css_class}'><span class='jscopes-pending'>{html.escape(PENDING_MESSAGE)}</span></div>\n"
+        f"<div id='{element_id}' class='{css_class}'>{pending}</div>\n"
         f"<script>jscopes.render({script_literal(element_id)}, {script_literal(component.name)}, "
         f"{script_literal(component.props)}, {script_literal(component.hover)});</script>"
     )
@@ -289,14 +298,15 @@ def _render_call(element_id: str, component: Component) -> str:
 
 def _render_tabs(tabs: Tabs, render: Any) -> str:
     buttons = "".join(
-        f"<button type='button' role='tab' aria-selected='{'true' if index == 0 else 'false'}'>{html.escape(label)}</button>"
+        f"<button type='button' role='tab' aria-selected='{str(index == 0).lower()}'>{html.escape(label)}</button>"
         for index, label in enumerate(tabs.labels)
     )
     panels = "".join(
         f"<div class='jscopes-panel' role='tabpanel'{'' if index == 0 else ' hidden'}>" + "\n".join(render(panel)) + "</div>"
         for index, panel in enumerate(tabs.panels)
     )
-    return f"<div class='jscopes-tabs'><div class='jscopes-tablist' role='tablist'>{buttons}</div>{panels}</div>"
+    tablist = f"<div class='jscopes-tablist' role='tablist'>{buttons}</div>"
+    return f"<div class='jscopes-tabs'>{tablist}{panels}</div>"
 
 
 def runtime_script() -> str:

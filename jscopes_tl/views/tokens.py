@@ -208,13 +208,16 @@ def _scale_description(columns: TokenColumns, column: int, log_scale: bool) -> s
         return f"diverging colour scale: red −{_number(peak)} … white 0 … blue +{_number(peak)}"
     if log_scale:
         floor = peak * 10.0**-LOG_SCALE_DECADES
-        return f"log10 colour scale over {LOG_SCALE_DECADES} decades: white {_number(floor)} or less … blue {_number(peak)} (the maximum)"
+        return (
+            f"log10 colour scale over {LOG_SCALE_DECADES} decades: "
+            f"white {_number(floor)} or less … blue {_number(peak)} (the maximum)"
+        )
     return f"colour scale: white 0 … blue {_number(peak)} (this column's maximum)"
 
 
 def _prediction_text(columns: TokenColumns, column: int) -> str:
     position = columns.positions[column]
-    top = ", ".join(f"{token_text(token)}&nbsp;({probability:.3f})" for token, probability in columns.predictions[column])
+    top = ", ".join(f"{token_text(token)}&nbsp;({p:.3f})" for token, p in columns.predictions[column])
     after = f" (after {token_text(columns.str_tokens[position])})" if columns.spans is None else ""
     return f"prediction at position {position}{after}: {top}"
 
@@ -312,7 +315,9 @@ def _numerics_text(metadata: dict[str, Any]) -> str:
     )
 
 
-def header_block(results: Sequence[ScopeResult], prompt: int | None = None, labels: Sequence[str] | None = None) -> str:
+def header_block(
+    results: Sequence[ScopeResult], prompt: int | None = None, labels: Sequence[str] | None = None
+) -> str:
     """A table saying what the view shows: model, prompt, positions, and each scope's settings."""
     first = results[0]
     prompt = _prompt_index(first, prompt)
@@ -321,7 +326,9 @@ def header_block(results: Sequence[ScopeResult], prompt: int | None = None, labe
     tokens = str_tokens_per_prompt(first)[prompt]
     if prompt_text is None:
         prompt_text = "".join(tokens)
-    positions = sorted({p for r in results for p in result_axes(r).expand_prediction(r.position)[prompt].flatten().tolist()})
+    positions = sorted(
+        {p for r in results for p in result_axes(r).expand_prediction(r.position)[prompt].flatten().tolist()}
+    )
     position_text = ", ".join(f"{p} (after {token_text(tokens[p])})" for p in positions[:8])
     if len(positions) > 8:
         position_text += f", … ({len(positions)} positions)"
@@ -420,24 +427,29 @@ def compare_view(
     return Page(title, blocks + token_blocks(columns, log_scale, words))
 
 
-def scopes_page(results: Sequence[ScopeResult], *, title: str = "Jacobian Scopes", **options: Any) -> Page:
-    """Every result in one page: a shared header, then each scope's own view (all its positions).
+def scopes_page(
+    results: Sequence[ScopeResult],
+    *,
+    title: str = "Jacobian Scopes",
+    prompt: int | None = None,
+    words: Reduction | None = None,
+    log_scale: bool = False,
+) -> Page:
+    """Every result in one page: a shared header, then every scope at every position and layer.
 
-    Results of one position each are shown side by side (:func:`compare_view`); otherwise one
-    section per result (:func:`token_view`, a tab per position or layer).
+    Results of one position (and layer) each are shown side by side, a tab each
+    (:func:`compare_view`); otherwise each result gets its own section (:func:`token_view`, a
+    tab per position or layer). ``prompt`` picks one prompt of batch results.
 
     Example:
         >>> scopes_page([semantic_scope(model, text, position="all"), fisher_scope(model, text, position="all")])
     """
     if len(results) == 0:
         raise ValueError("results is empty; pass the scope results to show.")
+    options: dict[str, Any] = dict(prompt=prompt, words=words, log_scale=log_scale)
     if len(results) == 1:
         return token_view(results[0], **options)
-    prompt, position = options.get("prompt"), options.get("position")
-    one_column_each = all(
-        select_columns(r, prompt=prompt, position=position, layer=options.get("layer")).values.shape[0] == 1 for r in results
-    )
-    if one_column_each and set(options) <= {"prompt", "position", "words", "log_scale"}:
+    if all(select_columns(result, prompt=prompt).values.shape[0] == 1 for result in results):
         return compare_view(results, **options)
     blocks: list[Block] = [f"<h1>{text(title)}</h1>", header_block(results, prompt)]
     for result in results:
