@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from browser import Browser
 from rendered import rendered_components
-from test_browser import TOKEN_BOXES_JS, assert_coloured_by, click_tab
+from test_browser import assert_coloured_by, click_tab, visible_panel_boxes
 
 nbformat = pytest.importorskip("nbformat")  # the notebook extra; scripts/setup.sh installs it
 nbclient = pytest.importorskip("nbclient")
@@ -95,13 +95,11 @@ def test_the_saved_notebook_exported_to_html_draws_every_view(executed: tuple[An
         compare = next(i for i, output in enumerate(html_outputs(notebook)) if ">Temperature</button>" in output)
         components = rendered_components(html_outputs(notebook)[compare])
         section = browser.evaluate(
-            "[...document.querySelectorAll('.jscopes-tablist')].findIndex(t => t.innerText.includes('Temperature'))"
+            "[...document.querySelectorAll('.jscopes-tabs')].findIndex(t => t.innerText.includes('Temperature'))"
         )
         for tab, component in enumerate(components):
             click_tab(browser, section, tab)
-            visible = browser.evaluate(TOKEN_BOXES_JS)
-            boxes = next(view for view in visible if len(view) == len(component.props["values"]) and view)
-            assert_coloured_by(boxes, component.props["values"])
+            assert_coloured_by(visible_panel_boxes(browser, section), component.props["values"])
 
 
 def test_an_output_shown_before_the_one_with_the_bundle_is_drawn_when_it_arrives(executed: tuple[Any, Path], tmp_path: Path) -> None:

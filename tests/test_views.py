@@ -224,7 +224,9 @@ def test_gradient_x_input_view_of_a_result_without_it_raises() -> None:
 
 def test_words_option_merges_sub_word_tokens_in_the_view() -> None:
     result = synthetic_result(["<|endoftext|>", "Tom", " lo", "ves", " food", "."], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    [component] = rendered_components(result.to_html(words="sum"))
+    html = result.to_html(words="sum")
+    [component] = rendered_components(html)
+    assert "at spaces and punctuation" in html  # a result without the tokenizer's boundaries
     assert component.props["tokens"] == ["&lt;|endoftext|&gt;", "Tom", "<i>·</i>loves", "<i>·</i>food."]
     assert component.props["values"] == [1.0, 2.0, 7.0, 11.0]
     assert component.hover["titles"][2] == "' loves' (tokens 2–3)\nSemantic: 7"
@@ -232,7 +234,9 @@ def test_words_option_merges_sub_word_tokens_in_the_view() -> None:
 
 def test_words_option_keeps_the_words_of_a_word_level_tokenizer_apart(recall_model: Any) -> None:
     result = semantic_scope(recall_model, RECALL)
-    [component] = rendered_components(result.to_html(words="sum"))
+    html = result.to_html(words="sum")
+    [component] = rendered_components(html)
+    assert "at the tokenizer's word boundaries" in html
     assert component.props["tokens"] == ["&lt;bos&gt;", "a=3", "b=7", "c=1", "b="]
     assert component.props["values"] == pytest.approx(result.scores.tolist())
 

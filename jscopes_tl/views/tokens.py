@@ -249,8 +249,8 @@ def token_blocks(columns: TokenColumns, log_scale: bool = False, words: Reductio
     """The blocks showing ``columns``: one column directly, several behind tabs (each its own scale)."""
     note: list[Block] = []
     if words is not None:
+        boundary = "the tokenizer's word boundaries" if columns.word_starts is not None else "spaces and punctuation"
         columns = columns.merged_into_words(words)
-        boundary = "the tokenizer's word boundaries" if columns.spans is not None else "spaces and punctuation"
         note = [f"<p class='jscopes-note'>tokens merged into words ({text(words)}), at {boundary}.</p>"]
     if columns.values.shape[0] == 1:
         return note + column_blocks(columns, 0, log_scale)
