@@ -144,7 +144,7 @@ class ScopeResult:
         return token_view(self, **view_options).save_html(path)
 
     def show(self, **view_options: Any) -> None:
-        """Display the token view in a Jupyter notebook (needs ``pip install 'jscopes_tl[notebook]'``).
+        """Display the token view in a Jupyter notebook (needs IPython: the ``notebook`` extra).
 
         The circuitsvis JavaScript goes into the first view shown in a kernel only; see
         :mod:`jscopes_tl.views.html`. A result that is a cell's last expression displays the

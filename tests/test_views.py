@@ -309,3 +309,11 @@ def test_notebook_output_styles_only_its_own_elements() -> None:
     style = re.search(r"<style>(.*?)</style>", fragment, flags=re.DOTALL).group(1)
     selectors = [rule.split("{")[0] for rule in re.sub(r"\{[^}]*\}", "{}\n", style).split("\n") if "{" in rule]
     assert selectors and all(s.strip().startswith(".jscopes") for group in selectors for s in group.split(","))
+
+
+def test_show_without_ipython_says_what_to_install_and_what_to_use_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "IPython.display", None)  # as if IPython were not installed
+    with pytest.raises(ImportError, match="pip install ipython ipykernel.*save_html"):
+        synthetic_result(["hello"], [1.0]).show()

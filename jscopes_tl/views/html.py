@@ -263,7 +263,7 @@ class Page:
         return path
 
     def show(self, include_bundle: bool | None = None) -> None:
-        """Display the page in Jupyter (needs IPython: ``pip install 'jscopes_tl[notebook]'``).
+        """Display the page in Jupyter (needs IPython: the ``notebook`` extra of jscopes_tl).
 
         ``include_bundle``: None (default) sends the circuitsvis bundle with the first view of a
         kernel only (see the module docstring); True always, False never.
@@ -272,7 +272,8 @@ class Page:
             from IPython.display import HTML, display
         except ImportError as error:
             raise ImportError(
-                "show() displays in Jupyter and needs IPython (pip install 'jscopes_tl[notebook]'); "
+                "show() displays in Jupyter and needs IPython (pip install ipython ipykernel, or "
+                "jscopes_tl's [notebook] extra); "
                 "outside a notebook use to_html() or save_html(path) and open the file in a browser."
             ) from error
         display(HTML(self._repr_html_(include_bundle)))
