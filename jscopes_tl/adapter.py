@@ -258,6 +258,28 @@ class ModelAdapter:
             return [f"<{int(t)}>" for t in tokens]
         return list(self.model.to_str_tokens(tokens.detach().cpu()))
 
+    def text(self, tokens: Int[torch.Tensor, " pos"]) -> str | None:
+        """The tokens as the tokenizer writes them out, special tokens left out (None: no tokenizer)."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return tokenizer.decode(tokens.detach().cpu().tolist(), skip_special_tokens=True)
+
+    def word_starts(self, tokens: Int[torch.Tensor, " pos"], str_tokens: list[str]) -> list[bool] | None:
+        """Per token, whether the tokenizer starts a word there (None: no tokenizer); see
+        :func:`jscopes_tl.words.tokenizer_word_starts`."""
+        from jscopes_tl.words import tokenizer_word_starts
+
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        return tokenizer_word_starts(tokenizer, tokens.detach().cpu().tolist(), str_tokens)
+
+    @property
+    def model_name(self) -> str | None:
+        """The name the model was loaded under (``cfg.model_name``), for display."""
+        return getattr(self.cfg, "model_name", None)
+
     @property
     def pad_token_id(self) -> int:
         tokenizer = getattr(self.model, "tokenizer", None)
@@ -429,8 +451,11 @@ def hooked_transformer_from_config(config: dict[str, Any], tokenizer: Any = None
     return model.eval()
 
 
-def bridge_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, compatibility_mode: bool = False) -> Any:
-    """A TransformerBridge around an already-built Hugging Face causal LM (no download)."""
+def bridge_from_hf_model(
+    hf_model: torch.nn.Module, tokenizer: Any = None, compatibility_mode: bool = False, model_name: str = "external"
+) -> Any:
+    """A TransformerBridge around an already-built Hugging Face causal LM (no download);
+    ``model_name`` is recorded as ``cfg.model_name``."""
     try:
         from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     except ImportError as error:
@@ -439,7 +464,7 @@ def bridge_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, compa
             "TransformerBridge needs TransformerLens 4.x."
         ) from error
     bridge = build_bridge_from_module(
-        hf_model.eval(), type(hf_model).__name__, hf_config=hf_model.config, tokenizer=tokenizer
+        hf_model.eval(), type(hf_model).__name__, hf_config=hf_model.config, tokenizer=tokenizer, model_name=model_name
     )
     if compatibility_mode:
         bridge.enable_compatibility_mode()

@@ -2,25 +2,29 @@
 
 * ``jscopes scope "TEXT" --model NAME --kind semantic|fisher|temperature|all [--target T
   [--contrast C]] [--position N|all] [--rank K] [--out view.html] [--json scores.json]``:
-  score every token of a prompt; the top tokens go to stdout, the view and scores to files.
+  score every token of a prompt; the top tokens go to stdout, the view (every scope asked for,
+  every position) and scores to files.
 * ``jscopes ground-truth [--models recall induction periodic] [--prompts N]``: how often each
   scope and baseline ranks the known source token first on the bundled models' held-out prompts.
 * ``jscopes eval PROMPTS --model NAME``: the faithfulness table (AOPC under ablation, agreement
-  with leave-one-out; :mod:`jscopes_tl.faithfulness`) over a file of prompts whose final token is
-  the one predicted: JSON lines (a string or an object with ``"text"``), CSV (a ``text`` column,
-  else the first) or plain text, one prompt a line.
-* ``jscopes models``: the bundled models and their held-out accuracy.
+  with leave-one-out; :mod:`jscopes_tl.faithfulness`) over a file of prompts whose *final token is
+  the answer* the model predicts: JSON lines (a string or an object with ``"text"``), CSV (a
+  ``text`` column, else the first) or plain text, one prompt a line (:data:`EVAL_FORMAT`;
+  ``demos/prompts_recall.jsonl`` is an example). When half the prompts or more end with a token
+  the model finds implausible (the answer left out, most often), a warning on stderr names them.
+* ``jscopes models``: the bundled models, their held-out accuracy and an example command each.
 
 ``--model`` takes a bundled model (``recall``, ``induction``, ``periodic``), a random toy model
 (``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a Hugging Face hub name or a local directory of a
 saved model. Exit codes: 0 success, 2 bad arguments, 1 runtime failure (e.g. a model that cannot
-be loaded). Errors go to stderr; results to stdout or the files named.
+be loaded). Errors and warnings go to stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,40 +100,110 @@ MODEL_HELP = (
     "or a Hugging Face hub name or a local directory of a saved model"
 )
 
+EVAL_FORMAT = """\
+prompt file format: one prompt a line, each ENDING WITH THE ANSWER the model should predict.
+eval scores the prediction of every prompt's final token from the tokens before it (the
+paper's protocol), so give "a=3 b=7 c=1 b= 7", not the question "a=3 b=7 c=1 b=".
+  .jsonl  one JSON string or object with a "text" field a line:  {"text": "a=3 b=7 c=1 b= 7"}
+  .csv    a "text" column (else the first column)
+  other   plain text, one prompt a line
+Blank lines are skipped. Example file: demos/prompts_recall.jsonl (for --model recall).
+When half the prompts or more end with a token the model gives probability below 0.001 (a
+question without its answer, most often), a warning on stderr names them."""
+
+IMPLAUSIBLE_ANSWER_PROBABILITY = 1e-3
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (where it has one) and keeps descriptions' lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        no_default = default is None or default is False or default == argparse.SUPPRESS
+        if no_default or "%(default)" in help_text or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from jscopes_tl.adapter import transformer_lens_version
+
+    try:
+        ours = version("jscopes_tl")
+    except PackageNotFoundError:
+        ours = "(not installed)"
+    return f"jscopes {ours} (TransformerLens {transformer_lens_version()}, torch {torch.__version__})"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jscopes", description="Jacobian Scopes for TransformerLens models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    from jscopes_tl.faithfulness import DEFAULT_SCORERS
 
-    scope = commands.add_parser("scope", help="score every token of a prompt for one prediction")
+    parser = argparse.ArgumentParser(
+        prog="jscopes",
+        description="Jacobian Scopes (arXiv 2601.16407) for TransformerLens models. "
+        "Run 'jscopes COMMAND --help' for a command's options.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, help_text: str, **options: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=options.pop("description", help_text),
+                                   formatter_class=HelpFormatter, **options)
+
+    scope = add_command(
+        "scope",
+        "score every token of a prompt for one prediction",
+        epilog='example: jscopes scope "a=3 b=7 c=1 b=" --model recall --kind all --out scope.html',
+    )
     scope.add_argument("text", help="the prompt")
     scope.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
-    scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic")
-    scope.add_argument("--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: top-1")
+    scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
+    scope.add_argument(
+        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
+    )
     scope.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
-    scope.add_argument("--position", type=_position, default=-1, help="prediction position (int) or 'all'")
+    scope.add_argument(
+        "--position", type=_position, default=-1, help="prediction position (int, negative from the end) or 'all'"
+    )
     scope.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
     scope.add_argument("--top", type=_positive, default=5, help="how many top tokens to print")
-    scope.add_argument("--out", type=Path, help="write an offline HTML view here")
+    scope.add_argument("--out", type=Path, help="write an offline HTML view of every scope and position here")
     scope.add_argument("--json", dest="json_path", type=Path, help="write the scores as JSON here")
 
-    ground_truth = commands.add_parser(
-        "ground-truth", help="how often each scope and baseline ranks the known source first (bundled models)"
+    ground_truth = add_command(
+        "ground-truth", "how often each scope and baseline ranks the known source first (bundled models)"
     )
-    ground_truth.add_argument("--models", nargs="+", choices=models.BUNDLED_MODELS, default=list(models.BUNDLED_MODELS))
+    ground_truth.add_argument("--models", nargs="+", choices=models.BUNDLED_MODELS, default=list(models.BUNDLED_MODELS),
+                              help="bundled models to evaluate")
     ground_truth.add_argument("--prompts", type=_positive, default=200, help="held-out prompts per model")
-    ground_truth.add_argument("--seed", type=int, default=0)
+    ground_truth.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     ground_truth.add_argument("--json", dest="json_path", type=Path, help="write the accuracies as JSON here")
 
-    evaluate = commands.add_parser("eval", help="faithfulness (AOPC, leave-one-out) of scopes and baselines over prompts")
-    evaluate.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line")
+    evaluate = add_command(
+        "eval",
+        "faithfulness (AOPC, leave-one-out) of scopes and baselines over prompts",
+        description="Faithfulness (AOPC under ablation, agreement with leave-one-out) of scopes and baselines.",
+        epilog=EVAL_FORMAT + "\n\nexample: jscopes eval demos/prompts_recall.jsonl --model recall",
+    )
+    evaluate.add_argument(
+        "prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line, each ending with its answer"
+    )
     evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
-    evaluate.add_argument("--scorers", nargs="+", help="scorer names (default: all built in)")
-    evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero")
+    evaluate.add_argument(
+        "--scorers", nargs="+", metavar="SCORER", help=f"scorers to compare, from: {', '.join(DEFAULT_SCORERS)} (default: all)"
+    )
+    evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero",
+                          help="how a top-ranked token is removed: zero its embedding, or substitute the pad token")
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
 
-    commands.add_parser("models", help="list the bundled models and their held-out accuracy")
+    add_command("models", "list the bundled models, their held-out accuracy and an example command each")
     return parser
 
 
@@ -185,13 +259,10 @@ def run_scope_command(args: argparse.Namespace) -> int:
         else:
             print(f"  scores of shape {tuple(result.scores.shape)} (prediction positions × tokens)")
     if args.out:
-        from jscopes_tl.views import compare_view, save_html
+        from jscopes_tl.views import scopes_page
 
-        # Several scopes of one position: side by side in one page; otherwise the scope's own view.
-        if len(results) > 1 and all(result.scores.ndim == 1 for result in results):
-            print(f"wrote {compare_view(results).save_html(args.out)}")
-        else:
-            print(f"wrote {save_html(results[0], args.out)}")
+        # Every scope asked for, every position: one tab each, each with its own colour scale.
+        print(f"wrote {scopes_page(results).save_html(args.out)}")
     if args.json_path:
         payload = [_result_record(result, args.model, args.text) for result in results]
         args.json_path.write_text(json.dumps(payload), encoding="utf-8")
@@ -200,14 +271,13 @@ def run_scope_command(args: argparse.Namespace) -> int:
 
 
 def run_ground_truth_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from jscopes_tl.models.ground_truth import format_table, ground_truth_accuracy
 
     _check_writable(args.json_path)
     reports = []
-    for name in tqdm(args.models, desc="bundled models", unit="model", file=sys.stderr):
-        reports.append(ground_truth_accuracy(models.load(name), name, n_prompts=args.prompts, seed=args.seed))
+    for name in args.models:  # one progress bar per model, over its prompts
+        model = models.load(name)
+        reports.append(ground_truth_accuracy(model, name, n_prompts=args.prompts, seed=args.seed, progress=True))
     print(format_table(reports))
     if args.json_path:
         payload = {
@@ -254,6 +324,47 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def implausible_answers(model: Any, prompts: Sequence[str]) -> list[tuple[int, str, float]]:
+    """(index, final token, its probability) of prompts whose final token the model finds implausible.
+
+    eval explains the prediction of each prompt's final token; a final token below
+    :data:`IMPLAUSIBLE_ANSWER_PROBABILITY` at the position before it most often means the prompt
+    is a question without its answer.
+    """
+    import torch
+
+    from jscopes_tl.adapter import ModelAdapter
+
+    adapter = ModelAdapter(model)
+    flagged = []
+    with torch.no_grad():
+        for index, prompt in enumerate(prompts):
+            tokens = adapter.tokenize(prompt)
+            if len(tokens) < 2:
+                continue  # evaluate_faithfulness rejects it with its own message
+            logits = adapter.forward(tokens[None].to(adapter.device))[0, -2]
+            probability = float(torch.softmax(logits.double(), dim=-1)[int(tokens[-1])])
+            if probability < IMPLAUSIBLE_ANSWER_PROBABILITY:
+                flagged.append((index, adapter.str_tokens(tokens[-1:])[0], probability))
+    return flagged
+
+
+def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
+    """Warn when at least half the prompts look like questions without their answer (a few
+    unlikely final tokens are normal on natural text)."""
+    flagged = implausible_answers(model, prompts)
+    if 2 * len(flagged) < len(prompts):
+        return
+    examples = "; ".join(f"prompt {index} ends with {token!r} (p={p:.1e})" for index, token, p in flagged[:3])
+    print(
+        f"jscopes: warning: {len(flagged)} of {len(prompts)} prompts end with a token the model gives probability "
+        f"below {IMPLAUSIBLE_ANSWER_PROBABILITY:g} at the position before it ({examples}). eval explains the "
+        "prediction of each prompt's FINAL token, so a prompt must end with its answer "
+        "(e.g. 'a=3 b=7 c=1 b= 7', not 'a=3 b=7 c=1 b='). See 'jscopes eval --help'.",
+        file=sys.stderr,
+    )
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
     from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
 
@@ -264,6 +375,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
     model = load_model(args.model)
+    _warn_about_implausible_answers(model, prompts)
     report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, progress=True)
     summary = report.summary()
     columns = list(summary[0])
@@ -279,13 +391,23 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain(text: str) -> str:
+    """Docstring markup (RST ``literals``) as plain text."""
+    return re.sub(r"``(.*?)``", r"\1", text)
+
+
 def run_models_command(args: argparse.Namespace) -> int:
     for name in models.BUNDLED_MODELS:
         record = models.training_record(name)
         task = models.get_task(name)
+        example = min(task.labelled_prompts(20, seed=0), key=lambda prompt: len(prompt.tokens))
+        source = ", ".join(f"{example.tokens[index]!r} (token {index})" for index in example.source_indices)
         print(
-            f"{name:10s} {task.__doc__.splitlines()[0]}\n"
-            f"{'':10s} held-out accuracy {record['held_out_accuracy']:.3f} on {record['held_out_prompts']} prompts"
+            f"{name}\n"
+            f"  task      {_plain(task.__doc__.splitlines()[0])}\n"
+            f"  accuracy  {record['held_out_accuracy']:.3f} on {record['held_out_prompts']} held-out prompts\n"
+            f"  example   jscopes scope \"{example.text}\" --model {name} --kind all --out {name}.html\n"
+            f"            answer {example.answer!r}, read from {source}\n"
         )
     return 0
 

@@ -55,6 +55,14 @@ def str_tokens_per_prompt(result: ScopeResult) -> list[list[str]]:
     return result.str_tokens if result_axes(result).prompts else [result.str_tokens]
 
 
+def word_starts_per_prompt(result: ScopeResult) -> list[list[bool] | None]:
+    """The tokenizer's word boundaries of each prompt (``metadata["word_starts"]``; None if unknown)."""
+    starts = result.metadata.get("word_starts")
+    if starts is None:
+        return [None] * len(str_tokens_per_prompt(result))
+    return starts if result_axes(result).prompts else [starts]
+
+
 # ------------------------------------------------------------------------------------ dict / JSON
 def _encode(value: Any, where: str) -> Any:
     if isinstance(value, torch.Tensor):
@@ -149,7 +157,8 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
     positions = axes.expand_prediction(result.position)
     layers = layer_list(result)
     rows: list[dict[str, Any]] = []
-    for prompt, tokens in enumerate(str_tokens_per_prompt(result)):
+    prompts = zip(str_tokens_per_prompt(result), word_starts_per_prompt(result))
+    for prompt, (tokens, word_starts) in enumerate(prompts):
         length = len(tokens)
         for column, position in enumerate(positions[prompt].tolist()):
             for layer_index, layer in enumerate(layers):
@@ -163,8 +172,10 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
                             row["gradient_x_input"] = float(signed_values[index])
                         rows.append(row)
                     continue
-                merged = aggregate_words(tokens, values, words)
-                merged_signed = None if signed_values is None else aggregate_words(tokens, signed_values, words)
+                merged = aggregate_words(tokens, values, words, word_starts=word_starts)
+                merged_signed = (
+                    None if signed_values is None else aggregate_words(tokens, signed_values, words, word_starts=word_starts)
+                )
                 for index, (word, (start, stop)) in enumerate(zip(merged.words, merged.spans)):
                     row = dict(common, word_index=index, word=word, first_token=start, last_token=stop - 1)
                     row["score"] = float(merged.values[index])

@@ -120,25 +120,53 @@ class ScopeResult:
         values, indices = self.scores.topk(min(k, self.scores.shape[0]))
         return [(int(i), self.str_tokens[int(i)], float(v)) for v, i in zip(values, indices)]
 
-    # Views and export live in jscopes_tl.views and jscopes_tl.export (imported lazily: they
-    # import this module). View options: prompt, position, layer, values, words, log_scale.
+    # Views live in jscopes_tl.views and read this plain data; they import this module, so the
+    # methods below import them when called. View options: prompt, position, layer, values
+    # ("scores" | "gradient_x_input"), words ("sum" | "max"), log_scale, header.
     def to_html(self, **view_options: Any) -> str:
-        """A self-contained HTML page of this result (see :func:`jscopes_tl.views.token_view`)."""
+        """A self-contained HTML page of this result (see :func:`jscopes_tl.views.token_view`).
+
+        Example:
+            >>> html = semantic_scope(model, "a=3 b=7 c=1 b=").to_html(words="sum")
+        """
         from jscopes_tl.views.tokens import token_view
 
         return token_view(self, **view_options).to_html()
 
     def save_html(self, path: str | Path, **view_options: Any) -> Path:
-        """Write :meth:`to_html` to ``path``; the file works offline, with no server."""
+        """Write :meth:`to_html` to ``path``; the file works offline, with no server.
+
+        Example:
+            >>> fisher_scope(model, "a=3 b=7 c=1 b=").save_html("fisher.html", log_scale=True)
+        """
         from jscopes_tl.views.tokens import token_view
 
         return token_view(self, **view_options).save_html(path)
 
     def show(self, **view_options: Any) -> None:
-        """Display the token view in Jupyter."""
+        """Display the token view in a Jupyter notebook (needs IPython: the ``notebook`` extra).
+
+        The circuitsvis JavaScript goes into the first view shown in a kernel only; see
+        :mod:`jscopes_tl.views.html`. A result that is a cell's last expression displays the
+        same view by itself (:meth:`_repr_html_`).
+
+        Example:
+            >>> semantic_scope(model, "a=3 b=7 c=1 b=", position="all").show(words="sum")
+        """
         from jscopes_tl.views.tokens import token_view
 
         token_view(self, **view_options).show()
+
+    def _repr_html_(self) -> str | None:
+        """The default token view in a notebook; None (plain repr) for a batch or a result with
+        both several positions and several layers, which need a choice (use :meth:`show`)."""
+        from jscopes_tl.views.tokens import token_view
+
+        try:
+            page = token_view(self)
+        except ValueError:
+            return None
+        return page._repr_html_()
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-compatible data; :meth:`from_dict` inverts it exactly."""

@@ -75,6 +75,31 @@ def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[A
     return [_nested_str_tokens(adapter, row) for row in token_ids]
 
 
+def _display_metadata(
+    adapter: ModelAdapter,
+    real_tokens: list[torch.Tensor],
+    str_tokens: list[list[str]],
+    single: bool,
+    target: torch.Tensor | None,
+) -> dict[str, Any]:
+    """What views show beside the scores: the model's name, each prompt as text, the tokenizer's
+    word boundaries (:func:`jscopes_tl.words.tokenizer_word_starts`) and the target tokens as
+    strings (``[batch][n_positions]``, a pair each for a contrast, whatever axes ``scores`` keeps)."""
+    texts = [adapter.text(tokens) for tokens in real_tokens]
+    word_starts = [adapter.word_starts(tokens, strings) for tokens, strings in zip(real_tokens, str_tokens)]
+    target_str_tokens = None
+    if target is not None:  # one decode per distinct id (position="all" repeats the top-1 ids)
+        distinct = target.unique()
+        names = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
+        target_str_tokens = [[[names[i] for i in row] for row in prompt] for prompt in target.tolist()]
+    return {
+        "model_name": adapter.model_name,
+        "text": texts[0] if single else texts,
+        "word_starts": word_starts[0] if single else word_starts,
+        "target_str_tokens": target_str_tokens,
+    }
+
+
 def jacobian_scope(
     model: Any,
     inputs: Inputs,
@@ -142,6 +167,7 @@ def jacobian_scope(
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
+    metadata.update(_display_metadata(adapter, real_tokens, str_tokens, batch.single, output.target))
     return ScopeResult(
         kind=kind,
         scores=axes.squeeze_score(output.scores),

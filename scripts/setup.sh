@@ -3,6 +3,8 @@
 #   scripts/setup.sh        -> .venv      TransformerLens 4.x (TransformerBridge)
 #   scripts/setup.sh tl2    -> .venv-tl2  TransformerLens 2.18 (HookedTransformer)
 # Torch is pinned to the CPU wheel (torch==2.13.0) so a CPU machine never pulls a CUDA build.
+# The requirements files pin the library's dependencies and what the tests use: the `notebook`
+# extra (IPython, ipykernel, nbclient, nbformat) and nbconvert and websocket-client (`test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${1:-tl4}"

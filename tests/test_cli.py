@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rendered import rendered_components
 
 from jscopes_tl.cli import main
 
@@ -66,8 +67,20 @@ def test_scope_kind_all_writes_the_three_scopes_side_by_side(capsys, tmp_path: P
     code, _, err = run(capsys, "scope", RECALL, "--model", "recall", "--kind", "all", "--out", str(path))
     assert code == 0, err
     page = path.read_text()
-    assert all(label in page for label in ('"Semantic"', '"Fisher"', '"Temperature"'))
-    assert "ColoredTokensMulti" in page
+    assert all(f">{label}</button>" in page for label in ("Semantic", "Fisher", "Temperature"))
+    assert [c.name for c in rendered_components(page)] == ["ColoredTokens"] * 3
+
+
+def test_scope_kind_all_position_all_writes_every_scope_and_position(capsys, tmp_path: Path):
+    path, scores = tmp_path / "view.html", tmp_path / "scores.json"
+    argv = ["scope", RECALL, "--model", "recall", "--kind", "all", "--position", "all", "--out", str(path), "--json", str(scores)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    records = json.loads(scores.read_text())
+    components = rendered_components(path.read_text())
+    assert len(components) == 3 * 5  # each scope, each prediction position
+    expected = [row for record in records for row in record["scores"]]
+    assert [c.props["values"] for c in components] == [pytest.approx(row) for row in expected]
 
 
 @pytest.mark.parametrize(
@@ -163,3 +176,64 @@ def test_eval_bad_arguments_exit_2(capsys, tmp_path: Path, argv, message):
     prompts.write_text("a=3 b=7 b=7\n")
     code, _, err = run(capsys, *[str(prompts) if a == "PROMPTS" else a for a in argv])
     assert code == 2 and message in err
+
+
+def test_version_names_jscopes_transformer_lens_and_torch(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.startswith("jscopes ") and "TransformerLens " in out and "torch " in out
+
+
+def test_help_shows_the_defaults(capsys):
+    code, out, _ = run(capsys, "scope", "--help")
+    assert code == 0
+    for default in ("(default: toy-gpt2)", "(default: semantic)", "(default: -1)", "(default: 1)", "(default: 5)"):
+        assert default in " ".join(out.split())
+
+
+def test_eval_help_lists_the_scorers_and_the_prompt_format(capsys):
+    from jscopes_tl.faithfulness import DEFAULT_SCORERS
+
+    code, out, _ = run(capsys, "eval", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    assert ", ".join(DEFAULT_SCORERS) in flat
+    assert "ENDING WITH THE ANSWER" in flat and "demos/prompts_recall.jsonl" in flat
+
+
+def test_models_lists_each_model_with_a_runnable_example_and_no_markup(capsys, tmp_path: Path):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert "``" not in out
+    examples = [line.split("example", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("example")]
+    assert [example.split("--model ")[1].split()[0] for example in examples] == ["recall", "induction", "periodic"]
+    for example in examples:  # each example answers as stated (the model predicts the answer)
+        text = example.split('"')[1]
+        name = example.split("--model ")[1].split()[0]
+        answer = next(line for line in out.splitlines()[out.splitlines().index(name) :] if "answer" in line).split("'")[1]
+        code, scope_out, err = run(capsys, "scope", text, "--model", name, "--top", "1")
+        assert code == 0, err
+        assert f"model's top tokens [{answer!r}" in scope_out
+
+
+def test_eval_example_file_ends_each_prompt_with_the_models_answer():
+    from jscopes_tl import models
+    from jscopes_tl.cli import implausible_answers, read_prompts
+
+    prompts = read_prompts(Path(__file__).resolve().parents[1] / "demos" / "prompts_recall.jsonl")
+    assert len(prompts) >= 5
+    assert implausible_answers(models.load("recall"), prompts) == []
+
+
+def test_eval_warns_when_prompts_lack_their_answer(capsys, tmp_path: Path):
+    prompts = tmp_path / "questions.txt"
+    prompts.write_text("a=3 b=7 c=1 b=\nd=1 e=2 d=\n")  # questions: the answers are missing
+    code, _, err = run(capsys, "eval", str(prompts), "--model", "recall", "--scorers", "random")
+    assert code == 0, err
+    assert "warning: 2 of 2 prompts end with a token" in err and "must end with its answer" in err
+
+
+def test_ground_truth_progress_counts_prompts(capsys):
+    code, _, err = run(capsys, "ground-truth", "--models", "recall", "--prompts", "3")
+    assert code == 0
+    assert "ground truth (recall)" in err and "3/3" in err

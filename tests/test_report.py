@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import pytest
 from conftest import MODEL_SPECS, build
+from rendered import rendered_components
 
 import jscopes_tl
 from jscopes_tl.views.html import token_text
@@ -25,17 +25,14 @@ def report_html(report_model: Any) -> str:
     return jscopes_tl.report(report_model, PROMPT, attention_layer=0).to_html()
 
 
-def components(html: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, json.loads(props)) for name, props in re.findall(r"CircuitsVis\.(\w+), (.*?)\);</script>", html)]
-
-
-def test_report_shows_the_prompt_escaped(report_html: str) -> None:
-    assert "Tom &amp; &lt;Mary&gt; said &quot;hi&quot;.\nHe is a" in report_html
+def test_report_shows_the_prompt_escaped_in_its_header(report_html: str) -> None:
+    header = report_html[report_html.index("jscopes-header") :]
+    assert "Tom &amp; &lt;Mary&gt; said &quot;hi&quot;.\nHe is a" in header[: header.index("</table>")]
 
 
 def test_report_compares_all_three_scopes(report_html: str) -> None:
-    multi = [props for name, props in components(report_html) if name == "ColoredTokensMulti"]
-    assert multi[0]["labels"] == ["Semantic", "Fisher", "Temperature"]
+    tabs = re.search(r"<div class='jscopes-tablist' role='tablist'>(.*?)</div>", report_html).group(1)
+    assert re.findall(r">([^<]+)</button>", tabs) == ["Semantic", "Fisher", "Temperature"]
     for heading in ("Semantic Scope", "Fisher Scope", "Temperature Scope", "Semantic Scope (gradient × input)"):
         assert f"<h2>{heading}</h2>" in report_html
 
@@ -47,7 +44,7 @@ def test_report_shows_the_prediction_with_probabilities(report_model: Any, repor
 
 
 def test_report_includes_the_scope_matrix_and_the_attention_comparison(report_html: str) -> None:
-    names = [name for name, _ in components(report_html)]
+    names = [component.name for component in rendered_components(report_html)]
     assert names.count("AttentionPattern") == 2  # the matrix section and the comparison
     assert names.count("AttentionHeads") == 1
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import pytest
 import torch
+from rendered import rendered_components
 
 from jscopes_tl import fisher_scope, semantic_scope
 from jscopes_tl.adapter import ModelAdapter
@@ -93,10 +92,10 @@ def test_most_similar_lists_heads_by_decreasing_correlation(any_model: Any) -> N
 def test_comparison_view_shows_the_scope_matrix_beside_the_layers_heads(any_model: Any) -> None:
     result = fisher_scope(any_model, PROMPT, position="all")
     html = attention_comparison_view(any_model, result, layer=1).to_html()
-    calls = re.findall(r"CircuitsVis\.(\w+), (.*?)\);</script>", html)
-    names = [name for name, _ in calls]
-    assert names == ["AttentionPattern", "AttentionHeads"]
-    heads = json.loads(calls[1][1])
+    components = rendered_components(html)
+    assert [c.name for c in components] == ["AttentionPattern", "AttentionHeads"]
+    heads = components[1].props
     assert len(heads["attention"]) == any_model.cfg.n_heads
-    assert heads["attentionHeadNames"][0].startswith("L1H0 ρ=")
-    assert "Spearman" in html and html.count("var CircuitsVis=") == 1
+    # short names fit the thumbnails' corners; the correlations are in the table
+    assert heads["attentionHeadNames"] == [f"L1H{head}" for head in range(any_model.cfg.n_heads)]
+    assert "<td>L1H0</td>" in html and "Spearman" in html and html.count("var CircuitsVis=") == 1

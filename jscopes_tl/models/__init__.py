@@ -94,7 +94,7 @@ def load(name: str, *, family: Family | None = None) -> Any:
             fold_value_biases=False,
         )
     if family == "bridge":
-        return adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer)
+        return adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer, model_name=name)
     raise ValueError(f"family must be 'hooked' or 'bridge'; got {family!r}.")
 
 

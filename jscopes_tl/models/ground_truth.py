@@ -79,23 +79,27 @@ def ground_truth_accuracy(
     n_prompts: int = 200,
     seed: int = 0,
     scorers_by_name: dict[str, Scorer] | None = None,
+    progress: bool = False,
 ) -> GroundTruthAccuracy:
     """How often each scorer ranks a true source token first, on ``n_prompts`` held-out prompts.
 
-    ``scorers_by_name`` defaults to :func:`scorers` (every scorer compared).
+    ``scorers_by_name`` defaults to :func:`scorers` (every scorer compared); ``progress`` shows a
+    progress bar over the prompts (stderr).
 
     Example:
         >>> from jscopes_tl import models
         >>> report = ground_truth_accuracy(models.load("recall"), "recall", n_prompts=100)
         >>> report.accuracy["semantic"], report.chance
     """
+    from tqdm.auto import tqdm
+
     task = get_task(task) if isinstance(task, str) else task
     chosen = scorers(seed) if scorers_by_name is None else scorers_by_name
     adapter = ModelAdapter(model)
     prompts = task.labelled_prompts(n_prompts, seed=seed)
     hits: dict[str, list[bool]] = {name: [] for name in chosen}
     correct = 0
-    for prompt in prompts:
+    for prompt in tqdm(prompts, desc=f"ground truth ({task.name})", unit="prompt", disable=not progress):
         tokens = prompt_token_ids(model, prompt)
         answer = int(model.tokenizer.convert_tokens_to_ids(prompt.answer))
         for name, scorer in chosen.items():

@@ -67,7 +67,9 @@ def attention_comparison_view(
     tokens = result.tokens if result.tokens.ndim == 1 else result.tokens[prompt or 0]
     patterns = adapter.attention_patterns(tokens[:length])[layer]
     correlation = correlate_with_heads(matrix, patterns[None], layers=[layer])
-    head_names = [f"L{layer}H{head} ρ={float(correlation.spearman[0, head]):.2f}" for head in range(patterns.shape[0])]
+    # Short names: circuitsvis pins each name over its thumbnail's corner, and the thumbnails are
+    # narrow; the correlations are in the table beside the matrix.
+    head_names = [f"L{layer}H{head}" for head in range(patterns.shape[0])]
     scope_name = f"{result.kind.capitalize()} Scope"
     title = title or f"{scope_name} matrix vs attention, layer {layer}"
     return Page(
@@ -75,14 +77,14 @@ def attention_comparison_view(
         [
             f"<h2>{text(title)}</h2><p class='jscopes-note'>Rows: prediction position; columns: source token. "
             f"The scope matrix is row-normalised; correlations are over the causal triangle.</p>"
-            "<div class='jscopes-row'><div>"
+            "<div class='jscopes-row'><div class='jscopes-matrix'>"
             f"<h3>{text(scope_name)} (row-normalised)</h3>",
             scope_matrix_component(matrix, str_tokens),
-            f"</div><div><h3>Attention, layer {layer}</h3>",
+            "</div><div><h3>Correlation with each head</h3>" + correlation_table(correlation) + "</div></div>"
+            f"<h3>Attention, layer {layer}</h3>",
             Component(
                 "AttentionHeads",
                 {"tokens": str_tokens, "attention": patterns.tolist(), "attentionHeadNames": head_names, "maskUpperTri": True},
             ),
-            "</div></div>" + correlation_table(correlation),
         ],
     )

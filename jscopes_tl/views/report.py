@@ -14,16 +14,10 @@ from jscopes_tl.readouts import Target
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.views.attention import attention_comparison_view, scope_matrix_component
 from jscopes_tl.views.html import Page, text
-from jscopes_tl.views.tokens import compare_view, token_view
+from jscopes_tl.views.tokens import compare_view, header_block, token_view
 from jscopes_tl.words import Reduction
 
 MatrixScope = Literal["semantic", "fisher", "temperature"]
-
-
-def _numerics_note(metadata: dict[str, Any]) -> str:
-    numerics = metadata.get("numerics", {})
-    shown = ", ".join(f"{key}={value}" for key, value in numerics.items() if key != "perturbation_hook")
-    return f"<p class='jscopes-note'>numerics: {text(shown)}</p>"
 
 
 def report(
@@ -71,20 +65,13 @@ def report(
         matrix_result = temperature_scope(model, prompt, position="all")
 
     title = "Jacobian Scopes report"
-    page = Page(
-        title,
-        [
-            f"<h1>{text(title)}</h1><h2>Prompt</h2><div class='jscopes-prompt'>{text(prompt)}</div>"
-            + _numerics_note(semantic.metadata)
-            + f"<p class='jscopes-note'>Fisher rank {fisher_rank}.</p>"
-        ],
-    )
-    page.blocks += compare_view([semantic, fisher, temperature], words=words).blocks
-    page.blocks += token_view(semantic, words=words).blocks
-    page.blocks += token_view(fisher, words=words, log_scale=True).blocks
-    page.blocks += token_view(temperature, words=words).blocks
+    page = Page(title, [f"<h1>{text(title)}</h1>", header_block([semantic, fisher, temperature])])
+    page.blocks += compare_view([semantic, fisher, temperature], words=words, header=False).blocks
+    page.blocks += token_view(semantic, words=words, header=False).blocks
+    page.blocks += token_view(fisher, words=words, log_scale=True, header=False).blocks
+    page.blocks += token_view(temperature, words=words, header=False).blocks
     if semantic.gradient_x_input is not None:
-        page.blocks += token_view(semantic, values="gradient_x_input", words=words).blocks
+        page.blocks += token_view(semantic, values="gradient_x_input", words=words, header=False).blocks
     page.blocks += [
         f"<h2>{text(matrix_scope.capitalize())} Scope matrix (every prediction position)</h2>"
         "<p class='jscopes-note'>Rows: prediction position; columns: source token; each row divided by its sum.</p>"

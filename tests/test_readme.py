@@ -1,0 +1,167 @@
+"""The README's code works as written: the first example, every public function, the command line.
+
+* "Use it on your own model": the loading block for the installed TransformerLens runs up to the
+  Hugging Face download (this machine has no hub); then the same blocks run with the loader
+  returning a stand-in GPT-2 built offline (random weights, a BPE tokenizer in which " liberal"
+  and " conservative" are single tokens, as in GPT-2's).
+* "Every public function, one example each": every block, in order, in one namespace.
+* "Command line": every command, minus its ``.venv/bin/jscopes`` prefix, through the CLI's
+  ``main`` (``ground-truth`` over 300 prompts is only parsed: it runs in tests/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from jscopes_tl import adapter, temperature_scope
+from jscopes_tl.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def section(heading: str) -> str:
+    """The README text from ``heading`` to the next heading of the same or a higher level."""
+    level = heading.split()[0]
+    start = README.index(f"\n{heading}\n")
+    following = re.search(rf"\n#{{1,{len(level)}}} ", README[start + len(heading) + 2 :])
+    return README[start : start + len(heading) + 2 + (following.start() if following else len(README))]
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def loading_block() -> str:
+    """The first example's loading block for the installed TransformerLens."""
+    python_blocks = code_blocks(section("## Use it on your own model"), "python")
+    wanted = "TransformerBridge.boot_transformers" if not adapter.hooked_transformer_available() else "from_pretrained_no_processing"
+    return next(block for block in python_blocks if wanted in block)
+
+
+def stand_in_gpt2() -> Any:
+    """A 2-layer GPT-2 with random weights and a BPE tokenizer trained offline (no hub)."""
+    import transformers
+
+    from jscopes_tl.toy import toy_tokenizer
+
+    tokenizer = toy_tokenizer(vocab_size=1000)
+    if adapter.hooked_transformer_available():
+        config = dict(
+            n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=128, d_vocab=len(tokenizer), n_ctx=256,
+            act_fn="gelu_new", normalization_type="LN", default_prepend_bos=True,
+        )
+        model = adapter.hooked_transformer_from_config(config, tokenizer=tokenizer)
+        final_gain = model.ln_final.w
+    else:
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+        )
+        hf_model = transformers.GPT2LMHeadModel(config)
+        final_gain = hf_model.transformer.ln_f.weight
+        model = adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer, model_name="stand-in gpt2")
+    with torch.no_grad():  # a trained model's final norm has a gain; a gain of exactly 1 fixes ‖y‖
+        final_gain.uniform_(0.5, 1.5)
+    return model
+
+
+def test_the_first_examples_loading_block_reaches_the_hub_download() -> None:
+    program = (
+        "import json, sys\n"
+        "try:\n"
+        f"    exec({loading_block()!r})\n"
+        "except Exception as error:\n"
+        "    print(json.dumps([[cls.__name__ for cls in type(error).__mro__], str(error)]))\n"
+        "    sys.exit(3)\n"
+    )
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment, timeout=300)
+    assert completed.returncode == 3, completed.stdout + completed.stderr[-2000:]
+    classes, message = json.loads(completed.stdout.strip().splitlines()[-1])
+    # the loader exists and accepts "gpt2"; what stops it is the missing hub, not the code
+    assert not {"ImportError", "AttributeError", "NameError", "TypeError"} & set(classes), (classes, message)
+    assert "OSError" in classes or "offline" in message.lower() or "connect" in message.lower(), (classes, message)
+
+
+def test_the_first_example_runs_on_a_stand_in_gpt2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    loaded: list[str] = []
+
+    def load(name: str, *args: Any, **kwargs: Any) -> Any:
+        loaded.append(name)
+        return stand_in_gpt2()
+
+    if adapter.hooked_transformer_available():
+        from transformer_lens import HookedTransformer
+
+        monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(load))
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(load))
+    monkeypatch.chdir(tmp_path)
+    [rest] = [block for block in code_blocks(section("## Use it on your own model"), "python") if "semantic_scope(" in block]
+    namespace: dict[str, Any] = {}
+    exec(loading_block() + "\n" + rest, namespace)
+    assert loaded == ["gpt2"]
+    assert namespace["result"].target.tolist()[-2:] != []  # a contrast pair was scored
+    assert (tmp_path / "scope.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_every_public_function_example_runs_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    blocks = code_blocks(section("## Every public function, one example each"), "python")
+    assert len(blocks) >= 4
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(block, namespace)
+    model, prompt = namespace["model"], namespace["prompt"]
+    # what the comments promise
+    assert [(index, token, round(score, 3)) for index, token, score in namespace["result"].top_tokens(2)] == [
+        (2, "b=7", 5.65), (4, "b=", 0.954)
+    ]
+    custom = namespace["jacobian_scope"](model, prompt, namespace["unit_hidden_state"], kind="my-temperature")
+    torch.testing.assert_close(custom.scores, temperature_scope(model, prompt).scores)
+    assert {"semantic.html", "fisher.html", "report.html"} <= {path.name for path in tmp_path.iterdir()}
+
+
+def command_lines() -> list[list[str]]:
+    [block] = code_blocks(section("### Command line"), "bash")
+    commands = []
+    for line in block.splitlines():
+        command = shlex.split(line, comments=True)
+        assert command[0] == ".venv/bin/jscopes", line  # what the README's set-up command installs
+        commands.append(command[1:])
+    return commands
+
+
+def test_the_command_line_section_works_as_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "demos").symlink_to(ROOT / "demos")  # the commands run from the repository root
+    monkeypatch.chdir(tmp_path)
+    commands = command_lines()
+    assert {command[0] for command in commands} == {"scope", "eval", "ground-truth", "models"}
+    for argv in commands:
+        if argv[0] == "ground-truth":
+            build_parser().parse_args(argv)
+            continue
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 0, (argv, captured.err)
+        assert "warning" not in captured.err, (argv, captured.err)
+    assert {"scores.json", "view.html", "periodic.html"} <= {path.name for path in tmp_path.iterdir()}
+
+
+def test_the_set_up_command_installs_the_console_script_the_readme_calls() -> None:
+    assert 'jscopes = "jscopes_tl.cli:main"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert "bash scripts/setup.sh && .venv/bin/jscopes scope" in README
+    assert "-e ." in (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
