@@ -162,16 +162,16 @@ def _dense_top(kept: _ScaledKeptFisher, rank: int) -> tuple[torch.Tensor, torch.
 def _orthonormal_complement(block: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     """Columns of ``block`` made orthonormal and orthogonal to ``basis`` (dependent ones dropped).
 
-    A column is dependent when less than 1e-6 of its norm is new: measured against the block
-    *before* projection, so that an exhausted Krylov space (a low-rank ``F``, e.g. a confident
-    prediction with a handful of likely alternatives) ends the iteration instead of adding
-    rounding noise as new directions."""
+    A column is dependent when less than 1e-6 (float32; 1e-12 in float64) of its norm is new,
+    measured against the block *before* projection, so that an exhausted Krylov space (a low-rank
+    ``F``, e.g. a confident prediction with a handful of likely alternatives) ends the iteration
+    instead of adding rounding noise as new directions."""
     scale = float(block.norm(dim=0).max())
     for _ in range(2):  # twice is enough (Kahan–Parlett) for full reorthogonalisation
         if basis is not None:
             block = block - basis @ (basis.T @ block)
     q, r = torch.linalg.qr(block)
-    keep = r.diagonal().abs() > 1e-6 * max(scale, 1e-300)
+    keep = r.diagonal().abs() > (1e-12 if block.dtype == torch.float64 else 1e-6) * max(scale, 1e-300)
     return q[:, keep]
 
 
