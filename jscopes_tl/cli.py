@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
     evaluate.add_argument("--scorers", nargs="+", help="scorer names (default: all built in)")
     evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero")
+    evaluate.add_argument(
+        "--protocol", choices=("default", "paper"), default="default", help="'paper': the authors' benchmark scripts"
+    )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
 
@@ -264,7 +267,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
     model = load_model(args.model)
-    report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, progress=True)
+    report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=True)
     summary = report.summary()
     columns = list(summary[0])
     print("| " + " | ".join(columns) + " |")
@@ -273,7 +276,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
         print("| " + " | ".join(cells) + " |")
     if args.json_path:
-        payload = {"model": args.model, "ablation": args.ablation, "summary": summary, "rows": report.rows}
+        payload = {"model": args.model, "ablation": args.ablation, "protocol": args.protocol, "summary": summary, "rows": report.rows}
         args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
         print(f"wrote {args.json_path}")
     return 0

@@ -4,6 +4,8 @@ references written here from the scripts' definitions, with TransformerLens hook
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,14 @@ def test_paper_protocol_errors(any_model):
         evaluate_faithfulness(any_model, SHORT_PASSAGE, ["random"], protocol="authors", progress=False)
     with pytest.raises(ScopeInputError, match=r"prompts\[0\] has 1 token"):
         evaluate_faithfulness(any_model, SHORT_PASSAGE[:1], ["random"], protocol="paper", progress=False)
+
+
+def test_eval_command_takes_the_protocol(capsys, tmp_path):
+    from jscopes_tl.cli import main
+
+    prompts, path = tmp_path / "prompts.txt", tmp_path / "faithfulness.json"
+    prompts.write_text("a=3 b=7 c=1 b=7\n")
+    assert main(["eval", str(prompts), "--model", "recall", "--scorers", "random", "--protocol", "paper", "--json", str(path)]) == 0
+    assert "loo_rank_percentage" in capsys.readouterr().out
+    payload = json.loads(path.read_text())
+    assert payload["protocol"] == "paper" and payload["rows"][0]["n_candidates"] == 4  # no BOS: a=3 b=7 c=1 b=7
