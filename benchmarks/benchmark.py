@@ -126,7 +126,9 @@ def unembedding_weight(model: Any) -> torch.nn.Parameter:
     return getattr(*unembedding_slot(model))
 
 
-def sharpen_unembedding(model: Any, tokens: torch.Tensor, entropy: float | None = None, gap: float | None = None) -> tuple[float, float]:
+def sharpen_unembedding(
+    model: Any, tokens: torch.Tensor, entropy: float | None = None, gap: float | None = None
+) -> tuple[float, float]:
     """Scale W_U (untied from the embedding first, so the forward pass is unchanged) until the
     next-token entropy at the last position is ``entropy`` nats, or its ``1 - p_max`` is ``gap``.
     Returns (scale, the entropy or gap reached)."""
@@ -252,7 +254,8 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
 
     # And on a confident prediction (1 - p_max = --confident-gap), where F is of that size and
     # its mass lies in the tokens other than the top one.
-    row["confident_unembedding_scale"], row["confident_gap"] = sharpen_unembedding(model, tokens, gap=args.confident_gap)
+    scale, gap = sharpen_unembedding(model, tokens, gap=args.confident_gap)
+    row["confident_unembedding_scale"], row["confident_gap"] = scale, gap
     report(row, "confident_unembedding_scale", "confident_gap")
     row["confident_semantic_s"] = best_time(lambda: semantic_scope(model, tokens[0]), repeats)
     for rank in (1, 8):
@@ -301,7 +304,9 @@ def measure_eigensolve(row: dict[str, Any], prefix: str, model: Any, tokens: tor
     probabilities = torch.softmax(logits.double(), -1)  # as the Fisher readout computes them
     W_U, norms = adapter.W_U.detach(), adapter.unembed_statistics.column_sq_norms
     row[f"{prefix}fisher_eigensolve_rank1_s"] = best_time(
-        lambda: fisher_eigenpairs(W_U, probabilities, 1, tail_tolerance=DEFAULT_FISHER_TAIL_TOLERANCE, column_sq_norms=norms),
+        lambda: fisher_eigenpairs(
+            W_U, probabilities, 1, tail_tolerance=DEFAULT_FISHER_TAIL_TOLERANCE, column_sq_norms=norms
+        ),
         repeats,
     )
     row[f"{prefix}eigensolve_share_of_fisher_rank1"] = row[f"{prefix}fisher_eigensolve_rank1_s"] / row[f"{prefix}fisher_rank1_s"]
@@ -384,7 +389,7 @@ def main() -> None:
     parser.add_argument("--confident-gap", type=float, default=1e-6, help="1 - p_max of the confident Fisher rows")
     parser.add_argument("--skip-exact", action="store_true", help="skip exact Fisher (d_model backward vectors)")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--fisher-only", action="store_true", help="only the Fisher rows (and Semantic, their reference)")
+    parser.add_argument("--fisher-only", action="store_true", help="only the Fisher rows (and Semantic, their baseline)")
     parser.add_argument("--quick", action="store_true", help="64 tokens, 1 repeat, no exact Fisher, all at 128 only")
     parser.add_argument("--tiny", action="store_true", help="2-layer models, 16 tokens: checks the script runs (tests)")
     parser.add_argument("--json", help="write all figures here")
@@ -413,7 +418,8 @@ def main() -> None:
     architectures = args.models.split(",")
     speed = [measure_speed(architecture, args) for architecture in architectures]
     print_rows("speed (seconds, and ratios)", speed)
-    memory = [] if args.skip_memory or args.fisher_only else [measure_memory(a, args.memory_length, args.size) for a in architectures]
+    skip_memory = args.skip_memory or args.fisher_only
+    memory = [] if skip_memory else [measure_memory(a, args.memory_length, args.size) for a in architectures]
     if memory:
         print_rows("peak memory (MB above the loaded model)", memory)
     if args.json:

@@ -267,7 +267,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
     model = load_model(args.model)
-    report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=True)
+    report = evaluate_faithfulness(
+        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=True
+    )
     summary = report.summary()
     columns = list(summary[0])
     print("| " + " | ".join(columns) + " |")
@@ -276,7 +278,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
         cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
         print("| " + " | ".join(cells) + " |")
     if args.json_path:
-        payload = {"model": args.model, "ablation": args.ablation, "protocol": args.protocol, "summary": summary, "rows": report.rows}
+        payload = {
+            "model": args.model, "ablation": args.ablation, "protocol": args.protocol,
+            "summary": summary, "rows": report.rows,
+        }
         args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
         print(f"wrote {args.json_path}")
     return 0

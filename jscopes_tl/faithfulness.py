@@ -173,27 +173,38 @@ def _gradients_at_scaled_token_embeddings(
         return semantic_scope(model, context, target=target, return_gradients=True).gradients
 
 
-def paper_gradient_x_input_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
-    """The scripts' gradient × input: ``‖∂log p(gold)/∂x_t ⊙ e_t‖₂`` with ``e_t`` the token embedding alone."""
+def paper_gradient_x_input_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
+    """The scripts' gradient × input: ``‖∂log p(gold)/∂x_t ⊙ e_t‖₂``, ``e_t`` the token embedding alone."""
     gradients = _gradients_at_scaled_token_embeddings(model, context, _log_probability_of(model, gold), 1.0)
     return (gradients * _token_embeddings(model, context)).norm(dim=-1)
 
 
-def paper_integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+def paper_integrated_gradients_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
     """The scripts' "Integrated Gradients": the perturbation is added to the token embedding
     before it is scaled by ``α``, so each step's gradient is ``α·∇f(α e + pos)``;
     ``‖e_t ⊙ mean_α α·∇f‖₂`` over ``α ∈ {0.2, …, 1.0}``, ``f = log p(gold)``."""
     target = _log_probability_of(model, gold)
-    gradients = [alpha * _gradients_at_scaled_token_embeddings(model, context, target, alpha) for alpha in INTEGRATED_GRADIENTS_ALPHAS]
+    gradients = [
+        alpha * _gradients_at_scaled_token_embeddings(model, context, target, alpha)
+        for alpha in INTEGRATED_GRADIENTS_ALPHAS
+    ]
     return (torch.stack(gradients).mean(0) * _token_embeddings(model, context)).norm(dim=-1)
 
 
-def paper_loo_fisher_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+def paper_loo_fisher_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
     """Fisher Scope at rank 4, as in the leave-one-out script."""
     return fisher_scope(model, context, rank=PAPER_LOO_FISHER_RANK).scores
 
 
-def paper_loo_integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+def paper_loo_integrated_gradients_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
     """The leave-one-out script's path-integrated Semantic Scope: the gradient of the gold
     *logit* at token embeddings scaled by ``α ∈ {0.1, …, 1.0}`` (the script divides out the
     ``α`` its perturbation picks up), averaged, times the path's span ``(1.0 - 0.1)·e_t``."""
@@ -214,12 +225,16 @@ class _ProtocolScorer:
     random_sets: bool = False
 
 
-def _protocol_scorers(scorers: dict[str, Scorer], protocol: Protocol, by_name: bool) -> dict[str, _ProtocolScorer]:
+def _protocol_scorers(
+    scorers: dict[str, Scorer], protocol: Protocol, by_name: bool
+) -> dict[str, _ProtocolScorer]:
     if protocol == "default" or not by_name:
         return {name: _ProtocolScorer(scorer, scorer) for name, scorer in scorers.items()}
     paper = {
         "gradient_x_input": _ProtocolScorer(paper_gradient_x_input_scorer, paper_gradient_x_input_scorer),
-        "integrated_gradients": _ProtocolScorer(paper_integrated_gradients_scorer, paper_loo_integrated_gradients_scorer),
+        "integrated_gradients": _ProtocolScorer(
+            paper_integrated_gradients_scorer, paper_loo_integrated_gradients_scorer
+        ),
         "fisher": _ProtocolScorer(fisher_scorer, paper_loo_fisher_scorer),
     }
     return {
@@ -298,7 +313,9 @@ def paper_ranking(scores: Float[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]:
     return torch.argsort(scores.float(), stable=True).flip(0)
 
 
-def paper_kl(original: Float[torch.Tensor, " d_vocab"], ablated: Float[torch.Tensor, "... d_vocab"]) -> Float[torch.Tensor, "..."]:
+def paper_kl(
+    original: Float[torch.Tensor, " d_vocab"], ablated: Float[torch.Tensor, "... d_vocab"]
+) -> Float[torch.Tensor, "..."]:
     """The scripts' ``KL(p ‖ q)`` from log-probabilities: ``Σ clamp(p) · (log p - log clamp(q))``,
     both probabilities clamped at 1e-10."""
     p = original.exp().clamp_min(PAPER_KL_FLOOR)
@@ -417,15 +434,21 @@ def _top_candidates(scores: torch.Tensor, candidates: torch.Tensor, count: int) 
 
 
 def _ablated_sets(
-    scorer: _ProtocolScorer, scores: torch.Tensor, candidates: torch.Tensor, fractions: Sequence[float], protocol: Protocol, rng: Any
+    scorer: _ProtocolScorer,
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    fractions: Sequence[float],
+    protocol: Protocol,
+    rng: Any,
 ) -> list[torch.Tensor]:
     """The positions ablated at each fraction."""
     if protocol == "default":
-        return [_top_candidates(scores, candidates, count) for count in top_k_counts(len(candidates), fractions)]
+        counts = top_k_counts(len(candidates), fractions)
+        return [_top_candidates(scores, candidates, count) for count in counts]
     n_tokens = len(candidates)
     counts = paper_top_k_counts(n_tokens, fractions)
     if scorer.random_sets:
-        return [torch.from_numpy(rng.choice(n_tokens, size=min(count, n_tokens), replace=False)).long() for count in counts]
+        return [torch.from_numpy(rng.choice(n_tokens, size=count, replace=False)).long() for count in counts]
     order = paper_ranking(scores)
     return [order[:count] for count in counts]
 
@@ -479,7 +502,8 @@ def evaluate_faithfulness(
     if seed is None:
         seed = PAPER_SEED if paper else 0
     adapter = ModelAdapter(model)
-    scorer_functions = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=not isinstance(scorers, Mapping))
+    by_name = not isinstance(scorers, Mapping)
+    scorer_functions = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
     rng = np.random.RandomState(seed)  # the scripts' np.random.seed(seed) + np.random.choice
     token_lists = _prompt_list(adapter, prompts, protocol)
     for index, tokens in enumerate(token_lists):
@@ -504,7 +528,8 @@ def evaluate_faithfulness(
 
         scores = {name: score(scorer.aopc) for name, scorer in scorer_functions.items()}
         loo_scores = {
-            name: scores[name] if scorer.loo is scorer.aopc else score(scorer.loo) for name, scorer in scorer_functions.items()
+            name: scores[name] if scorer.loo is scorer.aopc else score(scorer.loo)
+            for name, scorer in scorer_functions.items()
         }
         ablated = {
             name: _ablated_sets(scorer, scores[name], candidates, fractions, protocol, rng)
@@ -551,7 +576,8 @@ def evaluate_faithfulness(
                 "loo_percentile_of_top": float((loo_kl <= loo_kl[top_index]).double().mean()),
             }
             if paper:
-                row["loo_rank_percentage"] = 100.0 * int((loo_order == top_index).nonzero()[0, 0]) / len(candidates)
+                rank = int((loo_order == top_index).nonzero()[0, 0])
+                row["loo_rank_percentage"] = 100.0 * rank / len(candidates)
             row.update(
                 top_token=str_tokens[top],
                 predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
@@ -570,4 +596,6 @@ def evaluate_faithfulness(
                 ablated=ablated,
             )
         )
-    return FaithfulnessReport(rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation, protocol=protocol)
+    return FaithfulnessReport(
+        rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation, protocol=protocol
+    )

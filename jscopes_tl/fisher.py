@@ -14,7 +14,7 @@ less. Then ``μ ≈ g_r`` (``r`` the top token), ``F`` is of size ``ε``, and th
 leaves rounding noise once ``ε`` nears 1e-7. Everything here is instead written relative to the
 top token's column, ``h_v = g_v - g_r`` (so ``h_r = 0`` exactly), and scaled by ``ε``:
 
-    F / ε = Σ_{v≠r} w_v h_v h_vᵀ - ε d dᵀ,   w_v = p_v / ε  (Σ_{v≠r} w_v = 1),   d = Σ_{v≠r} w_v h_v,
+    F / ε = Σ_{v≠r} w_v h_v h_vᵀ - ε d dᵀ,   w_v = p_v / ε (Σ_{v≠r} w_v = 1),   d = Σ_{v≠r} w_v h_v,
 
 where ``μ - g_r = ε d``. Every term is of size 1 and nothing cancels, so the ``d_vocab``-sized
 products can run in float32 whatever ``ε`` is; only ``p`` and ``ε = Σ_{v≠r} p_v`` need float64
@@ -131,12 +131,15 @@ class _ScaledKeptFisher:
         d = rows.shape[1]
         fisher = torch.zeros(d, d, dtype=rows.dtype, device=rows.device)
         for start in range(0, rows.shape[0], DENSE_BLOCK_ROWS):
-            block = (rows[start : start + DENSE_BLOCK_ROWS] - self.reference) * root_weights[start : start + DENSE_BLOCK_ROWS, None]
+            end = start + DENSE_BLOCK_ROWS
+            block = (rows[start:end] - self.reference) * root_weights[start:end, None]
             fisher.addmm_(block.T, block)
         return fisher + self._rank_two_terms(torch.eye(d, dtype=rows.dtype, device=rows.device))
 
 
-def _dots_with_columns(W: Float[torch.Tensor, "d_model d_vocab"], vectors: Float[torch.Tensor, "k d_model"]) -> Float[torch.Tensor, "k d_vocab"]:
+def _dots_with_columns(
+    W: Float[torch.Tensor, "d_model d_vocab"], vectors: Float[torch.Tensor, "k d_model"]
+) -> Float[torch.Tensor, "k d_vocab"]:
     """``vectors @ W`` in the order that streams ``W`` fastest for its layout: with ``W`` a view
     of a ``[d_vocab, d_model]`` weight, ``Wᵀ`` times the column-major ``vectorsᵀ`` is 5× faster
     for two vectors than either row-major form (GPT-2 size, one thread)."""
@@ -266,7 +269,8 @@ def fisher_eigenpairs(
     shift = W @ (s * weights).to(dtype) - g_top
     dots = _dots_with_columns(W, torch.stack([g_top, shift])).T.double() * s[:, None]
     # ‖h_v‖² and h_v·d (h_r = 0 exactly), then ‖g_v - μ‖² = ‖h_v - ε d‖².
-    h_sq = (s.pow(2) * column_sq_norms.double() - 2 * dots[:, 0] + float(g_top.double() @ g_top.double())).clamp_min(0)
+    top_sq = float(g_top.double() @ g_top.double())
+    h_sq = (s.pow(2) * column_sq_norms.double() - 2 * dots[:, 0] + top_sq).clamp_min(0)
     h_dot_shift = dots[:, 1] - float(g_top.double() @ shift.double())
     h_sq[top], h_dot_shift[top] = 0.0, 0.0
     shift_sq = float(shift.double() @ shift.double())

@@ -221,13 +221,14 @@ def fisher_readout(
     traces = torch.tensor([pair.trace for pair in pairs], dtype=torch.float64)
     if not math.isfinite(float(traces.sum())):
         raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
+    captured = torch.where(traces > 0, weights.sum(-1) / traces.clamp_min(1e-300), 1.0)  # F = 0: nothing to miss
     per_prediction = {
         "eigenvalues": weights.to(value_dtype),
         "fisher_trace": traces.to(value_dtype),
-        "captured_trace_fraction": torch.where(traces > 0, weights.sum(-1) / traces.clamp_min(1e-300), 1.0).to(value_dtype),
+        "captured_trace_fraction": captured.to(value_dtype),
         "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).to(value_dtype),
         "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).to(value_dtype),
-        "dropped_trace_fraction": torch.tensor([pair.dropped_trace_fraction for pair in pairs]).to(value_dtype),
+        "dropped_trace_fraction": torch.tensor([p.dropped_trace_fraction for p in pairs]).to(value_dtype),
         "kept_vocabulary_rows": torch.tensor([pair.kept_rows for pair in pairs]),
         "eigen_residual": torch.tensor([pair.residual for pair in pairs]).to(value_dtype),
     }
