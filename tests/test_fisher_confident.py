@@ -20,7 +20,11 @@ import torch
 import transformers
 
 from jscopes_tl import fisher_scope, models
-from jscopes_tl.adapter import bridge_from_hf_model, hooked_transformer_available, hooked_transformer_from_hf_directory
+from jscopes_tl.adapter import (
+    bridge_from_hf_model,
+    hooked_transformer_available,
+    hooked_transformer_from_hf_directory,
+)
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.fisher import fisher_eigenpairs
 from jscopes_tl.models.files import model_directory
@@ -115,6 +119,11 @@ def build_like_bundled(hf: torch.nn.Module, name: str):
     return bridge_from_hf_model(hf, tokenizer=tokenizer)
 
 
+def recall_tokens(*words: str) -> torch.Tensor:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_directory("recall"))
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(words)))
+
+
 def with_unembedding(hf: torch.nn.Module, W_U: torch.Tensor) -> torch.nn.Module:
     """A copy of ``hf`` whose lm_head (untied from the input embedding) is ``W_U`` [d_model, d_vocab]."""
     hf = copy.deepcopy(hf)
@@ -160,9 +169,7 @@ def confident_unembedding(hf: torch.nn.Module, tokens: torch.Tensor, shape: str,
 @pytest.mark.parametrize("gap", [1e-9, 1e-12])
 def test_fisher_matches_float64_oracle_on_a_synthetic_confident_unembedding(shape, gap):
     base = hf_model("recall")
-    tokens = torch.tensor(transformers.AutoTokenizer.from_pretrained(model_directory("recall")).convert_tokens_to_ids(
-        ["<bos>", "a=3", "k=7", "c=1", "q=4", "x=0", "k="]
-    ))
+    tokens = recall_tokens("<bos>", "a=3", "k=7", "c=1", "q=4", "x=0", "k=")
     hf = with_unembedding(base, confident_unembedding(base, tokens, shape, gap))
     oracle = Oracle(copy.deepcopy(hf).double(), tokens)
     assert oracle.gap == pytest.approx(gap, rel=1e-3)
@@ -219,11 +226,10 @@ def test_a_confident_prediction_keeps_the_rows_holding_its_fisher_mass():
     """With 1 - p_max = 1e-9 almost all the probability sits on the top token and none of the
     Fisher mass: the kept rows are the alternatives, and the bound is relative to tr F."""
     base = hf_model("recall")
-    tokens = torch.tensor(transformers.AutoTokenizer.from_pretrained(model_directory("recall")).convert_tokens_to_ids(
-        ["<bos>", "a=3", "k=7", "k="]
-    ))
+    tokens = recall_tokens("<bos>", "a=3", "k=7", "k=")
     hf = with_unembedding(base, confident_unembedding(base, tokens, "flat tail", 1e-9))
-    result = fisher_scope(build_like_bundled(hf, "recall"), tokens, rank=1, tail_tolerance=0.1)
+    with pytest.warns(UserWarning, match="tail_tolerance=0.1 dropped"):
+        result = fisher_scope(build_like_bundled(hf, "recall"), tokens, rank=1, tail_tolerance=0.1)
     metadata = result.metadata
     assert float(metadata["dropped_probability_mass"]) < 1e-9  # an absolute 1e-6 cut would drop every alternative
     assert 0 < float(metadata["dropped_trace_fraction"]) <= 0.1
