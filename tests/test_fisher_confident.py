@@ -50,7 +50,7 @@ class Oracle:
         # One backward pass per output coordinate (vectorize=True is slower on this model).
         self.J = torch.autograd.functional.jacobian(final_hidden, embeddings).permute(1, 0, 2)  # [pos, d (y), d (x)]
         with torch.no_grad():
-            W_U = model64.lm_head.weight.T
+            W_U = model64.lm_head.weight.T.detach()
             log_p = torch.log_softmax(final_hidden(embeddings) @ W_U, -1)
         p = log_p.exp()
         centred = W_U - (W_U @ p)[:, None]
