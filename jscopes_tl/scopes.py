@@ -247,7 +247,7 @@ def fisher_scope(
     eigenpairs of ``F = W_U (diag(p) - p p^T) W_U^T``. ``rank=None`` keeps all ``d_model``; the
     paper's default is 1. ``F`` is built exactly at any confidence (see :mod:`jscopes_tl.fisher`):
     vocabulary rows are kept by decreasing Fisher mass until the rest, the exact error bound
-    ``tr(F - F_kept)``, is at most ``tail_tolerance · tr(F)`` (default 1e-6; 0 keeps every row).
+    ``tr(F - F_kept)``, is at most ``tail_tolerance · tr(F)`` (default 1e-6; 0: no truncation).
     ``metadata`` reports that bound (``dropped_trace_bound``, and ``dropped_trace_fraction``
     relative to ``tr F``), the dropped probability mass, and the fraction of ``tr(F)`` the rank
     captures; a warning is raised when the bound exceeds 1 % of ``tr F``.
@@ -270,9 +270,9 @@ def fisher_scope(
     if tail_mass is not None:
         if tail_mass != 0:
             raise ScopeInputError(
-                f"tail_mass={tail_mass!r} is no longer supported: an absolute probability cut removed most of F "
-                "on confident predictions (1 - p_max near the cut). Use tail_tolerance, the bound on "
-                "tr(F - F_kept) relative to tr(F) (default 1e-6; 0 keeps every row)."
+                f"tail_mass={tail_mass!r} is no longer supported: an absolute probability cut removed "
+                "most of F on confident predictions (1 - p_max near the cut). Use tail_tolerance, the "
+                "bound on tr(F - F_kept) relative to tr(F) (default 1e-6; 0: no truncation)."
             )
         warnings.warn(
             "tail_mass is deprecated; use tail_tolerance (relative to tr F). tail_mass=0 is tail_tolerance=0.",
@@ -297,9 +297,9 @@ def fisher_scope(
     worst = float(torch.as_tensor(result.metadata["dropped_trace_fraction"]).max())
     if worst > FISHER_TAIL_WARNING_FRACTION:
         warnings.warn(
-            f"tail_tolerance={tail_tolerance:g} dropped vocabulary rows holding up to {worst:.1%} of tr(F): Fisher "
-            f"scores may be off by that much. Lower tail_tolerance (default {DEFAULT_FISHER_TAIL_TOLERANCE:g}) for "
-            "exact scores.",
+            f"tail_tolerance={tail_tolerance:g} dropped vocabulary rows holding up to {worst:.1%} of "
+            "tr(F): Fisher scores may be off by that much. Lower tail_tolerance (default "
+            f"{DEFAULT_FISHER_TAIL_TOLERANCE:g}) for exact scores.",
             UserWarning,
             stacklevel=2,
         )
