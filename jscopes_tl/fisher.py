@@ -10,8 +10,8 @@ i.e. ``W_U (diag(p) - p p^T) W_U^T`` without a transform. A Fisher Scope reads i
 
 **Exact at every confidence.** Trained models are often confident: ``ε = 1 - p_max`` of 1e-6 or
 less. Then ``μ ≈ g_r`` (``r`` the top token), ``F`` is of size ``ε``, and the textbook form
-``Σ p g gᵀ - μ μᵀ`` subtracts two matrices of size 1 that agree to within ``ε``: in float32 that
-leaves rounding noise once ``ε`` nears 1e-7. Everything here is instead written relative to the
+``Σ p g gᵀ - μ μᵀ`` subtracts two matrices of size 1 that agree to within ``ε``: in float32 its
+relative error is about 1e-7 / ``ε`` (10 % at ``ε = 1e-6``). Everything here is instead written relative to the
 top token's column, ``h_v = g_v - g_r`` (so ``h_r = 0`` exactly), and scaled by ``ε``:
 
     F / ε = Σ_{v≠r} w_v h_v h_vᵀ - ε d dᵀ,   w_v = p_v / ε (Σ_{v≠r} w_v = 1),   d = Σ_{v≠r} w_v h_v,
@@ -26,8 +26,8 @@ float32 ``1 - p_max ≈ 6e-8``). A float64 ``W_U`` keeps every product in float6
 the rest, ``tr(F - F_kept) = Σ_dropped c_v``, is at most ``tail_tolerance · tr F``. That sum is
 exact (``μ`` stays the full mean) and bounds the spectral-norm error of ``F_kept``, so each kept
 eigenvalue is within it (Weyl). Ranking by Fisher mass, not by probability, matters for
-confident predictions: there the top token carries almost all the probability and none of the
-Fisher mass (``g_r - μ = -ε d``), which lives in the other tokens.
+confident predictions: there the top token carries almost all the probability and almost none of
+the Fisher mass (``g_r - μ = -ε d``, so ``c_r = p_r ε² ‖d‖²``), which lives in the other tokens.
 
 * **Matrix-free eigen-solve.** ``F X`` over the ``m`` kept rows costs ``2 · m · d_model`` per
   column, so a block Krylov method (Rayleigh–Ritz on an orthonormal Krylov basis, started from
