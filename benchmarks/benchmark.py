@@ -14,10 +14,13 @@ in a fresh subprocess per configuration (resident set size above the loaded mode
 
 The Fisher eigen-solve depends on the next-token distribution, which random weights make nearly
 uniform (entropy ≈ ln d_vocab): the worst case, where no vocabulary row can be dropped and the
-top of the Fisher spectrum is flat. The Fisher rows are therefore measured twice: on the random
-model as it is, and with its unembedding scaled (a separate copy, so the forward pass is
+top of the Fisher spectrum is flat. The Fisher rows are therefore measured three times: on the
+random model as it is, and with its unembedding scaled (a separate copy, so the forward pass is
 unchanged) until the entropy at the scored position is ``--peaked-entropy`` nats (default 3.3,
-about GPT-2 small's next-token loss on web text), as for a trained model.
+about GPT-2 small's next-token loss on web text), as for a trained model, and until
+``1 - p_max`` is ``--confident-gap`` (default 1e-6), as for a confident prediction.
+
+    .venv/bin/python benchmarks/benchmark.py --fisher-only --quick   # the Fisher rows alone
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ warnings.filterwarnings("ignore")
 from jscopes_tl import fisher_scope, semantic_scope, temperature_scope  # noqa: E402
 from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available  # noqa: E402
 from jscopes_tl.fisher import fisher_eigenpairs  # noqa: E402
+from jscopes_tl.scopes import DEFAULT_FISHER_TAIL_TOLERANCE  # noqa: E402
 
 
 # Sizes: GPT-2 small and a Llama-style model of similar size; "tiny" only checks the script runs.
@@ -122,29 +126,33 @@ def unembedding_weight(model: Any) -> torch.nn.Parameter:
     return getattr(*unembedding_slot(model))
 
 
-def sharpen_unembedding(model: Any, tokens: torch.Tensor, entropy: float) -> tuple[float, float]:
+def sharpen_unembedding(
+    model: Any, tokens: torch.Tensor, entropy: float | None = None, gap: float | None = None
+) -> tuple[float, float]:
     """Scale W_U (untied from the embedding first, so the forward pass is unchanged) until the
-    next-token entropy at the last position is ``entropy`` nats. Returns (scale, entropy)."""
+    next-token entropy at the last position is ``entropy`` nats, or its ``1 - p_max`` is ``gap``.
+    Returns (scale, the entropy or gap reached)."""
     owner, name = unembedding_slot(model)
     weight = getattr(owner, name)
     original = weight.detach().clone()
     untied = torch.nn.Parameter(original.clone(), requires_grad=weight.requires_grad)
     setattr(owner, name, untied)
+    target = entropy if gap is None else gap
 
-    def entropy_at(scale: float) -> float:
+    def statistic_at(scale: float) -> float:  # falls as the logits sharpen
         with torch.no_grad():
             untied.copy_(original * scale)
-            logits = model(tokens)[0, -1].float()
+            logits = model(tokens)[0, -1].double()
         log_p = torch.log_softmax(logits, -1)
-        return float(-(log_p.exp() * log_p).sum())
+        return float(-(log_p.exp() * log_p).sum()) if gap is None else float(-torch.expm1(log_p.max()))
 
     low, high = 1.0, 1.0
-    while entropy_at(high) > entropy:
+    while statistic_at(high) > target:
         high *= 2
-    for _ in range(20):  # bisection on log-scale: entropy falls as the logits sharpen
+    for _ in range(20 if gap is None else 40):  # bisection on log-scale
         middle = (low * high) ** 0.5
-        low, high = (middle, high) if entropy_at(middle) > entropy else (low, middle)
-    return high, entropy_at(high)
+        low, high = (middle, high) if statistic_at(middle) > target else (low, middle)
+    return high, statistic_at(high)
 
 
 class _Stop(Exception):
@@ -210,6 +218,8 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
         "fisher_rank8": lambda: fisher_scope(model, tokens[0], rank=8),
         "fisher_rank64": lambda: fisher_scope(model, tokens[0], rank=64),
     }
+    if args.fisher_only:
+        del scopes["temperature"]
     if not args.skip_exact:
         scopes["fisher_exact"] = lambda: fisher_scope(model, tokens[0], rank=None)
     for name, scope in scopes.items():
@@ -242,6 +252,26 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     with torch.no_grad():
         unembedding_weight(model).copy_(unembedding_weight(model) / row["peaked_unembedding_scale"])
 
+    # And on a confident prediction (1 - p_max = --confident-gap), where F is of that size and
+    # its mass lies in the tokens other than the top one.
+    scale, gap = sharpen_unembedding(model, tokens, gap=args.confident_gap)
+    row["confident_unembedding_scale"], row["confident_gap"] = scale, gap
+    report(row, "confident_unembedding_scale", "confident_gap")
+    row["confident_semantic_s"] = best_time(lambda: semantic_scope(model, tokens[0]), repeats)
+    for rank in (1, 8):
+        seconds = best_time(lambda: fisher_scope(model, tokens[0], rank=rank), repeats)
+        row[f"confident_fisher_rank{rank}_s"] = seconds
+        row[f"confident_fisher_rank{rank}_vs_semantic"] = seconds / row["confident_semantic_s"]
+        report(row, f"confident_fisher_rank{rank}_s", f"confident_fisher_rank{rank}_vs_semantic")
+    kept = fisher_scope(model, tokens[0], rank=1).metadata
+    row["confident_kept_vocabulary_rows"] = int(kept["kept_vocabulary_rows"])
+    row["confident_eigen_solver"] = ",".join(kept["eigen_solver"])
+    measure_eigensolve(row, "confident_", model, tokens, repeats)
+    with torch.no_grad():
+        unembedding_weight(model).copy_(unembedding_weight(model) / row["confident_unembedding_scale"])
+    if args.fisher_only:
+        return row
+
     # Batch of 16 prompts vs the same prompts one by one.
     batch = random_tokens(model, 16, length, seed=1)
     one_by_one = best_time(lambda: [semantic_scope(model, prompt) for prompt in batch], 1)
@@ -271,10 +301,13 @@ def measure_eigensolve(row: dict[str, Any], prefix: str, model: Any, tokens: tor
     adapter = ModelAdapter(model)
     with torch.no_grad():
         logits = model(tokens)[0, -1]
-    probabilities = torch.softmax(logits.float(), -1)
+    probabilities = torch.softmax(logits.double(), -1)  # as the Fisher readout computes them
     W_U, norms = adapter.W_U.detach(), adapter.unembed_statistics.column_sq_norms
     row[f"{prefix}fisher_eigensolve_rank1_s"] = best_time(
-        lambda: fisher_eigenpairs(W_U, probabilities, 1, tail_mass=1e-6, column_sq_norms=norms), repeats
+        lambda: fisher_eigenpairs(
+            W_U, probabilities, 1, tail_tolerance=DEFAULT_FISHER_TAIL_TOLERANCE, column_sq_norms=norms
+        ),
+        repeats,
     )
     row[f"{prefix}eigensolve_share_of_fisher_rank1"] = row[f"{prefix}fisher_eigensolve_rank1_s"] / row[f"{prefix}fisher_rank1_s"]
     report(row, f"{prefix}fisher_eigensolve_rank1_s", f"{prefix}eigensolve_share_of_fisher_rank1")
@@ -353,8 +386,10 @@ def main() -> None:
     parser.add_argument("--memory-length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peaked-entropy", type=float, default=3.3, help="next-token entropy (nats) of the peaked Fisher rows")
+    parser.add_argument("--confident-gap", type=float, default=1e-6, help="1 - p_max of the confident Fisher rows")
     parser.add_argument("--skip-exact", action="store_true", help="skip exact Fisher (d_model backward vectors)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--fisher-only", action="store_true", help="only the Fisher rows (and Semantic, their baseline)")
     parser.add_argument("--quick", action="store_true", help="64 tokens, 1 repeat, no exact Fisher, all at 128 only")
     parser.add_argument("--tiny", action="store_true", help="2-layer models, 16 tokens: checks the script runs (tests)")
     parser.add_argument("--json", help="write all figures here")
@@ -383,7 +418,8 @@ def main() -> None:
     architectures = args.models.split(",")
     speed = [measure_speed(architecture, args) for architecture in architectures]
     print_rows("speed (seconds, and ratios)", speed)
-    memory = [] if args.skip_memory else [measure_memory(a, args.memory_length, args.size) for a in architectures]
+    skip_memory = args.skip_memory or args.fisher_only
+    memory = [] if skip_memory else [measure_memory(a, args.memory_length, args.size) for a in architectures]
     if memory:
         print_rows("peak memory (MB above the loaded model)", memory)
     if args.json:

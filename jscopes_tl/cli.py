@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero",
                           help="how a top-ranked token is removed: zero its embedding, or substitute the pad token")
+    evaluate.add_argument(
+        "--protocol", choices=("default", "paper"), default="default",
+        help="'paper': the authors' benchmark scripts choice by choice (see the README)",
+    )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
 
@@ -376,7 +380,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
     model = load_model(args.model)
     _warn_about_implausible_answers(model, prompts)
-    report = evaluate_faithfulness(model, prompts, scorers, ablation=args.ablation, progress=True)
+    report = evaluate_faithfulness(
+        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=True
+    )
     summary = report.summary()
     columns = list(summary[0])
     print("| " + " | ".join(columns) + " |")
@@ -385,7 +391,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
         cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
         print("| " + " | ".join(cells) + " |")
     if args.json_path:
-        payload = {"model": args.model, "ablation": args.ablation, "summary": summary, "rows": report.rows}
+        payload = {
+            "model": args.model, "ablation": args.ablation, "protocol": args.protocol,
+            "summary": summary, "rows": report.rows,
+        }
         args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
         print(f"wrote {args.json_path}")
     return 0

@@ -39,12 +39,34 @@ logit of the gold token; Fisher at rank 1), gradient × input and Integrated Gra
 ``log p(gold)``, scored as the L2 norm over ``d_model`` of the per-dimension attribution, zero
 baseline and ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` for IG), and random scores. All ablated forwards of
 one prompt (every scorer × fraction, every leave-one-out, the original) run as one batch.
+
+**Two protocols** (``protocol=``). ``"default"`` is the above. ``"paper"`` reproduces the
+authors' benchmark scripts (``paper/benchmarks/AOPC_multi_method_benchmarks.py`` and
+``LAMBADA_LOO_benchmarks.py`` in their repository) choice by choice, so that numbers can be put
+next to the paper's table:
+
+* text is tokenised *without* BOS; the passage's last token is the gold token, predicted at the
+  second-to-last position;
+* *all* ``L`` tokens of the passage are ranked, the last one included (it cannot affect the
+  prediction; it gets the score 0 that any gradient gives it), and ``max(1, int(L·k))`` are
+  ablated, ties broken in reversed-argsort order (the later token first);
+* ablation zeroes the token embedding (position embeddings kept), as by default;
+* the random baseline draws a fresh random set for each fraction from all ``L`` tokens
+  (``numpy.random.RandomState(seed).choice``, one generator for the run, seed 42 by default as
+  in the scripts, so their sets are reproduced exactly);
+* gradient × input multiplies by the *token* embedding only, and "Integrated Gradients" adds the
+  perturbation before the ``α`` scaling of the token embeddings, i.e. averages ``α·∇f(αx)`` over
+  ``α ∈ {0.2, …, 1.0}`` (``f = log p(gold)``), times the token embedding;
+* the leave-one-out summary is the rank percentage (0 = best) of the scorer's top token among
+  the LOO-KL ranking of all ``L`` tokens (``KL`` with probabilities clamped at 1e-10), and for it
+  Fisher runs at rank 4 and "Integrated Gradients" is the script's logit-based variant: the
+  gradient of the gold logit at ``α·x`` for ``α ∈ {0.1, …, 1.0}``, averaged, times ``0.9·x``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import torch
@@ -58,11 +80,18 @@ from jscopes_tl.stats import spearman
 
 Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Float[torch.Tensor, " pos"]]
 Ablation = Literal["zero", "pad"]
+Protocol = Literal["default", "paper"]
 Prompts = Union[str, Int[torch.Tensor, "..."], Sequence[Union[str, Int[torch.Tensor, " pos"]]]]
 
 DEFAULT_FRACTIONS = (0.05, 0.10, 0.20)
 INTEGRATED_GRADIENTS_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_SCORERS = ("semantic", "fisher", "temperature", "gradient_x_input", "integrated_gradients", "random")
+# The authors' scripts: the random seed of the AOPC run, the leave-one-out run's Fisher rank and
+# its logit-based Integrated Gradients path, and the probability floor of its KL divergence.
+PAPER_SEED = 42
+PAPER_LOO_FISHER_RANK = 4
+PAPER_LOO_INTEGRATED_GRADIENTS_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+PAPER_KL_FLOOR = 1e-10
 
 
 # --------------------------------------------------------------------------------- scorers
@@ -123,6 +152,97 @@ def random_scorer(seed: int = 0) -> Scorer:
     return random_scores
 
 
+# ------------------------------------------------------------------ the authors' scorer variants
+def _token_embeddings(model: Any, context: torch.Tensor) -> Float[torch.Tensor, "pos d_model"]:
+    adapter = ModelAdapter(model)
+    hook = adapter.token_embedding_hook
+    return adapter.capture(context[None], [hook])[hook][0].float().cpu()
+
+
+def _gradients_at_scaled_token_embeddings(
+    model: Any, context: torch.Tensor, target: Any, alpha: float
+) -> Float[torch.Tensor, "pos d_model"]:
+    """``∇_x target`` at the input whose *token* embeddings are scaled by ``α`` (position
+    embeddings kept), as the authors' scripts scale ``inputs_embeds``."""
+    adapter = ModelAdapter(model)
+
+    def scale(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        return activation * alpha
+
+    with adapter.hooks([(adapter.token_embedding_hook, scale)] if alpha != 1.0 else []):
+        return semantic_scope(model, context, target=target, return_gradients=True).gradients
+
+
+def paper_gradient_x_input_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
+    """The scripts' gradient × input: ``‖∂log p(gold)/∂x_t ⊙ e_t‖₂``, ``e_t`` the token embedding alone."""
+    gradients = _gradients_at_scaled_token_embeddings(model, context, _log_probability_of(model, gold), 1.0)
+    return (gradients * _token_embeddings(model, context)).norm(dim=-1)
+
+
+def paper_integrated_gradients_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
+    """The scripts' "Integrated Gradients": the perturbation is added to the token embedding
+    before it is scaled by ``α``, so each step's gradient is ``α·∇f(α e + pos)``;
+    ``‖e_t ⊙ mean_α α·∇f‖₂`` over ``α ∈ {0.2, …, 1.0}``, ``f = log p(gold)``."""
+    target = _log_probability_of(model, gold)
+    gradients = [
+        alpha * _gradients_at_scaled_token_embeddings(model, context, target, alpha)
+        for alpha in INTEGRATED_GRADIENTS_ALPHAS
+    ]
+    return (torch.stack(gradients).mean(0) * _token_embeddings(model, context)).norm(dim=-1)
+
+
+def paper_loo_fisher_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
+    """Fisher Scope at rank 4, as in the leave-one-out script."""
+    return fisher_scope(model, context, rank=PAPER_LOO_FISHER_RANK).scores
+
+
+def paper_loo_integrated_gradients_scorer(
+    model: Any, context: Int[torch.Tensor, " pos"], gold: int
+) -> Float[torch.Tensor, " pos"]:
+    """The leave-one-out script's path-integrated Semantic Scope: the gradient of the gold
+    *logit* at token embeddings scaled by ``α ∈ {0.1, …, 1.0}`` (the script divides out the
+    ``α`` its perturbation picks up), averaged, times the path's span ``(1.0 - 0.1)·e_t``."""
+    alphas = PAPER_LOO_INTEGRATED_GRADIENTS_ALPHAS
+    gradients = [_gradients_at_scaled_token_embeddings(model, context, gold, alpha) for alpha in alphas]
+    span = (alphas[-1] - alphas[0]) * _token_embeddings(model, context)
+    return (torch.stack(gradients).mean(0) * span).norm(dim=-1)
+
+
+@dataclass(frozen=True)
+class _ProtocolScorer:
+    """What one named scorer contributes under a protocol: the scores that rank tokens for
+    ablation, those compared with leave-one-out, and whether its ablated sets are instead fresh
+    random draws (the paper's random baseline)."""
+
+    aopc: Scorer
+    loo: Scorer
+    random_sets: bool = False
+
+
+def _protocol_scorers(
+    scorers: dict[str, Scorer], protocol: Protocol, by_name: bool
+) -> dict[str, _ProtocolScorer]:
+    if protocol == "default" or not by_name:
+        return {name: _ProtocolScorer(scorer, scorer) for name, scorer in scorers.items()}
+    paper = {
+        "gradient_x_input": _ProtocolScorer(paper_gradient_x_input_scorer, paper_gradient_x_input_scorer),
+        "integrated_gradients": _ProtocolScorer(
+            paper_integrated_gradients_scorer, paper_loo_integrated_gradients_scorer
+        ),
+        "fisher": _ProtocolScorer(fisher_scorer, paper_loo_fisher_scorer),
+    }
+    return {
+        name: paper.get(name, _ProtocolScorer(scorer, scorer, random_sets=name == "random"))
+        for name, scorer in scorers.items()
+    }
+
+
 def builtin_scorers(seed: int = 0) -> dict[str, Scorer]:
     """The scorers of the paper's faithfulness table, by name."""
     return {
@@ -181,6 +301,27 @@ def top_k_counts(n_candidates: int, fractions: Sequence[float]) -> list[int]:
     return [max(1, int(n_candidates * fraction + 1e-9)) for fraction in fractions]
 
 
+def paper_top_k_counts(n_tokens: int, fractions: Sequence[float]) -> list[int]:
+    """The scripts' counts, literally ``max(1, int(L * k))`` in floating point (``int(100 * 0.29)``
+    is 28, where :func:`top_k_counts` gives 29)."""
+    return [max(1, int(n_tokens * fraction)) for fraction in fractions]
+
+
+def paper_ranking(scores: Float[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]:
+    """Positions by decreasing score as the scripts order them, ``argsort()[::-1]``: equal scores
+    come later position first (a stable ascending sort, reversed)."""
+    return torch.argsort(scores.float(), stable=True).flip(0)
+
+
+def paper_kl(
+    original: Float[torch.Tensor, " d_vocab"], ablated: Float[torch.Tensor, "... d_vocab"]
+) -> Float[torch.Tensor, "..."]:
+    """The scripts' ``KL(p ‖ q)`` from log-probabilities: ``Σ clamp(p) · (log p - log clamp(q))``,
+    both probabilities clamped at 1e-10."""
+    p = original.exp().clamp_min(PAPER_KL_FLOOR)
+    return (p * (original - ablated.exp().clamp_min(PAPER_KL_FLOOR).log())).sum(-1)
+
+
 def aopc(deltas: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
     """Trapezoid of ``Δ_k`` over the fractions ``k`` (``0.025·Δ5 + 0.075·Δ10 + 0.05·Δ20`` by default)."""
     if len(deltas) != len(fractions) or len(fractions) < 2:
@@ -194,11 +335,16 @@ class PromptEvaluation:
     """Everything measured on one prompt.
 
     Attributes:
-        str_tokens: the context tokens (the prompt without its final, predicted token).
-        candidates: positions that may be ablated (the context minus a leading BOS).
+        str_tokens: the tokens that are scored: the context (the prompt without its final,
+            predicted token) by default; the whole passage under ``protocol="paper"``.
+        candidates: positions that may be ablated (default: the context minus a leading BOS;
+            paper: every position of the passage).
         gold_token, predicted_token: the prompt's final token and the model's top-1 at the
             prediction position (``ŷ``, whose log-probability ``Δ_k`` tracks).
-        scores: each scorer's scores over the context, ``[pos]``.
+        scores: each scorer's scores over ``str_tokens``, the ranking ablated for AOPC.
+        loo_scores: the scores compared with leave-one-out (the same tensors as ``scores``
+            except where the paper's leave-one-out script used another variant).
+        ablated: for each scorer, the positions ablated at each fraction.
         leave_one_out_kl: ``KL(p_orig ‖ p_LOO)`` for each candidate, ``[n_candidates]``.
     """
 
@@ -208,6 +354,8 @@ class PromptEvaluation:
     predicted_token: str
     scores: dict[str, Float[torch.Tensor, " pos"]]
     leave_one_out_kl: Float[torch.Tensor, " n_candidates"]
+    loo_scores: dict[str, Float[torch.Tensor, " pos"]] = field(default_factory=dict)
+    ablated: dict[str, list[Int[torch.Tensor, " n"]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -217,17 +365,21 @@ class FaithfulnessReport:
     Row fields: ``prompt`` (index), ``scorer``, ``n_candidates``, ``delta_5`` / ``delta_10`` /
     ``delta_20`` (named after the fractions in percent), ``aopc``, ``loo_spearman``,
     ``loo_percentile_of_top``, ``top_token`` (the scorer's top candidate), ``predicted_token``,
-    ``gold_token``.
+    ``gold_token``; under ``protocol="paper"`` also ``loo_rank_percentage`` (the paper's LOO
+    summary: 0 when the scorer's top token is LOO's top).
     """
 
     rows: list[dict[str, Any]]
     prompts: list[PromptEvaluation]
     fractions: tuple[float, ...]
     ablation: str
+    protocol: str = "default"
 
     def summary(self) -> list[dict[str, Any]]:
         """Per scorer, the mean of every numeric column over prompts (NaN correlations skipped)."""
         numeric = ["aopc", *[_delta_column(k) for k in self.fractions], "loo_spearman", "loo_percentile_of_top"]
+        if self.rows and "loo_rank_percentage" in self.rows[0]:
+            numeric.append("loo_rank_percentage")
         table = []
         for scorer in dict.fromkeys(row["scorer"] for row in self.rows):
             rows = [row for row in self.rows if row["scorer"] == scorer]
@@ -251,7 +403,7 @@ def _delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
 
 
-def _prompt_list(adapter: ModelAdapter, prompts: Prompts) -> list[torch.Tensor]:
+def _prompt_list(adapter: ModelAdapter, prompts: Prompts, protocol: Protocol) -> list[torch.Tensor]:
     if isinstance(prompts, str) or (isinstance(prompts, torch.Tensor) and prompts.ndim == 1):
         prompts = [prompts]
     if isinstance(prompts, torch.Tensor):
@@ -262,6 +414,8 @@ def _prompt_list(adapter: ModelAdapter, prompts: Prompts) -> list[torch.Tensor]:
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, (str, torch.Tensor)) or (isinstance(prompt, torch.Tensor) and prompt.ndim != 1):
             raise ScopeInputError(f"prompts[{index}] must be text or token ids [pos]; got {type(prompt).__name__}.")
+        if protocol == "paper" and isinstance(prompt, str):
+            prompt = adapter.tokenize_fragment(prompt)  # the scripts tokenise without BOS
         token_lists.append(prepare_tokens(adapter, prompt).tokens[0])
     return token_lists
 
@@ -279,6 +433,26 @@ def _top_candidates(scores: torch.Tensor, candidates: torch.Tensor, count: int) 
     return candidates[order[:count]]
 
 
+def _ablated_sets(
+    scorer: _ProtocolScorer,
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    fractions: Sequence[float],
+    protocol: Protocol,
+    rng: Any,
+) -> list[torch.Tensor]:
+    """The positions ablated at each fraction."""
+    if protocol == "default":
+        counts = top_k_counts(len(candidates), fractions)
+        return [_top_candidates(scores, candidates, count) for count in counts]
+    n_tokens = len(candidates)
+    counts = paper_top_k_counts(n_tokens, fractions)
+    if scorer.random_sets:
+        return [torch.from_numpy(rng.choice(n_tokens, size=count, replace=False)).long() for count in counts]
+    order = paper_ranking(scores)
+    return [order[:count] for count in counts]
+
+
 def evaluate_faithfulness(
     model: Any,
     prompts: Prompts,
@@ -286,9 +460,10 @@ def evaluate_faithfulness(
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     ablation: Ablation = "zero",
+    protocol: Protocol = "default",
     batch_size: int = 64,
     progress: bool = True,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> FaithfulnessReport:
     """AOPC and leave-one-out agreement of each scorer over a list of prompts (module docstring).
 
@@ -299,86 +474,128 @@ def evaluate_faithfulness(
         scorers: names of built-in scorers (:data:`DEFAULT_SCORERS`) or a dict name → scorer.
         fractions: the ablated fractions ``k`` (default 5 %, 10 %, 20 %).
         ablation: ``"zero"`` (token embedding set to 0) or ``"pad"`` (pad token substituted).
+        protocol: ``"default"`` or ``"paper"`` (the authors' benchmark scripts, choice by choice;
+            module docstring). With ``"paper"``, built-in scorers given by name take the scripts'
+            variants; scorers given as a dict are used as they are for AOPC and leave-one-out.
         batch_size: ablated forwards per batch.
         progress: show a tqdm progress bar over prompts.
-        seed: seed of the random scorer.
+        seed: seed of the random scorer (default 0), and under ``protocol="paper"`` of the
+            random ablation sets (default 42, the scripts').
 
     Example:
         >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
         >>> report.to_dataframe(summary=True)[["scorer", "aopc", "loo_spearman"]]
     """
+    import numpy as np
     from tqdm.auto import tqdm
 
     if ablation not in ("zero", "pad"):
         raise ScopeInputError(f"ablation must be 'zero' or 'pad'; got {ablation!r}.")
+    if protocol not in ("default", "paper"):
+        raise ScopeInputError(f"protocol must be 'default' or 'paper'; got {protocol!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
     fractions = tuple(float(k) for k in fractions)
     if len(fractions) < 2 or not all(0 < k <= 1 for k in fractions) or list(fractions) != sorted(set(fractions)):
         raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
+    paper = protocol == "paper"
+    if seed is None:
+        seed = PAPER_SEED if paper else 0
     adapter = ModelAdapter(model)
-    scorer_functions = _resolve_scorers(scorers, seed)
-    token_lists = _prompt_list(adapter, prompts)
+    by_name = not isinstance(scorers, Mapping)
+    scorer_functions = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
+    rng = np.random.RandomState(seed)  # the scripts' np.random.seed(seed) + np.random.choice
+    token_lists = _prompt_list(adapter, prompts, protocol)
     for index, tokens in enumerate(token_lists):
-        if len(_candidates(adapter, tokens[:-1])) == 0:
+        if len(tokens) < 2 or not paper and len(_candidates(adapter, tokens[:-1])) == 0:
             raise ScopeInputError(
-                f"prompts[{index}] has {len(tokens)} token(s): it needs at least one context token (besides BOS) "
-                "before its final, predicted token."
+                f"prompts[{index}] has {len(tokens)} token(s): it needs at least one context token "
+                f"{'' if paper else '(besides BOS) '}before its final, predicted token."
             )
 
     rows: list[dict[str, Any]] = []
     evaluations: list[PromptEvaluation] = []
     for index, tokens in enumerate(tqdm(token_lists, desc="faithfulness", disable=not progress)):
         context, gold = tokens[:-1], int(tokens[-1])
-        candidates = _candidates(adapter, context)
-        counts = top_k_counts(len(candidates), fractions)
-        scores = {name: scorer(model, context, gold).detach().float().cpu() for name, scorer in scorer_functions.items()}
+        # The paper ranks the whole passage; its final token, which the prediction cannot see,
+        # gets the score 0 any gradient gives it.
+        ranked = tokens if paper else context
+        candidates = torch.arange(len(tokens)) if paper else _candidates(adapter, context)
 
-        # One batch: the original, each scorer's top-n for every fraction, each leave-one-out.
+        def score(scorer: Scorer) -> torch.Tensor:
+            values = scorer(model, context, gold).detach().float().cpu()
+            return torch.cat([values, torch.zeros(1)]) if paper else values
+
+        scores = {name: score(scorer.aopc) for name, scorer in scorer_functions.items()}
+        loo_scores = {
+            name: scores[name] if scorer.loo is scorer.aopc else score(scorer.loo)
+            for name, scorer in scorer_functions.items()
+        }
+        ablated = {
+            name: _ablated_sets(scorer, scores[name], candidates, fractions, protocol, rng)
+            for name, scorer in scorer_functions.items()
+        }
+
+        # One batch: the original, each scorer's ablated set for every fraction, each
+        # leave-one-out. Ablating the final token (paper) changes nothing at the prediction, so
+        # every forward runs on the context.
+        def mask_of(positions: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(len(ranked), dtype=torch.bool)
+            mask[positions] = True
+            return mask[: len(context)]
+
         variants = [torch.zeros(len(context), dtype=torch.bool)]
-        for name in scores:
-            for count in counts:
-                mask = torch.zeros(len(context), dtype=torch.bool)
-                mask[_top_candidates(scores[name], candidates, count)] = True
-                variants.append(mask)
-        for position in candidates:
-            mask = torch.zeros(len(context), dtype=torch.bool)
-            mask[position] = True
-            variants.append(mask)
+        variants += [mask_of(positions) for sets in ablated.values() for positions in sets]
+        variants += [mask_of(position) for position in candidates]
         log_probabilities = _ablated_log_probabilities(adapter, context, torch.stack(variants), ablation, batch_size)
 
         original = log_probabilities[0]
         predicted = int(original.argmax())
-        top_k_rows = log_probabilities[1 : 1 + len(scores) * len(counts)].reshape(len(scores), len(counts), -1)
-        leave_one_out = log_probabilities[1 + len(scores) * len(counts) :]
-        loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
+        n_ablations = len(scores) * len(fractions)
+        top_k_rows = log_probabilities[1 : 1 + n_ablations].reshape(len(scores), len(fractions), -1)
+        leave_one_out = log_probabilities[1 + n_ablations :]
+        if paper:
+            loo_kl = paper_kl(original, leave_one_out)
+            loo_order = paper_ranking(loo_kl)
+        else:
+            loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
         str_tokens = adapter.str_tokens(tokens)
-        for scorer_index, (name, scorer_scores) in enumerate(scores.items()):
+        for scorer_index, name in enumerate(scores):
             deltas = (top_k_rows[scorer_index, :, predicted] - original[predicted]).tolist()
-            top = int(_top_candidates(scorer_scores, candidates, 1)[0])
-            loo_of_top = loo_kl[int((candidates == top).nonzero()[0, 0])]
-            rows.append(
-                {
-                    "prompt": index,
-                    "scorer": name,
-                    "n_candidates": len(candidates),
-                    **{_delta_column(k): delta for k, delta in zip(fractions, deltas)},
-                    "aopc": aopc(deltas, fractions),
-                    "loo_spearman": spearman(scorer_scores[candidates], loo_kl) if len(candidates) > 1 else float("nan"),
-                    "loo_percentile_of_top": float((loo_kl <= loo_of_top).double().mean()),
-                    "top_token": str_tokens[top],
-                    "predicted_token": adapter.str_tokens(torch.tensor([predicted]))[0],
-                    "gold_token": str_tokens[-1],
-                }
+            candidate_scores = loo_scores[name][candidates]
+            # The scorer's top candidate: the first of equal maxima (as the scripts' np.argmax).
+            top_index = int(candidate_scores.argmax())
+            top = int(candidates[top_index])
+            row = {
+                "prompt": index,
+                "scorer": name,
+                "n_candidates": len(candidates),
+                **{_delta_column(k): delta for k, delta in zip(fractions, deltas)},
+                "aopc": aopc(deltas, fractions),
+                "loo_spearman": spearman(candidate_scores, loo_kl) if len(candidates) > 1 else float("nan"),
+                "loo_percentile_of_top": float((loo_kl <= loo_kl[top_index]).double().mean()),
+            }
+            if paper:
+                rank = int((loo_order == top_index).nonzero()[0, 0])
+                row["loo_rank_percentage"] = 100.0 * rank / len(candidates)
+            row.update(
+                top_token=str_tokens[top],
+                predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
+                gold_token=str_tokens[-1],
             )
+            rows.append(row)
         evaluations.append(
             PromptEvaluation(
-                str_tokens=str_tokens[:-1],
+                str_tokens=str_tokens[: len(ranked)],
                 candidates=candidates,
                 gold_token=str_tokens[-1],
                 predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
                 scores=scores,
                 leave_one_out_kl=loo_kl,
+                loo_scores=loo_scores,
+                ablated=ablated,
             )
         )
-    return FaithfulnessReport(rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation)
+    return FaithfulnessReport(
+        rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation, protocol=protocol
+    )

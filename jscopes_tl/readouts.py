@@ -177,7 +177,8 @@ def logit_transform_slope(
     """Derivative of the model's elementwise post-unembedding transform (None when there is none)."""
     if not adapter.has_logit_transform:
         return None
-    pre = adapter.unembed_before_transform(y).detach().float().requires_grad_(True)
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    pre = adapter.unembed_before_transform(y).detach().to(dtype).requires_grad_(True)
     (slope,) = torch.autograd.grad(adapter.logit_transform(pre).sum(), pre)
     return slope
 
@@ -187,11 +188,19 @@ def fisher_readout(
     y: Float[torch.Tensor, "m d_model"],
     logits: Float[torch.Tensor, "m d_vocab"],
     rank: int,
-    tail_mass: float,
+    tail_tolerance: float,
     solver: Solver = "auto",
 ) -> Readout:
-    """Fisher eigen-directions (weighted by their eigenvalues) for every selected prediction."""
-    probabilities = torch.softmax(logits.float(), dim=-1)
+    """Fisher eigen-directions (weighted by their eigenvalues) for every selected prediction.
+
+    The probabilities are a float64 softmax, so ``1 - p_max`` (which sets the size of ``F`` on a
+    confident prediction) is resolved far below float32's 6e-8; a float64 model's logits are
+    recomputed in float64 from ``y`` (the engine hands every readout float32 logits).
+    """
+    if y.dtype == torch.float64:
+        with torch.no_grad():
+            logits = adapter.logits(y.detach())
+    probabilities = torch.softmax(logits.double(), dim=-1)
     slopes = logit_transform_slope(adapter, y)
     W_U = adapter.W_U.detach()
     pairs = [
@@ -199,31 +208,34 @@ def fisher_readout(
             W_U,
             probabilities[i],
             rank,
-            tail_mass=tail_mass,
+            tail_tolerance=tail_tolerance,
             slope=None if slopes is None else slopes[i],
             column_sq_norms=adapter.unembed_statistics.column_sq_norms,
             solver=solver,
         )
         for i in range(y.shape[0])
     ]
+    value_dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     directions = torch.stack([pair.eigenvectors.T for pair in pairs]).to(y.dtype)
-    weights = torch.stack([pair.eigenvalues for pair in pairs]).float()
-    traces = torch.tensor([pair.trace for pair in pairs])
+    weights = torch.stack([pair.eigenvalues for pair in pairs])
+    traces = torch.tensor([pair.trace for pair in pairs], dtype=torch.float64)
     if not math.isfinite(float(traces.sum())):
         raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
+    captured = torch.where(traces > 0, weights.sum(-1) / traces.clamp_min(1e-300), 1.0)  # F = 0: nothing to miss
     per_prediction = {
-        "eigenvalues": weights,
-        "fisher_trace": traces.float(),
-        "captured_trace_fraction": (weights.double().sum(-1) / traces.clamp_min(1e-300)).float(),
-        "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).float(),
-        "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).float(),
+        "eigenvalues": weights.to(value_dtype),
+        "fisher_trace": traces.to(value_dtype),
+        "captured_trace_fraction": captured.to(value_dtype),
+        "dropped_probability_mass": torch.tensor([pair.dropped_mass for pair in pairs]).to(value_dtype),
+        "dropped_trace_bound": torch.tensor([pair.dropped_trace for pair in pairs]).to(value_dtype),
+        "dropped_trace_fraction": torch.tensor([p.dropped_trace_fraction for p in pairs]).to(value_dtype),
         "kept_vocabulary_rows": torch.tensor([pair.kept_rows for pair in pairs]),
-        "eigen_residual": torch.tensor([pair.residual for pair in pairs]).float(),
+        "eigen_residual": torch.tensor([pair.residual for pair in pairs]).to(value_dtype),
     }
     metadata = {
         "rank": rank,
-        "exact": rank == adapter.d_model and tail_mass == 0,
-        "tail_mass": tail_mass,
+        "exact": rank == adapter.d_model and tail_tolerance == 0,
+        "tail_tolerance": tail_tolerance,
         "eigen_solver": sorted({pair.solver for pair in pairs}),
     }
     return Readout(

@@ -24,6 +24,7 @@ Semantic and Temperature scores do. ``result.metadata["numerics"]`` records whic
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, Union
 
@@ -44,7 +45,10 @@ from jscopes_tl.readouts import (
 )
 from jscopes_tl.result import Prediction, ResultAxes, ScopeResult
 
-DEFAULT_FISHER_TAIL_MASS = 1e-6
+# Default truncation of the Fisher matrix: rows dropped hold at most this fraction of tr(F).
+DEFAULT_FISHER_TAIL_TOLERANCE = 1e-6
+# Above this fraction of tr(F), a truncation the caller asked for is worth a warning.
+FISHER_TAIL_WARNING_FRACTION = 0.01
 
 
 Layer = Union[int, Sequence[int], Literal["all"]]
@@ -258,21 +262,26 @@ def fisher_scope(
     rank: int | None = 1,
     position: Position = -1,
     layer: Layer = 0,
-    tail_mass: float = DEFAULT_FISHER_TAIL_MASS,
+    tail_tolerance: float = DEFAULT_FISHER_TAIL_TOLERANCE,
     eigen_solver: Solver = "auto",
+    tail_mass: float | None = None,
     **options: Any,
 ) -> ScopeResult:
     """Fisher Scope: how strongly each token moves the whole predictive distribution.
 
     Score of token ``t``: ``tr(J_t^T F J_t) = Σ_i λ_i ‖u_i^T J_t‖²`` over the top ``rank``
-    eigenpairs of ``F = W_U (diag(p) - p p^T) W_U^T``. ``rank=None`` keeps all ``d_model``
-    (exact up to ``tail_mass``); the paper's default is 1. Tokens holding at most ``tail_mass``
-    of the probability together are left out of ``F``; ``metadata`` reports the dropped mass,
-    the bound ``tr(F - F_kept)`` on the error, and the fraction of ``tr(F)`` the rank captures.
+    eigenpairs of ``F = W_U (diag(p) - p p^T) W_U^T``. ``rank=None`` keeps all ``d_model``; the
+    paper's default is 1. ``F`` is built exactly at any confidence (see :mod:`jscopes_tl.fisher`):
+    vocabulary rows are kept by decreasing Fisher mass until the rest, the exact error bound
+    ``tr(F - F_kept)``, is at most ``tail_tolerance · tr(F)`` (default 1e-6; 0: no truncation).
+    ``metadata`` reports that bound (``dropped_trace_bound``, and ``dropped_trace_fraction``
+    relative to ``tr F``), the dropped probability mass, and the fraction of ``tr(F)`` the rank
+    captures; a warning is raised when the bound exceeds 1 % of ``tr F``.
     ``eigen_solver``: ``"dense"`` forms ``F`` and calls ``eigh``; ``"krylov"`` is matrix-free
     (block Krylov, residual tolerance 1e-5 relative to ``λ_1``, reported as ``eigen_residual``);
     ``"auto"`` picks by cost and falls back to dense when the spectrum is too flat to converge.
-    See :mod:`jscopes_tl.fisher`.
+    ``tail_mass`` (an absolute probability cut) was replaced by ``tail_tolerance``: ``0`` still
+    means no truncation, with a DeprecationWarning; other values raise ``ScopeInputError``.
 
     Example:
         >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
@@ -284,17 +293,40 @@ def fisher_scope(
         raise ScopeInputError(
             f"rank must be an int in [1, d_model={adapter.d_model}] or None (exact); got {rank!r}."
         )
-    if not isinstance(tail_mass, (int, float)) or not 0 <= tail_mass < 1:
-        raise ScopeInputError(f"tail_mass must be a probability in [0, 1); got {tail_mass!r}.")
+    if tail_mass is not None:
+        if tail_mass != 0:
+            raise ScopeInputError(
+                f"tail_mass={tail_mass!r} is no longer supported: an absolute probability cut removed "
+                "most of F on confident predictions (1 - p_max near the cut). Use tail_tolerance, the "
+                "bound on tr(F - F_kept) relative to tr(F) (default 1e-6; 0: no truncation)."
+            )
+        warnings.warn(
+            "tail_mass is deprecated; use tail_tolerance (relative to tr F). tail_mass=0 is tail_tolerance=0.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        tail_tolerance = 0.0
+    if isinstance(tail_tolerance, bool) or not isinstance(tail_tolerance, (int, float)) or not 0 <= tail_tolerance < 1:
+        raise ScopeInputError(f"tail_tolerance must be a fraction of tr(F) in [0, 1); got {tail_tolerance!r}.")
     if eigen_solver not in ("auto", "dense", "krylov"):
         raise ScopeInputError(f"eigen_solver must be 'auto', 'dense' or 'krylov'; got {eigen_solver!r}.")
-    return jacobian_scope(
+    result = jacobian_scope(
         model,
         inputs,
-        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_mass), eigen_solver),
+        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_tolerance), eigen_solver),
         kind="fisher",
         n_directions=rank,
         position=position,
         layer=layer,
         **options,
     )
+    worst = float(torch.as_tensor(result.metadata["dropped_trace_fraction"]).max())
+    if worst > FISHER_TAIL_WARNING_FRACTION:
+        warnings.warn(
+            f"tail_tolerance={tail_tolerance:g} dropped vocabulary rows holding up to {worst:.1%} of "
+            "tr(F): Fisher scores may be off by that much. Lower tail_tolerance (default "
+            f"{DEFAULT_FISHER_TAIL_TOLERANCE:g}) for exact scores.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return result

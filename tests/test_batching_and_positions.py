@@ -15,7 +15,7 @@ SCOPES = {
     "semantic": lambda model, inputs, **kw: semantic_scope(model, inputs, **kw),
     "contrast": lambda model, inputs, **kw: semantic_scope(model, inputs, target=(3, 9), **kw),
     "temperature": lambda model, inputs, **kw: temperature_scope(model, inputs, **kw),
-    "fisher": lambda model, inputs, **kw: fisher_scope(model, inputs, rank=2, tail_mass=0.0, **kw),
+    "fisher": lambda model, inputs, **kw: fisher_scope(model, inputs, rank=2, tail_tolerance=0.0, **kw),
 }
 
 
@@ -112,8 +112,8 @@ def count_forward_passes(model):
 
 
 def test_small_memory_budget_chunks_without_changing_scores(any_model):
-    reference = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0)
-    chunked = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_mass=0.0, memory_budget_mb=0.01)
+    reference = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_tolerance=0.0)
+    chunked = fisher_scope(any_model, PROMPTS, rank=4, position="all", tail_tolerance=0.0, memory_budget_mb=0.01)
     torch.testing.assert_close(chunked.scores, reference.scores, rtol=1e-4, atol=1e-7)
     for key in ("eigenvalues", "fisher_trace", "kept_vocabulary_rows"):
         torch.testing.assert_close(chunked.metadata[key], reference.metadata[key], rtol=1e-4, atol=1e-9)
@@ -155,7 +155,7 @@ def test_fisher_reports_its_approximation(any_model):
     assert metadata["rank"] == 2 and metadata["exact"] is False
     assert metadata["eigenvalues"].shape == (2,)
     assert 0 < float(metadata["captured_trace_fraction"]) <= 1
-    assert 0 <= float(metadata["dropped_probability_mass"]) <= metadata["tail_mass"]
+    assert 0 <= float(metadata["dropped_trace_fraction"]) <= metadata["tail_tolerance"]
     assert float(metadata["dropped_trace_bound"]) >= 0
 
 

@@ -25,9 +25,11 @@ def test_benchmark_writes_every_ratio(tmp_path):
         "eigensolve_share_of_fisher_rank1", "peaked_fisher_rank1_vs_semantic", "peaked_fisher_rank64_vs_semantic",
         "peaked_eigensolve_share_of_fisher_rank1", "batch16_throughput_ratio", "all_16_speedup_vs_loop",
         "scope_forward_s", "scope_backward_vector_s", "all_speedup_bound", "fisher_rank64_floor_vs_semantic",
+        "confident_fisher_rank1_vs_semantic", "confident_eigensolve_share_of_fisher_rank1",
     ):
         assert math.isfinite(speed[key]) and speed[key] > 0, key
     assert abs(speed["peaked_entropy_nats"] - 3.3) < 0.05
     assert speed["peaked_unembedding_scale"] > 1
+    assert abs(speed["confident_gap"] / 1e-6 - 1) < 0.01
     assert memory["semantic_vs_floor"] > 0 and memory["fisher_rank8_vs_floor"] > 0
     assert figures["machine"]["model_size"] == "tiny"

@@ -27,7 +27,7 @@ def models():
     [
         lambda m: semantic_scope(m, PROMPT, target=5),
         lambda m: temperature_scope(m, PROMPT),
-        lambda m: fisher_scope(m, PROMPT, rank=2, tail_mass=0.0),
+        lambda m: fisher_scope(m, PROMPT, rank=2, tail_tolerance=0.0),
     ],
     ids=["semantic", "temperature", "fisher"],
 )

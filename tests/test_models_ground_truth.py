@@ -30,7 +30,7 @@ def test_a_hit_is_a_true_source_ranked_first_among_the_candidates():
 
 # Which scopes find the source clearly better than chance on each task (README, "Bundled models").
 # On the periodic series Temperature sits at chance (the latest values move the confidence) and
-# Fisher, above chance over 200 prompts (0.43 vs 0.19), is too close to it for 16.
+# Fisher, above chance over 200 prompts (0.41 vs 0.19), is too close to it for 16.
 SCOPES_ABOVE_CHANCE = {"recall": SCOPES, "induction": SCOPES, "periodic": ("semantic",)}
 
 

@@ -109,15 +109,15 @@ def test_fisher_exact_equals_brute_force_trace(model):
     tokens, position, J, y, logits, W_U = setup(model)
     F = brute_fisher(W_U, logits)
     expected = torch.einsum("tdi,de,tei->t", J, F, J)
-    result = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0)
+    result = fisher_scope(model, PROMPT, rank=None, tail_tolerance=0.0)
     assert result.metadata["exact"]
     assert_close(result.scores, expected)
 
 
 def test_fisher_rank_d_model_equals_exact(model):
     d_model = ModelAdapter(model).d_model
-    exact = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0).scores
-    assert torch.allclose(fisher_scope(model, PROMPT, rank=d_model, tail_mass=0.0).scores, exact)
+    exact = fisher_scope(model, PROMPT, rank=None, tail_tolerance=0.0).scores
+    assert torch.allclose(fisher_scope(model, PROMPT, rank=d_model, tail_tolerance=0.0).scores, exact)
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -127,7 +127,7 @@ def test_fisher_rank_k_equals_brute_force_top_k_sum(model, rank):
     top_values, top_vectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
     projected = torch.einsum("dk,tde->tke", top_vectors, J)
     expected = (top_values[None, :] * projected.pow(2).sum(-1)).sum(-1)
-    result = fisher_scope(model, PROMPT, rank=rank, tail_mass=0.0)
+    result = fisher_scope(model, PROMPT, rank=rank, tail_tolerance=0.0)
     assert_close(result.scores, expected)
     assert torch.allclose(result.metadata["eigenvalues"].double(), top_values.flip(0), rtol=1e-4)
     captured = top_values.sum() / eigenvalues.sum()

@@ -69,7 +69,7 @@ def test_fisher_scope_honours_logit_softcap(softcapped_model):
     p = torch.softmax(model(tokens[None])[0, -1].detach().double(), -1)
     F = logit_jacobian.T @ (torch.diag(p) - torch.outer(p, p)) @ logit_jacobian
     expected = torch.einsum("tdi,de,tei->t", J, F, J)
-    actual = fisher_scope(model, PROMPT, rank=None, tail_mass=0.0).scores
+    actual = fisher_scope(model, PROMPT, rank=None, tail_tolerance=0.0).scores
     assert (actual - expected).abs().max() <= 1e-4 * expected.max()
 
 
