@@ -195,7 +195,7 @@ def test_header_names_the_model_prompt_position_target_and_settings(recall_model
     assert "a=3 b=7 c=1 b=" in header and "(5 tokens)" in header
     assert "4 (after &#x27;b=&#x27;)" in header
     assert "logit difference &#x27;7&#x27; − &#x27;3&#x27;" in header
-    assert "rank 2" in header and "tail_mass 1e-06" in header
+    assert "rank 2" in header and "tail_tolerance 1e-06" in header and "truncation bound" in header
     assert "final norm folded into W_U: no" in header
 
 

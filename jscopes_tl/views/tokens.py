@@ -288,8 +288,11 @@ def _settings_text(result: ScopeResult, prompt: int) -> str:
         captured = metadata.get("captured_trace_fraction")
         if isinstance(captured, torch.Tensor) and captured.numel() == 1:
             parts.append(f"captures {float(captured):.1%} of tr F")
-        if "tail_mass" in metadata:
-            parts.append(f"tail_mass {metadata['tail_mass']:g}")
+        if "tail_tolerance" in metadata:
+            parts.append(f"tail_tolerance {metadata['tail_tolerance']:g}")
+        dropped = metadata.get("dropped_trace_fraction")
+        if isinstance(dropped, torch.Tensor) and dropped.numel() == 1:
+            parts.append(f"truncation bound {float(dropped):.1e} of tr F")
         solver = metadata.get("eigen_solver")
         if solver:
             parts.append(f"eigen-solver {', '.join(sorted(set(solver))) if isinstance(solver, list) else solver}")
