@@ -53,6 +53,15 @@ def induction_demo(model, args) -> int:
         for method in ("scope", "patching"):
             counts = ", ".join(f"{head_name(head)} ×{n}" for head, n in check.top_cell_counts(corruption, method).items())
             print(f"      {method:8s} top cell's head: {counts}")
+        rows = [row for row in check.checks if row.corruption == corruption]
+        print(
+            f"      patching's top cell is the scope's #{summary['median scope rank of the patching top cell']:.0f} "
+            f"cell (median); the scope's top head attends from its top token to the answer's source with "
+            f"≥ {summary['min attention, scope cell to source']:.2f}, and the next layer's heads at the prediction "
+            f"position to that token with ≥ {summary['min attention, prediction to scope cell']:.2f} (mean over heads); "
+            f"patching's top cell to the current token's "
+            f"earlier occurrence with median {sorted(r.patching_cell_attention_to_previous_occurrence for r in rows)[len(rows) // 2]:.2f}"
+        )
     first = next(row for row in check.checks if row.corruption == "answer")
     path = component_comparison_view(
         first.comparison, title=f"Induction prompt, corruption 'answer' (answer {first.prompt.answer!r})"

@@ -43,12 +43,12 @@ import torch
 from jaxtyping import Float, Int
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, FwdHooks, PerturbationPoint, run_scope
+from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, FwdHooks, PerturbationPoint, ReadoutBuilder, run_scope
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.fisher import Solver
 from jscopes_tl.hook_readouts import SAELatent
 from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
-from jscopes_tl.readouts import Target
+from jscopes_tl.readouts import Target, warn_if_norm_is_fixed
 from jscopes_tl.result import Prediction, ResultAxes
 from jscopes_tl.scopes import (
     DEFAULT_FISHER_TAIL_MASS,
@@ -154,7 +154,8 @@ def _builder(
     tail_mass: float,
     eigen_solver: Solver,
     readout_hook: str | None,
-) -> tuple[Any, int, str | None]:
+) -> tuple[ReadoutBuilder, int, str | None]:
+    """The readout builder of ``kind``, its number of directions and the readout hook."""
     if kind == "semantic":
         build, readout_hook = semantic_builder(adapter, target, readout_hook)
         return build, 1, readout_hook
@@ -261,6 +262,8 @@ def component_scope(
     record_readout_and_hooks(metadata, output, user_hooks)
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
+    if kind == "temperature" and readout_hook is None:
+        warn_if_norm_is_fixed(adapter, stacklevel=2)
     return ComponentScopeResult(
         kind=kind,
         heads=heads,

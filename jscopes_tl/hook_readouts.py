@@ -30,7 +30,7 @@ TransformerLens < 4; on TransformerLens 4.x pass any object with those attribute
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -112,15 +112,17 @@ class ParsedHookTarget:
     function: Callable[[torch.Tensor], torch.Tensor]
     description: str
     direction: torch.Tensor | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
-        return {"kind": self.kind, "description": self.description}
+        return {"kind": self.kind, "description": self.description, **self.details}
 
 
 def parse_hook_target(target: Any, readout_hook: str) -> ParsedHookTarget:
     """A Semantic Scope's ``target`` when it reads at ``readout_hook`` (not the unembedding)."""
     if isinstance(target, SAELatent):
-        return ParsedHookTarget("sae_latent", target.value, target.describe())
+        details = {"latent": target.index, "pre_activation": target.pre_activation}
+        return ParsedHookTarget("sae_latent", target.value, target.describe(), details=details)
     if isinstance(target, torch.Tensor):
         if not target.is_floating_point() or target.ndim == 0:
             raise ScopeInputError(

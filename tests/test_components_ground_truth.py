@@ -67,11 +67,19 @@ def test_scope_and_patching_agree_on_the_head_when_the_answer_is_corrupted(check
     assert {row.scope_top_cell[:2] for row in rows} == {row.patching_top_cell[:2] for row in rows} == {(0, 3)}
     assert sum(row.cells_agree for row in rows) >= 3  # the same token too, on all but one prompt
     assert check.summary()["answer"]["top_cell_agreement"] == sum(row.cells_agree for row in rows) / 4
+    # That head, at that token, reads the answer; the next layer reads that token from the prediction position.
+    assert all(row.scope_cell_attention_to_source > 0.9 for row in rows)
+    assert all(row.prediction_attention_to_scope_cell > 0.4 for row in rows)
 
 
 def test_scope_and_patching_name_different_heads_when_the_earlier_occurrence_is_corrupted(check):
     rows = [row for row in check.checks if row.corruption == "previous_occurrence"]
     assert {row.scope_top_cell[:2] for row in rows} == {(0, 3)}  # the scope does not depend on the corruption
     assert all(row.patching_top_cell[:2] != (0, 3) for row in rows)
-    assert sum(row.patching_top_cell[:2] == (0, 2) for row in rows) >= 3
+    match_key = [row for row in rows if row.patching_top_cell[:2] == (0, 2)]
+    assert len(match_key) >= 3
+    # L0H2 at that token reads the current token's earlier occurrence (what an induction match needs),
+    # and the scope ranks that cell below its top few.
+    assert all(row.patching_cell_attention_to_previous_occurrence > 0.9 for row in match_key)
+    assert all(row.scope_rank_of_patching_cell > 3 for row in match_key)
     assert check.summary()["previous_occurrence"]["top_cell_head_agreement"] == 0.0

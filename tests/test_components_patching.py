@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.components import component_scope
 from jscopes_tl.patching import (
     compare_components_with_patching,

@@ -99,11 +99,17 @@ def test_user_hooks_are_removed_and_hooks_attached_before_still_fire_and_stay(mo
     assert len(model.hook_dict[attached].fwd_hooks) == 0
 
 
-def test_a_reading_hook_changes_nothing(any_model):
+def test_a_reading_hook_given_by_name_filter_changes_nothing(any_model):
     seen: list[tuple[int, ...]] = []
-    hooks = [(ModelAdapter(any_model).resid_pre_hook(1), lambda activation, hook: seen.append(tuple(activation.shape)))]
-    torch.testing.assert_close(semantic_scope(any_model, PROMPT, fwd_hooks=hooks).scores, semantic_scope(any_model, PROMPT).scores)
-    assert len(seen) == 1
+    name = ModelAdapter(any_model).resid_pre_hook(1)
+
+    def is_layer_1_input(hook_name: str) -> bool:
+        return hook_name == name
+
+    hooks = [(is_layer_1_input, lambda activation, hook: seen.append(tuple(activation.shape)))]
+    result = semantic_scope(any_model, PROMPT, fwd_hooks=hooks)
+    torch.testing.assert_close(result.scores, semantic_scope(any_model, PROMPT).scores)
+    assert len(seen) == 1 and result.metadata["fwd_hooks"] == ["is_layer_1_input"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import torch
 
 from jscopes_tl import ScopeInputError, fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.components import component_scope
 from jscopes_tl.hook_readouts import sae_latent
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.views.tokens import token_view
@@ -157,7 +158,7 @@ def test_sae_latent_activation_equals_brute_force_through_the_sae(any_model, kin
     result = semantic_scope(any_model, PROMPT, target=sae_latent(sae, index))
     assert_close(result.scores, torch.einsum("d,dte->te", u.double(), J).norm(dim=-1))
     assert float(result.metadata["readout_value"]) == pytest.approx(float(latents[index]), rel=1e-4)
-    assert result.metadata["readout"]["kind"] == "sae_latent"
+    assert result.metadata["readout"]["kind"] == "sae_latent" and result.metadata["readout"]["latent"] == index
 
 
 def test_bridge_sae_at_the_unembedding_input_is_the_semantic_scope_of_its_direction(model):
@@ -205,3 +206,15 @@ def test_internal_readout_results_round_trip_and_render(any_model):
     assert len(result.to_pandas()) > 0 and "readout_hook" in repr(result)
     page = token_view(result, prompt=0).to_html()
     assert "<title>Semantic Scope</title>" in page and result.str_tokens[0][3] in page
+
+
+def test_component_scope_of_an_internal_readout_zeroes_the_components_after_it(any_model):
+    adapter = ModelAdapter(any_model)
+    tokens = adapter.tokenize(PROMPT)
+    direction = random_direction(32, seed=5)
+    result = component_scope(any_model, PROMPT, readout_hook=HOOK, target=direction)
+    assert result.metadata["downstream_of_readout"] == ["blocks.1.attn.hook_z", "blocks.1.hook_mlp_out"]
+    assert torch.all(result.heads[1] == 0) and torch.all(result.mlps[1] == 0)
+    J, _, _ = jacobian(any_model, tokens, "blocks.0.attn.hook_z", len(tokens) - 1, readout=HOOK)  # [d, pos, head, d_head]
+    assert_close(result.heads[0], torch.einsum("d,dthe->hte", direction.double(), J).norm(dim=-1))
+    assert result.prediction is None

@@ -23,6 +23,7 @@ pattern-identified heads rank. It reports what it measures; it assumes no partic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,15 @@ class PromptCheck:
     """Scope and patching on one labelled prompt under one corruption.
 
     ``*_top_cell``: the (layer, head, token) with the largest score / ``|patching effect|``;
-    ``*_top_head``: the (layer, head) with the largest total / ``|all-position patching effect|``.
+    ``*_top_head``: the (layer, head) with the largest total / ``|all-position patching effect|``;
+    ``scope_rank_of_patching_cell``: where patching's top cell ranks among the scope's cells (1: first).
+
+    What the heads read there (attention probabilities on the clean prompt):
+    ``scope_cell_attention_to_source``: from the scope's top cell (its head, at its token) to the
+    answer's occurrence in the first copy; ``patching_cell_attention_to_previous_occurrence``: from
+    patching's top cell to the current token's earlier occurrence; ``prediction_attention_to_scope_cell``:
+    from the prediction position to the scope's top token, averaged over the next layer's heads
+    (NaN when the cell is in the last layer).
     """
 
     prompt: LabelledPrompt
@@ -54,6 +63,10 @@ class PromptCheck:
     scope_top_head: tuple[int, int]
     patching_top_head: tuple[int, int]
     rank_correlations: dict[str, float]
+    scope_rank_of_patching_cell: int
+    scope_cell_attention_to_source: float
+    patching_cell_attention_to_previous_occurrence: float
+    prediction_attention_to_scope_cell: float
     comparison: ComponentPatchingComparison
 
     @property
@@ -88,6 +101,14 @@ class InductionCircuitCheck:
                 "top_cell_head_agreement": mean([row.scope_top_cell[:2] == row.patching_top_cell[:2] for row in rows]),
                 "top_cell_token_agreement": mean([row.scope_top_cell[2] == row.patching_top_cell[2] for row in rows]),
                 "top_head_agreement": mean([row.heads_agree for row in rows]),
+                "median scope rank of the patching top cell": float(
+                    torch.tensor([row.scope_rank_of_patching_cell for row in rows]).float().median()
+                ),
+                "min attention, scope cell to source": min(row.scope_cell_attention_to_source for row in rows),
+                "min attention, patching cell to previous occurrence": min(
+                    row.patching_cell_attention_to_previous_occurrence for row in rows
+                ),
+                "min attention, prediction to scope cell": min(row.prediction_attention_to_scope_cell for row in rows),
                 **{
                     f"mean rho {key}": mean([row.rank_correlations[key] for row in rows])
                     for key in rows[0].rank_correlations
@@ -135,14 +156,24 @@ def check_prompt(model: Any, prompt: LabelledPrompt, corruption: str, *, backend
         model, tokens, corrupt(adapter, tokens, prompt, corruption), log_probability_of_answer, backend=backend
     )
     patching, scope = comparison.activation_patching, comparison.scope
+    scope_cell, patching_cell = _argmax_cell(scope.heads), _argmax_cell(patching.heads_effect.abs())
+    patterns = adapter.attention_patterns(tokens)  # [n_layers, n_heads, query, key]
+    source, last = prompt.source_indices[0], len(tokens) - 1
+    layer, head, token = scope_cell
     return PromptCheck(
         prompt=prompt,
         corruption=corruption,
-        scope_top_cell=_argmax_cell(scope.heads),
-        patching_top_cell=_argmax_cell(patching.heads_effect.abs()),
+        scope_top_cell=scope_cell,
+        patching_top_cell=patching_cell,
         scope_top_head=_argmax_cell(scope.head_totals),
         patching_top_head=_argmax_cell(patching.heads_all_pos_effect.abs()),
         rank_correlations=comparison.rank_correlations,
+        scope_rank_of_patching_cell=1 + int((scope.heads > scope.heads[patching_cell]).sum()),
+        scope_cell_attention_to_source=float(patterns[layer, head, token, source]),
+        patching_cell_attention_to_previous_occurrence=float(patterns[patching_cell][source - 1]),
+        prediction_attention_to_scope_cell=(
+            float(patterns[layer + 1, :, last, token].mean()) if layer + 1 < adapter.n_layers else math.nan
+        ),
         comparison=comparison,
     )
 

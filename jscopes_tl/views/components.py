@@ -43,6 +43,11 @@ def _colour(value: float, scale: float, signed: bool) -> str:
     return f"rgb({fade},{fade},255)" if signed and value < 0 else f"rgb(255,{fade},{fade})"
 
 
+def _short(value: float) -> str:
+    """A cell label of at most 4–5 characters (the exact value is in the tooltip)."""
+    return f"{value:.2g}" if 0.01 <= abs(value) < 1000 else f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
 def heatmap(
     values: Float[torch.Tensor, "rows columns"],
     row_labels: Sequence[str],
@@ -68,7 +73,7 @@ def heatmap(
         cells = []
         for column, value in enumerate(line):
             mark = " class='jscopes-mark'" if marked and (row, column) in marked else ""
-            shown = f"{value:.2g}" if scale > 0 and abs(value) >= 0.2 * scale else ""
+            shown = _short(value) if scale > 0 and abs(value) >= 0.2 * scale else ""
             cells.append(f"<td{mark} style='background:{_colour(value, scale, signed)}' title='{value:.6g}'>{shown}</td>")
         rows.append(f"<tr><th>{text(label)}</th>{''.join(cells)}</tr>")
     return f"<table class='jscopes-heat'><caption>{text(caption)}</caption>{''.join(rows)}</table>"
