@@ -178,10 +178,12 @@ class ScopeResult:
         return to_pandas(self, words)
 
     def __repr__(self) -> str:
+        read = (
+            f"readout_hook={self.metadata.get('numerics', {}).get('readout_hook')!r}"
+            if self.prediction is None
+            else f"prediction={self.prediction.str_tokens!r}"
+        )
         return (
             f"ScopeResult(kind={self.kind!r}, scores={tuple(self.scores.shape)}, "
-            f"position={self.position.tolist()}, "
-            + ("readout_hook=" + repr(self.metadata.get("numerics", {}).get("readout_hook")) if self.prediction is None
-               else f"prediction={self.prediction.str_tokens!r}")
-            + ")"
+            f"position={self.position.tolist()}, {read})"
         )
