@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -99,9 +99,6 @@ def sae_latent(sae: Any, index: int, *, pre_activation: bool = False) -> SAELate
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < d_sae:
         raise ScopeInputError(f"the SAE latent index must be an int in [0, {d_sae}); got {index!r}.")
     return SAELatent(sae, index, pre_activation)
-
-
-HookTarget = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], SAELatent]
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def test_sae_latent_whose_encoder_column_is_a_direction_gives_that_directions_sc
     pre = semantic_scope(any_model, PROMPT, target=sae_latent(sae, 3, pre_activation=True))  # the SAE's hook
     assert pre.metadata["numerics"]["readout_hook"] == HOOK
     torch.testing.assert_close(pre.scores, probe.scores, rtol=1e-5, atol=1e-6)
-    offset = float(sae.b_enc[3] - sae.b_dec @ direction)
+    offset = float((sae.b_enc[3] - sae.b_dec @ direction).detach())
     assert float(pre.metadata["readout_value"]) == pytest.approx(float(probe.metadata["readout_value"]) + offset, rel=1e-4, abs=1e-4)
     for bias, active in ((1e3, True), (-1e3, False)):  # a ReLU latent far on / off
         with torch.no_grad():
@@ -151,7 +151,7 @@ def test_sae_latent_whose_encoder_column_is_a_direction_gives_that_directions_sc
 def test_sae_latent_activation_equals_brute_force_through_the_sae(any_model, kind):
     sae = make_sae(kind, HOOK, seed=3)
     J, a = sliced(any_model)
-    latents = sae_latents(sae, a[None].float(), pre_activation=False)[0]
+    latents = sae_latents(sae, a[None].float(), pre_activation=False)[0].detach()
     index = int(latents.argmax())  # an active latent
     leaf = a.float().clone().requires_grad_(True)
     (u,) = torch.autograd.grad(sae_latents(sae, leaf[None], pre_activation=False)[0, index], leaf)
