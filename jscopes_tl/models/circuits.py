@@ -183,6 +183,9 @@ def induction_prompts(n: int, *, seed: int = 0, max_tokens: int | None = None) -
     task = get_task("induction")
     if max_tokens is None:
         return task.labelled_prompts(n, seed=seed)
+    shortest = 1 + task.min_length + 1  # BOS, one copy of the shortest sequence, one copied word
+    if max_tokens < shortest:
+        raise ValueError(f"max_tokens must be at least {shortest} (the shortest induction prompt); got {max_tokens}.")
     chosen: list[LabelledPrompt] = []
     batch = 0
     while len(chosen) < n:
