@@ -43,6 +43,7 @@ warnings.filterwarnings("ignore")
 
 from jscopes_tl import fisher_scope, semantic_scope, temperature_scope  # noqa: E402
 from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available  # noqa: E402
+from jscopes_tl.components import component_scope  # noqa: E402
 from jscopes_tl.fisher import fisher_eigenpairs  # noqa: E402
 from jscopes_tl.scopes import DEFAULT_FISHER_TAIL_TOLERANCE  # noqa: E402
 
@@ -230,6 +231,10 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     for name in ("fisher_rank1", "fisher_rank8", "fisher_rank64", "fisher_exact"):
         if f"{name}_s" in row:
             row[f"{name}_vs_semantic"] = row[f"{name}_s"] / row["semantic_s"]
+    # Component scope: every head's and MLP's output perturbed in the same forward pass, one backward.
+    row["component_s"] = best_time(lambda: component_scope(model, tokens[0]), repeats)
+    row["component_vs_semantic"] = row["component_s"] / row["semantic_s"]
+    report(row, "component_s", "component_vs_semantic")
     # What any exact rank-64 scope must cost, from the two parts: one forward and 64 backward vectors.
     forward, backward = row["scope_forward_s"], row["scope_backward_vector_s"]
     row["fisher_rank64_floor_vs_semantic"] = (forward + 64 * backward) / (forward + backward)

@@ -8,6 +8,7 @@ through hooks on a HookedTransformer or TransformerBridge:
 >>> result.scores          # one score per prompt token
 """
 
+from jscopes_tl.components import ComponentScopeResult, component_scope
 from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError, UnsupportedModelError
 from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness
 from jscopes_tl.patching import (
@@ -16,15 +17,18 @@ from jscopes_tl.patching import (
     PatchingComparison,
     activation_patching,
     attribution_patching,
+    compare_components_with_patching,
     compare_with_patching,
     layer_resolved_scope,
 )
+from jscopes_tl.hook_readouts import sae_latent
 from jscopes_tl.result import Prediction, ScopeResult
 from jscopes_tl.scopes import fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from jscopes_tl.views.report import report
 
 __all__ = [
     "ActivationPatching",
+    "ComponentScopeResult",
     "FaithfulnessReport",
     "LayerResolvedScope",
     "NonFiniteLogitsError",
@@ -35,12 +39,15 @@ __all__ = [
     "UnsupportedModelError",
     "activation_patching",
     "attribution_patching",
+    "compare_components_with_patching",
     "compare_with_patching",
+    "component_scope",
     "evaluate_faithfulness",
     "fisher_scope",
     "jacobian_scope",
     "layer_resolved_scope",
     "report",
+    "sae_latent",
     "semantic_scope",
     "temperature_scope",
 ]

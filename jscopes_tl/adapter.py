@@ -421,6 +421,110 @@ class ModelAdapter:
 
         return patch
 
+    # ----------------------------------------------------------------------------- components
+    # Hook names of per-component activations. A TransformerBridge has the HookedTransformer names
+    # as aliases (with or without compatibility mode in 4.x); the canonical bridge names come second.
+    def head_output_hook(self, layer: int) -> str:
+        """Per-head attention output before the output projection, ``[batch, pos, head, d_head]``
+        (``blocks.L.attn.hook_z``; ``blocks.L.attn.o.hook_in`` on a bridge): the activation that
+        TransformerLens's head-level patching (``get_act_patch_attn_head_out_*``) swaps."""
+        self._check_block(layer)
+        return self._resolve_hook([f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.attn.o.hook_in"])
+
+    def mlp_output_hook(self, layer: int) -> str:
+        """The MLP's output as written to the residual stream, ``[batch, pos, d_model]``."""
+        self._check_block(layer)
+        return self._resolve_hook([f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.mlp.hook_out"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.cfg.n_heads)
+
+    def _check_block(self, layer: int) -> None:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ScopeInputError(f"layer must be an int in [0, {self.n_layers}); got {layer!r}.")
+
+    def check_readable_hook(self, hook_name: str, argument: str) -> None:
+        """Refuse hooks a scope cannot read: those whose activation is ``[batch, head, query_pos,
+        key_pos]`` (attention scores and patterns; a scope needs ``[batch, pos, ...]``, and a head
+        count could pass for a length), and those that only run with a model option on (the
+        HookedTransformer never runs them; the bridge refuses to hook them). Model options are the
+        user's: a scope never switches them."""
+        last = hook_name.rsplit(".", 1)[-1]
+        if last in _HEAD_FIRST_HOOKS:
+            raise ScopeInputError(
+                f"{argument}={hook_name!r} is [batch, head, query_pos, key_pos], not [batch, pos, ...]; read or "
+                "perturb the per-position activations instead (e.g. attn.hook_z, hook_resid_post)."
+            )
+        option = _HOOKS_BEHIND_OPTIONS.get(last)
+        if option is not None and not getattr(self.cfg, option, False):
+            raise ScopeInputError(
+                f"{argument}={hook_name!r} only runs when the model option cfg.{option} is on "
+                f"(model.set_{option}(True)); jscopes_tl does not change model options."
+            )
+
+    def hooks_run_before(self, tokens: Int[torch.Tensor, "batch pos"], hook_names: Sequence[str], stop_hook: str) -> set[str]:
+        """Which of ``hook_names`` run before ``stop_hook`` (or at it) in a forward pass on ``tokens``:
+        the activations a readout at ``stop_hook`` can depend on."""
+        seen: list[str] = []
+
+        class _Stop(Exception):
+            pass
+
+        def record(name: str) -> HookFunction:
+            def hook(activation: torch.Tensor, hook: Any) -> None:
+                seen.append(name)
+
+            return hook
+
+        def stop(activation: torch.Tensor, hook: Any) -> None:
+            raise _Stop
+
+        hooks = [(name, record(name)) for name in hook_names] + [(stop_hook, stop)]
+        with self.eval_mode(), torch.no_grad(), self.hooks(hooks):
+            try:
+                self.forward(tokens.to(self.device))
+            except _Stop:
+                pass
+        return set(seen)
+
+    def transformer_lens_head_patching(self) -> dict[str, Callable[..., torch.Tensor]] | None:
+        """TransformerLens's own head- and MLP-level patching bound to this model, or None.
+
+        ``{"heads_by_pos": get_act_patch_attn_head_out_by_pos, "heads_all_pos":
+        get_act_patch_attn_head_out_all_pos, "mlps": get_act_patch_mlp_out}``, each mapping
+        ``(corrupted_tokens, clean_cache, metric)`` to TransformerLens's layout (``[n_layers, pos,
+        n_heads]``, ``[n_layers, n_heads]``, ``[n_layers, pos]``). Available where
+        ``transformer_lens.patching`` exists (2.x; 4.x, where it also runs on a bridge) and the model
+        has ``blocks.L.attn.hook_z`` and ``blocks.L.hook_mlp_out``.
+        """
+        try:
+            from transformer_lens import patching
+        except ImportError:
+            return None
+        names = [f"blocks.{layer}.{hook}" for layer in range(self.n_layers) for hook in ("attn.hook_z", "hook_mlp_out")]
+        if not all(name in self.model.hook_dict for name in names):
+            return None
+        return {
+            "heads_by_pos": patching.get_act_patch_attn_head_out_by_pos,
+            "heads_all_pos": patching.get_act_patch_attn_head_out_all_pos,
+            "mlps": patching.get_act_patch_mlp_out,
+        }
+
+
+# Hook points (last name part) whose activation is [batch, head, query_pos, key_pos].
+_HEAD_FIRST_HOOKS = frozenset({"hook_attn_scores", "hook_pattern"})
+# Hook points (last name part) that run only with a config option on, on both generations.
+_HOOKS_BEHIND_OPTIONS = {
+    "hook_result": "use_attn_result",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_attn_in": "use_attn_in",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+
+
 # --------------------------------------------------------------------------------- construction
 def transformer_lens_version() -> str:
     from importlib.metadata import version

@@ -14,9 +14,17 @@ Mechanics that keep this exact and cheap:
 
 * ``δ`` is the only tensor that requires grad; parameters are frozen for the call (and restored),
   so autograd saves nothing for weight gradients and never touches ``.grad``.
-* The forward pass stops at the unembedding input: the full-vocabulary unembedding is evaluated
-  only at the positions being scored, by the model's own unembed module.
+* The forward pass stops at the readout hook — the unembedding input by default: the
+  full-vocabulary unembedding is evaluated only at the positions being scored, by the model's
+  own unembed module. A readout at an internal hook (``blocks.L.hook_resid_post``, an SAE's
+  hook, ...) reads ``u · a_p`` for the activation ``a_p`` there and computes no logits; nothing
+  after that hook runs.
 * Hooks go through the model's scoped ``hooks()`` context, so they are removed on every exit.
+  The user's own forward hooks (``fwd_hooks``, TransformerLens's format) join the same context,
+  after the perturbations and before the readout: at a shared hook point they act on the
+  perturbed activation (so an ablation there also removes the perturbation's effect, as editing
+  the weights would), and the readout sees what they leave. Hooks the user attached to the model
+  beforehand keep running, as in any forward pass, and stay attached.
 * Prompts in a batch are independent, so one grad_output can carry the directions of all prompts
   for the same (position, direction) slot; only different positions of one prompt need different
   backward vectors.
@@ -35,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 from jaxtyping import Float
@@ -45,13 +53,38 @@ from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError
 from jscopes_tl.inputs import Positions, TokenBatch
 from jscopes_tl.readouts import Readout
 
-ReadoutBuilder = Callable[[torch.Tensor, torch.Tensor], Readout]
+ReadoutBuilder = Callable[[torch.Tensor, Union[torch.Tensor, None]], Readout]
+"""``(state at the scored positions [m, *state_shape], logits [m, d_vocab] or None) -> Readout``;
+logits are given only when the state is the unembedding input."""
+HookFunction = Callable[[torch.Tensor, Any], Union[torch.Tensor, None]]
+FwdHooks = Sequence[tuple[Union[str, Callable[[str], bool]], HookFunction]]
 
 DEFAULT_MEMORY_BUDGET_MB = 512
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook: everything after the unembedding input is not needed."""
+    """Raised by the capture hook: everything after the readout hook is not needed."""
+
+
+@dataclass(frozen=True)
+class ReadoutPoint:
+    """Where a scope reads: the activation ``a`` at ``hook``, ``[batch, pos, *rest]``, at the scored
+    positions. The forward pass stops there.
+
+    ``state`` maps ``a`` to the state the readout directions live in (a HookedTransformer's
+    ``ln_final`` of the last residual stream gives the unembedding input; None: ``a`` itself).
+    ``unembedding``: the state is the unembedding input, so the model's logits at the scored
+    positions are computed and handed to the readout builder.
+    """
+
+    hook: str
+    state: Callable[[torch.Tensor], torch.Tensor] | None = None
+    unembedding: bool = False
+
+
+def unembedding_readout(adapter: ModelAdapter) -> ReadoutPoint:
+    """The default readout point: the state fed to the unembedding (the paper's ``y``)."""
+    return ReadoutPoint(adapter.final_hidden_hook, adapter.final_hidden, unembedding=True)
 
 
 @dataclass(frozen=True)
@@ -78,12 +111,13 @@ class EngineOutput:
     scores: Float[torch.Tensor, "batch n_positions n_rows pos"]
     gradient_x_input: Float[torch.Tensor, "batch n_positions n_rows pos"] | None
     gradients: Float[torch.Tensor, "batch n_positions n_rows pos width"] | None
-    logits: Float[torch.Tensor, "batch n_positions d_vocab"]
+    logits: Float[torch.Tensor, "batch n_positions d_vocab"] | None  # None: an internal readout
     target: torch.Tensor | None  # [batch, n_positions, k]
     per_prediction: dict[str, torch.Tensor]  # readout values, [batch, n_positions, ...]
     metadata: dict[str, Any]
     perturbation_hooks: list[str]
     component_shapes: list[tuple[int, ...]]
+    readout_hook: str
 
 
 def _activation_bytes_per_token(adapter: ModelAdapter, width: int) -> int:
@@ -131,12 +165,13 @@ def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
         scores=torch.cat([o.scores for o in outputs]),
         gradient_x_input=cat([o.gradient_x_input for o in outputs]),
         gradients=cat([o.gradients for o in outputs]),
-        logits=torch.cat([o.logits for o in outputs]),
+        logits=cat([o.logits for o in outputs]),
         target=cat([o.target for o in outputs]),
         per_prediction={key: torch.cat([o.per_prediction[key] for o in outputs]) for key in first.per_prediction},
         metadata=metadata,
         perturbation_hooks=first.perturbation_hooks,
         component_shapes=first.component_shapes,
+        readout_hook=first.readout_hook,
     )
 
 
@@ -206,6 +241,8 @@ def run_scope(
     build_readout: ReadoutBuilder,
     *,
     points: Sequence[PerturbationPoint],
+    readout: ReadoutPoint | None = None,
+    fwd_hooks: FwdHooks = (),
     n_directions: int = 1,
     input_scale: float = 1.0,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
@@ -216,7 +253,10 @@ def run_scope(
 
     ``points`` lists where the model is perturbed (e.g. the residual stream entering each listed
     layer). Each perturbation is a separate zero leaf, so one forward and one batched backward
-    give ``u^T ∂y/∂a`` for every listed activation ``a`` at once. ``input_scale`` multiplies the
+    give ``u^T ∂y/∂a`` for every listed activation ``a`` at once. ``readout`` says where ``y`` is
+    read (default: the unembedding input); every point must be upstream of it. ``fwd_hooks``
+    (TransformerLens's ``[(hook_name, fn), ...]``) run during the forward pass, after the
+    perturbations at a shared hook point. ``input_scale`` multiplies the
     activation at the first point before it is perturbed, i.e. the Jacobian is taken at ``α·x``
     (the points of an Integrated Gradients path); signed scores still use ``x``.
 
@@ -226,10 +266,11 @@ def run_scope(
     CPU, as many as ``memory_budget_mb`` allows elsewhere; ``n_directions`` per position is the
     readout's size, used for that estimate).
     """
+    readout = readout or unembedding_readout(adapter)
     chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
     if len(chunks) > 1:
         options: dict[str, Any] = dict(
-            points=points, n_directions=n_directions, input_scale=input_scale,
+            points=points, readout=readout, fwd_hooks=fwd_hooks, n_directions=n_directions, input_scale=input_scale,
             memory_budget_mb=memory_budget_mb, return_gradients=return_gradients, backward_batch=backward_batch,
         )
         return _concatenate(
@@ -243,7 +284,7 @@ def run_scope(
     squared_norms: torch.Tensor | None = None
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
-    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab)
+    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab) if readout.unembedding else None
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
@@ -253,7 +294,7 @@ def run_scope(
     with adapter.prepared_for_scopes():
         for slots in _slot_groups(positions, slots_per_group):
             group = _run_group(
-                adapter, batch, positions, slots, build_readout, points, input_scale,
+                adapter, batch, positions, slots, build_readout, points, readout, fwd_hooks, input_scale,
                 memory_budget_mb, return_gradients, backward_batch,
             )
             prompts, slot_index = group.prompts, group.slots
@@ -262,7 +303,8 @@ def run_scope(
                 squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width)
                 component_shapes = group.component_shapes
             squared_norms[:, slots, :, :prefix] = group.squared_norms
-            logits_grid[prompts, slot_index] = group.logits
+            if logits_grid is not None:
+                logits_grid[prompts, slot_index] = group.logits
             squared = group.readout.squared
             if group.signed is not None:
                 signed = torch.zeros_like(squared_norms) if signed is None else signed
@@ -292,6 +334,7 @@ def run_scope(
         metadata=metadata,
         perturbation_hooks=[point.hook for point in points],
         component_shapes=component_shapes,
+        readout_hook=readout.hook,
     )
 
 
@@ -302,7 +345,7 @@ class _GroupOutput:
     squared_norms: torch.Tensor  # [batch, n_group_slots, n_rows, prefix]
     signed: torch.Tensor | None
     gradients: torch.Tensor | None
-    logits: torch.Tensor  # [m, d_vocab]
+    logits: torch.Tensor | None  # [m, d_vocab]; None for an internal readout
     readout: Readout
     component_shapes: list[tuple[int, ...]]
 
@@ -322,6 +365,8 @@ def _run_group(
     slots: list[int],
     build_readout: ReadoutBuilder,
     points: Sequence[PerturbationPoint],
+    readout_point: ReadoutPoint,
+    fwd_hooks: FwdHooks,
     input_scale: float,
     memory_budget_mb: float,
     return_gradients: bool,
@@ -354,23 +399,19 @@ def _run_group(
 
         return add_perturbation
 
-    def capture_final_hidden(activation: torch.Tensor, hook: Any) -> None:
-        captured["final"] = activation
+    def capture_readout(activation: torch.Tensor, hook: Any) -> None:
+        captured["readout"] = activation
         raise _StopForward
 
-    # Perturbations first: where one shares the capture's hook point (the final residual of a
-    # HookedTransformer), hooks run in the order added and the capture must see δ.
+    # Hooks at one hook point run in the order added: perturbations first (the user's hooks and
+    # the capture must see δ), then the user's hooks, then the capture (it reads what they leave).
     hooks = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
-    with adapter.hooks(hooks + [(adapter.final_hidden_hook, capture_final_hidden)]):
+    with adapter.hooks(hooks + list(fwd_hooks) + [(readout_point.hook, capture_readout)]):
         try:
             adapter.forward(tokens)
         except _StopForward:
             pass
-    if "final" not in captured or len(deltas) != len(points):
-        raise RuntimeError(
-            f"the forward pass never reached {[point.hook for point in points]} and {adapter.final_hidden_hook!r}; "
-            "this model's hook layout is not supported."
-        )
+    _check_hooks_ran(points, readout_point, captured, deltas)
     leaves = [deltas[i] for i in range(len(points))]
     for point, leaf in zip(points, leaves):
         if leaf.ndim < 2 + point.component_axes or tuple(leaf.shape[:2]) != (n_prompts, prefix):
@@ -382,32 +423,45 @@ def _run_group(
 
     pair_prompt, pair_group_slot = valid.nonzero(as_tuple=True)
     source_position = index[pair_prompt, pair_group_slot]
-    final_hidden = adapter.final_hidden(captured["final"])
-    y = final_hidden[pair_prompt.to(adapter.device), source_position.to(adapter.device)]
-    with torch.no_grad():
-        logits = adapter.logits(y).float()
-    if not torch.isfinite(logits).all():
-        bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
-        raise NonFiniteLogitsError(
-            f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "
-            f"{int(source_position[bad])}; scores would be meaningless. Check the weights and inputs."
+    activation = captured["readout"]
+    if activation.ndim < 3 or tuple(activation.shape[:2]) != (n_prompts, prefix):
+        raise ScopeInputError(
+            f"the activation at readout hook {readout_point.hook!r} has shape {tuple(activation.shape)}; "
+            f"a readout needs [batch={n_prompts}, pos={prefix}, ...]."
         )
+    state = activation if readout_point.state is None else readout_point.state(activation)
+    y = state[pair_prompt.to(adapter.device), source_position.to(adapter.device)]  # [m, *state_shape]
+    logits = None
+    if readout_point.unembedding:
+        with torch.no_grad():
+            logits = adapter.logits(y).float()
+        if not torch.isfinite(logits).all():
+            bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
+            raise NonFiniteLogitsError(
+                f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "
+                f"{int(source_position[bad])}; scores would be meaningless. Check the weights and inputs."
+            )
     readout = build_readout(y.detach(), logits)
+    if tuple(readout.directions.shape[2:]) != tuple(y.shape[1:]):
+        raise ScopeInputError(
+            f"the readout's directions have shape {tuple(readout.directions.shape[2:])} per direction, but the "
+            f"state at {readout_point.hook!r} has shape {tuple(y.shape[1:])}."
+        )
 
     n_group_slots, n_directions = len(slots), readout.directions.shape[1]
     n_rows = sum(math.prod(shape) for shape in component_shapes)
     squared_norms = torch.zeros(n_prompts, n_group_slots, n_rows, prefix)
     signed = torch.zeros(n_prompts, n_group_slots, n_rows, prefix) if n_directions == 1 else None
     keep_gradients = return_gradients and n_directions == 1
-    if keep_gradients:
-        widths = {leaf[0, 0].numel() for leaf in leaves}
-        if any(point.component_axes for point in points) or len(widths) != 1:
-            raise ScopeInputError(
-                "return_gradients needs perturbation points of one width and no component axes; "
-                f"got {[point.hook for point in points]}."
-            )
+    # Each score row's gradient is as wide as one component of its point (d_head for a head).
+    widths = {leaf[0, 0].numel() // max(1, math.prod(shape)) for leaf, shape in zip(leaves, component_shapes)}
+    if keep_gradients and len(widths) != 1:
+        raise ScopeInputError(
+            "return_gradients needs perturbation points whose components have one width; "
+            f"got {[point.hook for point in points]} (widths {sorted(widths)})."
+        )
     kept_gradients = (
-        torch.zeros(n_prompts, n_group_slots, n_rows, prefix, leaves[0][0, 0].numel()) if keep_gradients else None
+        torch.zeros(n_prompts, n_group_slots, n_rows, prefix, widths.pop()) if keep_gradients else None
     )
     # The activations x at the points, for the signed scores (u^T J_t) · x_t of single-direction readouts.
     activations = [
@@ -453,7 +507,28 @@ def _run_group(
         squared_norms=squared_norms,
         signed=signed,
         gradients=kept_gradients,
-        logits=logits.cpu(),
+        logits=None if logits is None else logits.cpu(),
         readout=readout,
         component_shapes=component_shapes,
     )
+
+
+def _check_hooks_ran(
+    points: Sequence[PerturbationPoint],
+    readout_point: ReadoutPoint,
+    captured: dict[str, torch.Tensor],
+    deltas: dict[int, torch.Tensor],
+) -> None:
+    """Every perturbation point ran before the readout hook, and the readout hook ran."""
+    if "readout" not in captured:
+        raise ScopeInputError(
+            f"the readout hook {readout_point.hook!r} never ran during the forward pass; some hook points only "
+            "fire with a model option set (e.g. attn.hook_result needs use_attn_result)."
+        )
+    missing = [point.hook for i, point in enumerate(points) if i not in deltas]
+    if missing:
+        raise ScopeInputError(
+            f"the perturbation point(s) {missing} did not run before the readout hook {readout_point.hook!r}: "
+            "a scope perturbs activations upstream of where it reads (choose an earlier layer or a later "
+            "readout_hook), and only hooks that run in the forward pass can be perturbed."
+        )

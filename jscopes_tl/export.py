@@ -94,7 +94,7 @@ def to_dict(result: ScopeResult) -> dict[str, Any]:
     for name in _TENSOR_FIELDS:
         data[name] = _encode(getattr(result, name), name)
     data["str_tokens"] = result.str_tokens
-    data["prediction"] = {
+    data["prediction"] = None if result.prediction is None else {  # None: an internal readout
         "token_ids": _encode(result.prediction.token_ids, "prediction.token_ids"),
         "probabilities": _encode(result.prediction.probabilities, "prediction.probabilities"),
         "str_tokens": result.prediction.str_tokens,
@@ -116,7 +116,7 @@ def from_dict(data: dict[str, Any]) -> ScopeResult:
     return ScopeResult(
         kind=data["kind"],
         str_tokens=data["str_tokens"],
-        prediction=Prediction(
+        prediction=None if prediction is None else Prediction(
             token_ids=_decode(prediction["token_ids"]),
             probabilities=_decode(prediction["probabilities"]),
             str_tokens=prediction["str_tokens"],

@@ -40,9 +40,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.components import ComponentScopeResult, component_scope
+from jscopes_tl.engine import PerturbationPoint, run_scope
 from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
-from jscopes_tl.inputs import prepare_tokens
-from jscopes_tl.readouts import TokenLike, parse_semantic_target
+from jscopes_tl.inputs import prepare_tokens, resolve_positions
+from jscopes_tl.readouts import TokenLike, parse_semantic_target, semantic_readout
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.stats import spearman
@@ -487,5 +489,303 @@ def compare_with_patching(
         corrupted_str_tokens=adapter.str_tokens(setup.corrupted_tokens),
         position=setup.position,
         differing_cells=differing_cells,
+        rank_correlations=correlations,
+    )
+
+
+# --------------------------------------------------------------------------------- heads and MLPs
+# The same three maps one level down: per attention head (its output before the output projection,
+# ``blocks.L.attn.hook_z``, TransformerLens's ``get_act_patch_attn_head_out_*``) and per MLP
+# (``blocks.L.hook_mlp_out``, ``get_act_patch_mlp_out``), at every position.
+@dataclass(frozen=True)
+class ComponentPatching:
+    """Denoising activation patching of every head's and every MLP's output.
+
+    Attributes:
+        heads: ``[n_layers, n_heads, pos]``, the metric on the corrupted run with one head's output at
+            one position restored from the clean run (``get_act_patch_attn_head_out_by_pos``, whose
+            ``[n_layers, pos, n_heads]`` layout is transposed to the component scope's).
+        heads_all_pos: ``[n_layers, n_heads]``, one head restored at every position at once
+            (``get_act_patch_attn_head_out_all_pos``).
+        mlps: ``[n_layers, pos]``, one MLP output restored at one position (``get_act_patch_mlp_out``).
+        clean_metric, corrupted_metric: the metric on the unpatched runs.
+        backend: ``"transformer_lens"`` or ``"hooks"``.
+    """
+
+    heads: Float[torch.Tensor, "n_layers n_heads pos"]
+    heads_all_pos: Float[torch.Tensor, "n_layers n_heads"]
+    mlps: Float[torch.Tensor, "n_layers pos"]
+    clean_metric: float
+    corrupted_metric: float
+    backend: str
+
+    @property
+    def heads_effect(self) -> Float[torch.Tensor, "n_layers n_heads pos"]:
+        return self.heads - self.corrupted_metric
+
+    @property
+    def heads_all_pos_effect(self) -> Float[torch.Tensor, "n_layers n_heads"]:
+        return self.heads_all_pos - self.corrupted_metric
+
+    @property
+    def mlps_effect(self) -> Float[torch.Tensor, "n_layers pos"]:
+        return self.mlps - self.corrupted_metric
+
+
+def _patched_metric(
+    adapter: ModelAdapter, setup: _PatchingSetup, hook_name: str, rows: int, restore: Callable[[torch.Tensor], None]
+) -> torch.Tensor:
+    """The metric on ``rows`` copies of the corrupted prompt, ``restore`` editing the activation at ``hook_name``."""
+
+    def patch(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        activation = activation.clone()
+        restore(activation)
+        return activation
+
+    with adapter.hooks([(hook_name, patch)]):
+        logits = adapter.forward(setup.corrupted_tokens.to(adapter.device).expand(rows, -1))
+    return _metric_values(setup, logits[:, setup.position]).float().cpu()
+
+
+def _component_patch_with_hooks(
+    adapter: ModelAdapter, setup: _PatchingSetup, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head (by position and at all positions) and MLP patching; each forward patches one cell per row."""
+    n_layers, n_heads, width = adapter.n_layers, adapter.n_heads, len(setup.corrupted_tokens)
+    head_hooks = [adapter.head_output_hook(layer) for layer in range(n_layers)]
+    mlp_hooks = [adapter.mlp_output_hook(layer) for layer in range(n_layers)]
+    clean = adapter.capture(setup.clean_tokens[None], head_hooks + mlp_hooks)
+    heads = torch.zeros(n_layers, n_heads, width)
+    heads_all_pos = torch.zeros(n_layers, n_heads)
+    mlps = torch.zeros(n_layers, width)
+    device = adapter.device
+    with adapter.prepared_for_scopes(), torch.no_grad():
+        for layer in range(n_layers):
+            z_clean, mlp_clean = clean[head_hooks[layer]][0], clean[mlp_hooks[layer]][0]
+            every_head = torch.arange(n_heads, device=device)
+
+            def all_positions(activation: torch.Tensor) -> None:
+                activation[every_head, :, every_head] = z_clean[:, every_head].transpose(0, 1).to(activation.dtype)
+
+            heads_all_pos[layer] = _patched_metric(adapter, setup, head_hooks[layer], n_heads, all_positions)
+            for start in range(0, width, batch_size):
+                positions = torch.arange(start, min(start + batch_size, width), device=device)
+                rows = torch.arange(len(positions), device=device)
+                for head in range(n_heads):
+
+                    def one_head(activation: torch.Tensor, head: int = head) -> None:
+                        activation[rows, positions, head] = z_clean[positions, head].to(activation.dtype)
+
+                    heads[layer, head, positions.cpu()] = _patched_metric(adapter, setup, head_hooks[layer], len(rows), one_head)
+
+                def one_mlp(activation: torch.Tensor) -> None:
+                    activation[rows, positions] = mlp_clean[positions].to(activation.dtype)
+
+                mlps[layer, positions.cpu()] = _patched_metric(adapter, setup, mlp_hooks[layer], len(rows), one_mlp)
+    return heads, heads_all_pos, mlps
+
+
+def _component_activation_patching(
+    adapter: ModelAdapter, setup: _PatchingSetup, backend: PatchingBackend, batch_size: int
+) -> ComponentPatching:
+    if backend not in ("auto", "transformer_lens", "hooks"):
+        raise ScopeInputError(f"backend must be 'auto', 'transformer_lens' or 'hooks'; got {backend!r}.")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    functions = adapter.transformer_lens_head_patching() if backend != "hooks" else None
+    if backend == "transformer_lens" and functions is None:
+        raise UnsupportedModelError(
+            "backend='transformer_lens' needs transformer_lens.patching and blocks.L.attn.hook_z / hook_mlp_out "
+            "hooks, which this TransformerLens version or model lacks; use backend='hooks'."
+        )
+    if functions is not None:
+
+        def scalar_metric(logits: torch.Tensor) -> torch.Tensor:
+            return _metric_values(setup, logits[:, setup.position]).sum()
+
+        corrupted = setup.corrupted_tokens[None].to(adapter.device)
+        with adapter.prepared_for_scopes(), torch.no_grad():
+            _, clean_cache = adapter.model.run_with_cache(setup.clean_tokens[None].to(adapter.device))
+            by_position = functions["heads_by_pos"](adapter.model, corrupted, clean_cache, scalar_metric)
+            all_positions = functions["heads_all_pos"](adapter.model, corrupted, clean_cache, scalar_metric)
+            mlps = functions["mlps"](adapter.model, corrupted, clean_cache, scalar_metric)
+        heads = by_position.detach().float().cpu().permute(0, 2, 1)
+        heads_all_pos, mlps = all_positions.detach().float().cpu(), mlps.detach().float().cpu()
+        used = "transformer_lens"
+    else:
+        heads, heads_all_pos, mlps = _component_patch_with_hooks(adapter, setup, batch_size)
+        used = "hooks"
+    clean_metric = float(_metric_values(setup, _logits_at(adapter, setup.clean_tokens, setup.position)[None]))
+    corrupted_metric = float(_metric_values(setup, _logits_at(adapter, setup.corrupted_tokens, setup.position)[None]))
+    return ComponentPatching(heads, heads_all_pos, mlps, clean_metric, corrupted_metric, used)
+
+
+def component_activation_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    position: int = -1,
+    backend: PatchingBackend = "auto",
+    batch_size: int = 32,
+) -> ComponentPatching:
+    """Activation patching of every head's output (by position and at all positions) and every MLP's.
+
+    ``backend="auto"`` uses TransformerLens's ``get_act_patch_attn_head_out_by_pos``,
+    ``get_act_patch_attn_head_out_all_pos`` and ``get_act_patch_mlp_out`` where they apply (both
+    generations here), otherwise the same patches through the model's hooks (``"hooks"``: every
+    position of one head in one batched forward). Costs ``n_layers · (n_heads + 1) · pos`` patched
+    runs. Arguments as for :func:`activation_patching`.
+
+    Example:
+        >>> patching = component_activation_patching(model, clean, corrupted, (" Mary", " John"))
+        >>> patching.heads_effect.shape       # [n_layers, n_heads, pos]
+    """
+    adapter = ModelAdapter(model)
+    return _component_activation_patching(adapter, _setup(adapter, clean, corrupted, metric, position), backend, batch_size)
+
+
+@dataclass(frozen=True)
+class ComponentAttribution:
+    """Attribution patching of heads and MLPs: ``(a_clean - a_corrupt) · ∂metric/∂a`` per cell."""
+
+    heads: Float[torch.Tensor, "n_layers n_heads pos"]
+    mlps: Float[torch.Tensor, "n_layers pos"]
+
+    @property
+    def heads_all_pos(self) -> Float[torch.Tensor, "n_layers n_heads"]:
+        """The estimate for a head patched at every position (first order: the sum over positions)."""
+        return self.heads.sum(-1)
+
+
+def _component_attribution(adapter: ModelAdapter, setup: _PatchingSetup) -> ComponentAttribution:
+    """Gradients of the metric on the corrupted run (the scope engine, the metric as its readout),
+    one pass for the heads (``d_head`` wide) and one for the MLPs (``d_model`` wide)."""
+    n_layers, n_heads = adapter.n_layers, adapter.n_heads
+    target = parse_semantic_target(adapter, _metric_as_target(adapter, setup))
+    batch = prepare_tokens(adapter, setup.corrupted_tokens)
+    positions = resolve_positions(setup.position, batch)
+    head_hooks = [adapter.head_output_hook(layer) for layer in range(n_layers)]
+    mlp_hooks = [adapter.mlp_output_hook(layer) for layer in range(n_layers)]
+    clean = adapter.capture(setup.clean_tokens[None], head_hooks + mlp_hooks)
+    corrupted = adapter.capture(setup.corrupted_tokens[None], head_hooks + mlp_hooks)
+
+    def gradients(points: list[PerturbationPoint]) -> torch.Tensor:
+        output = run_scope(
+            adapter, batch, positions, lambda y, logits: semantic_readout(adapter, y, logits, target),
+            points=points, return_gradients=True,
+        )
+        return output.gradients[0, 0]  # [n_rows, pos, width]
+
+    head_gradients = gradients([PerturbationPoint(hook, component_axes=1) for hook in head_hooks])
+    head_difference = torch.stack([(clean[hook][0] - corrupted[hook][0]).transpose(0, 1) for hook in head_hooks])
+    heads = (head_gradients.reshape(n_layers, n_heads, *head_gradients.shape[1:]) * head_difference.float().cpu()).sum(-1)
+    mlp_gradients = gradients([PerturbationPoint(hook) for hook in mlp_hooks])
+    mlp_difference = torch.stack([clean[hook][0] - corrupted[hook][0] for hook in mlp_hooks])
+    return ComponentAttribution(heads=heads, mlps=(mlp_gradients * mlp_difference.float().cpu()).sum(-1))
+
+
+def component_attribution_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    position: int = -1,
+) -> ComponentAttribution:
+    """First-order estimate of :func:`component_activation_patching`'s effects, from two backward
+    passes on the corrupted run. Arguments as for :func:`activation_patching`.
+
+    Example:
+        >>> estimate = component_attribution_patching(model, clean, corrupted, (" Mary", " John"))
+        >>> estimate.heads.shape       # [n_layers, n_heads, pos]
+    """
+    adapter = ModelAdapter(model)
+    return _component_attribution(adapter, _setup(adapter, clean, corrupted, metric, position))
+
+
+@dataclass(frozen=True)
+class ComponentPatchingComparison:
+    """Head- and MLP-level activation patching, attribution patching and the component scope.
+
+    Attributes:
+        activation_patching: patched metrics (heads by position, heads at all positions, MLPs).
+        attribution_patching: first-order estimates on the same cells.
+        scope: the :class:`~jscopes_tl.components.ComponentScopeResult` (on the ``scope_prompt``).
+        scope_prompt: ``"clean"`` or ``"corrupted"``.
+        metric_description, position, clean_str_tokens, corrupted_str_tokens: as in :class:`PatchingComparison`.
+        rank_correlations: Spearman ρ of magnitudes (``|effect|``, ``|estimate|``, scope), over the
+            cells of ``"heads"`` (layer × head × position), ``"heads_all_pos"`` (layer × head; the
+            scope's ``head_totals``) and ``"mlps"`` (layer × position), keyed e.g.
+            ``"heads: activation_vs_scope"``.
+    """
+
+    activation_patching: ComponentPatching
+    attribution_patching: ComponentAttribution
+    scope: ComponentScopeResult
+    scope_prompt: str
+    metric_description: str
+    position: int
+    clean_str_tokens: list[str]
+    corrupted_str_tokens: list[str]
+    rank_correlations: dict[str, float]
+
+
+def compare_components_with_patching(
+    model: Any,
+    clean: str | Int[torch.Tensor, " pos"],
+    corrupted: str | Int[torch.Tensor, " pos"],
+    metric: PatchingMetric = None,
+    *,
+    kind: ScopeKind = "semantic",
+    scope_prompt: Literal["clean", "corrupted"] = "clean",
+    position: int = -1,
+    backend: PatchingBackend = "auto",
+    batch_size: int = 32,
+    **scope_options: Any,
+) -> ComponentPatchingComparison:
+    """Head- and MLP-level activation patching, attribution patching and component scope, side by side.
+
+    As :func:`compare_with_patching`, one level down: the Semantic Scope reads the metric itself;
+    ``**scope_options`` go to :func:`~jscopes_tl.components.component_scope` (e.g. ``rank=``).
+
+    Example:
+        >>> comparison = compare_components_with_patching(model, clean, corrupted, (" Mary", " John"))
+        >>> comparison.rank_correlations["heads_all_pos: activation_vs_scope"]
+    """
+    if scope_prompt not in ("clean", "corrupted"):
+        raise ScopeInputError(f"scope_prompt must be 'clean' or 'corrupted'; got {scope_prompt!r}.")
+    if kind not in _SCOPES:
+        raise ScopeInputError(f"kind must be one of {sorted(_SCOPES)}; got {kind!r}.")
+    if kind == "semantic" and "target" in scope_options:
+        raise ScopeInputError("compare_components_with_patching's Semantic Scope reads the metric; pass metric=, not target=.")
+    adapter = ModelAdapter(model)
+    setup = _setup(adapter, clean, corrupted, metric, position)
+    patching = _component_activation_patching(adapter, setup, backend, batch_size)
+    estimate = _component_attribution(adapter, setup)
+    if kind == "semantic":
+        scope_options = dict(scope_options, target=_metric_as_target(adapter, setup))
+    scope_tokens = setup.clean_tokens if scope_prompt == "clean" else setup.corrupted_tokens
+    scope = component_scope(model, scope_tokens, kind=kind, position=setup.position, **scope_options)
+    maps = {
+        "heads": (patching.heads_effect, estimate.heads, scope.heads),
+        "heads_all_pos": (patching.heads_all_pos_effect, estimate.heads_all_pos, scope.head_totals),
+        "mlps": (patching.mlps_effect, estimate.mlps, scope.mlps),
+    }
+    correlations = {}
+    for cells, (effect, attribution, sensitivity) in maps.items():
+        magnitudes = {"activation": effect.abs(), "attribution": attribution.abs(), "scope": sensitivity}
+        for a, b in (("activation", "attribution"), ("activation", "scope"), ("attribution", "scope")):
+            correlations[f"{cells}: {a}_vs_{b}"] = spearman(magnitudes[a], magnitudes[b])
+    return ComponentPatchingComparison(
+        activation_patching=patching,
+        attribution_patching=estimate,
+        scope=scope,
+        scope_prompt=scope_prompt,
+        metric_description=setup.metric_description,
+        position=setup.position,
+        clean_str_tokens=adapter.str_tokens(setup.clean_tokens),
+        corrupted_str_tokens=adapter.str_tokens(setup.corrupted_tokens),
         rank_correlations=correlations,
     )

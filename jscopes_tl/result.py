@@ -93,7 +93,9 @@ class ScopeResult:
         position: absolute prediction position(s) within each prompt.
         target: target token id(s) of a Semantic Scope (a trailing axis of 2 for a contrast
             ``(a, b)``), otherwise None.
-        prediction: top-k tokens and probabilities at each prediction position.
+        prediction: top-k tokens and probabilities at each prediction position; None when the
+            scope read an internal hook (``readout_hook=``: no logits are computed; the value read
+            is ``metadata["readout_value"]``).
         gradient_x_input: signed variant ``(u^T J_t) · x_t`` for single-direction scopes.
         gradients: ``u^T J_t`` itself (``[..., pos, d_model]``) when requested.
         metadata: numerics (folded/centred weights, hook names), Fisher rank and error bounds.
@@ -106,7 +108,7 @@ class ScopeResult:
     lengths: Int[torch.Tensor, " batch"]
     position: Int[torch.Tensor, "..."]
     target: Int[torch.Tensor, "..."] | None
-    prediction: Prediction
+    prediction: Prediction | None
     gradient_x_input: Float[torch.Tensor, "..."] | None = None
     gradients: Float[torch.Tensor, "..."] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -204,7 +206,12 @@ class ScopeResult:
         return to_pandas(self, words)
 
     def __repr__(self) -> str:
+        read = (
+            f"readout_hook={self.metadata.get('numerics', {}).get('readout_hook')!r}"
+            if self.prediction is None
+            else f"prediction={self.prediction.str_tokens!r}"
+        )
         return (
             f"ScopeResult(kind={self.kind!r}, scores={tuple(self.scores.shape)}, "
-            f"position={self.position.tolist()}, prediction={self.prediction.str_tokens!r})"
+            f"position={self.position.tolist()}, {read})"
         )

@@ -20,6 +20,11 @@ Numerics: ``y`` is the state fed to the unembedding. On a HookedTransformer load
 defaults (and a TransformerBridge in compatibility mode) the final LayerNorm weights are folded
 into ``W_U`` and ``W_U`` is centred; Fisher and contrast scores do not change, single-logit
 Semantic and Temperature scores do. ``result.metadata["numerics"]`` records which applied.
+
+Every scope also takes ``readout_hook=`` (read an internal activation instead of ``y``: a probe,
+a callable or an SAE latent for Semantic, the activation's norm for Temperature; see
+:mod:`jscopes_tl.hook_readouts`) and ``fwd_hooks=`` (TransformerLens's ``[(hook_name, fn), ...]``,
+applied during the scope's forward pass: the scope of the model under that intervention).
 """
 
 from __future__ import annotations
@@ -31,9 +36,18 @@ from typing import Any, Literal, Union
 import torch
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, PerturbationPoint, ReadoutBuilder, run_scope
+from jscopes_tl.engine import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    EngineOutput,
+    FwdHooks,
+    PerturbationPoint,
+    ReadoutBuilder,
+    ReadoutPoint,
+    run_scope,
+)
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.fisher import Solver
+from jscopes_tl.hook_readouts import SAELatent, hook_semantic_readout, hook_temperature_readout, parse_hook_target
 from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
@@ -118,6 +132,8 @@ def jacobian_scope(
     return_gradients: bool = False,
     n_directions: int = 1,
     backward_batch: int | None = None,
+    readout_hook: str | None = None,
+    fwd_hooks: FwdHooks | None = None,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
@@ -128,9 +144,13 @@ def jacobian_scope(
     ``u^T J_t`` itself; ``n_directions`` (how many directions the readout returns per
     prediction) sizes the batched backward passes; ``backward_batch`` fixes how many backward
     vectors share one backward pass (default: 1 on a CPU, where batching them is no faster; as
-    many as ``memory_budget_mb`` holds on an accelerator).
+    many as ``memory_budget_mb`` holds on an accelerator). ``readout_hook`` reads the activation
+    at that hook instead (the builder then gets it as ``y`` and ``None`` for the logits, and the
+    result has no prediction); ``fwd_hooks`` run during the forward pass (see module docs).
     """
     adapter = ModelAdapter(model)
+    readout_point = resolve_readout_hook(adapter, readout_hook)
+    user_hooks = check_fwd_hooks(adapter, fwd_hooks)
     if not isinstance(top_k, int) or top_k < 1:
         raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
     if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
@@ -149,6 +169,8 @@ def jacobian_scope(
         positions,
         build_readout,
         points=[PerturbationPoint(adapter.resid_pre_hook(layer)) for layer in layers],
+        readout=readout_point,
+        fwd_hooks=user_hooks,
         n_directions=n_directions,
         input_scale=input_scale,
         memory_budget_mb=memory_budget_mb,
@@ -156,9 +178,6 @@ def jacobian_scope(
         backward_batch=backward_batch,
     )
 
-    probabilities = torch.softmax(output.logits, dim=-1)
-    top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
-    top_ids = axes.squeeze_prediction(top_ids)
     target = None if output.target is None else axes.squeeze_prediction(output.target)
     hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
@@ -168,6 +187,7 @@ def jacobian_scope(
     }
     for key, values in output.per_prediction.items():
         metadata[key] = axes.squeeze_prediction(values)
+    record_readout_and_hooks(metadata, output, user_hooks)
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
@@ -180,11 +200,7 @@ def jacobian_scope(
         lengths=batch.lengths,
         position=axes.squeeze_prediction(positions.index),
         target=target,
-        prediction=Prediction(
-            token_ids=top_ids,
-            probabilities=axes.squeeze_prediction(top_probabilities),
-            str_tokens=_nested_str_tokens(adapter, top_ids),
-        ),
+        prediction=prediction_of(adapter, output, axes, top_k),
         gradient_x_input=None if output.gradient_x_input is None else axes.squeeze_score(output.gradient_x_input),
         gradients=None if output.gradients is None else axes.squeeze_score(output.gradients),
         metadata=metadata,
@@ -195,9 +211,10 @@ def semantic_scope(
     model: Any,
     inputs: Inputs,
     *,
-    target: Target = None,
+    target: Target | SAELatent = None,
     position: Position = -1,
     layer: Layer = 0,
+    readout_hook: str | None = None,
     **options: Any,
 ) -> ScopeResult:
     """Semantic Scope: how strongly each token moves the logit of ``target`` at ``position``.
@@ -216,42 +233,49 @@ def semantic_scope(
         layer: perturb the residual stream entering this block (0: the embeddings; ``n_layers``:
             the final residual stream); a list or ``"all"`` adds a layers axis before ``pos``
             (``[n_layers + 1, pos]`` for ``"all"``), all from one forward and one backward pass.
+        readout_hook: read the activation at this hook (e.g. ``"blocks.1.hook_resid_post"``)
+            instead of the logits; ``target`` is then a probe direction shaped like the activation
+            per token, a callable of the activation ``[m, ...] -> [m]``, or
+            :func:`~jscopes_tl.hook_readouts.sae_latent` (which also sets the hook: the SAE's).
         **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``,
-            ``backward_batch`` (see :func:`jacobian_scope`).
+            ``backward_batch``, ``fwd_hooks`` (see :func:`jacobian_scope`).
 
     Example:
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
         >>> result.top_tokens(3)
     """
     adapter = ModelAdapter(model)
-    parsed = parse_semantic_target(adapter, target)
+    build, readout_hook = semantic_builder(adapter, target, readout_hook)
     return jacobian_scope(
-        model,
-        inputs,
-        lambda y, logits: semantic_readout(adapter, y, logits, parsed),
-        kind="semantic",
-        position=position,
-        layer=layer,
-        **options,
+        model, inputs, build, kind="semantic", position=position, layer=layer, readout_hook=readout_hook, **options
     )
 
 
 def temperature_scope(
-    model: Any, inputs: Inputs, *, position: Position = -1, layer: Layer = 0, **options: Any
+    model: Any,
+    inputs: Inputs,
+    *,
+    position: Position = -1,
+    layer: Layer = 0,
+    readout_hook: str | None = None,
+    **options: Any,
 ) -> ScopeResult:
     """Temperature Scope: how strongly each token moves the model's confidence ``‖y‖``.
 
     Score of token ``t``: ``‖ŷ^T J_t‖₂ = ‖∂‖y‖/∂x_t‖₂`` with ``ŷ = y/‖y‖`` held constant. It
     depends on whether the final norm's weights were folded into ``W_U`` (see module docs).
+    With ``readout_hook`` it reads the norm of the activation there instead.
 
     Example:
         >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
     """
     adapter = ModelAdapter(model)
     result = jacobian_scope(
-        model, inputs, lambda y, logits: temperature_readout(adapter, y), kind="temperature", position=position, layer=layer, **options
+        model, inputs, temperature_builder(adapter, readout_hook), kind="temperature", position=position,
+        layer=layer, readout_hook=readout_hook, **options,
     )
-    warn_if_norm_is_fixed(adapter, stacklevel=2)  # after the inputs were accepted; at the caller's line
+    if readout_hook is None:
+        warn_if_norm_is_fixed(adapter, stacklevel=2)  # after the inputs were accepted; at the caller's line
     return result
 
 
@@ -264,6 +288,7 @@ def fisher_scope(
     layer: Layer = 0,
     tail_tolerance: float = DEFAULT_FISHER_TAIL_TOLERANCE,
     eigen_solver: Solver = "auto",
+    readout_hook: str | None = None,
     tail_mass: float | None = None,
     **options: Any,
 ) -> ScopeResult:
@@ -280,19 +305,15 @@ def fisher_scope(
     ``eigen_solver``: ``"dense"`` forms ``F`` and calls ``eigh``; ``"krylov"`` is matrix-free
     (block Krylov, residual tolerance 1e-5 relative to ``λ_1``, reported as ``eigen_residual``);
     ``"auto"`` picks by cost and falls back to dense when the spectrum is too flat to converge.
-    ``tail_mass`` (an absolute probability cut) was replaced by ``tail_tolerance``: ``0`` still
-    means no truncation, with a DeprecationWarning; other values raise ``ScopeInputError``.
+    ``readout_hook`` must be None: the Fisher information belongs to the predictive distribution,
+    which only the unembedding input defines. ``tail_mass`` (an absolute probability cut) was
+    replaced by ``tail_tolerance``: ``0`` still means no truncation, with a DeprecationWarning;
+    other values raise ``ScopeInputError``.
 
     Example:
         >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
     """
     adapter = ModelAdapter(model)
-    if rank is None:
-        rank = adapter.d_model
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= adapter.d_model:
-        raise ScopeInputError(
-            f"rank must be an int in [1, d_model={adapter.d_model}] or None (exact); got {rank!r}."
-        )
     if tail_mass is not None:
         if tail_mass != 0:
             raise ScopeInputError(
@@ -306,27 +327,131 @@ def fisher_scope(
             stacklevel=2,
         )
         tail_tolerance = 0.0
+    build, rank = fisher_builder(adapter, rank, tail_tolerance, eigen_solver, readout_hook)
+    result = jacobian_scope(
+        model, inputs, build, kind="fisher", n_directions=rank, position=position, layer=layer, **options
+    )
+    warn_if_truncation_is_coarse(result.metadata, tail_tolerance, stacklevel=2)
+    return result
+
+
+# ------------------------------------------------------------------------------------ readouts of each kind
+def semantic_builder(
+    adapter: ModelAdapter, target: Target | SAELatent, readout_hook: str | None
+) -> tuple[ReadoutBuilder, str | None]:
+    """The Semantic readout builder for ``target``, and the readout hook (an SAE latent brings its own)."""
+    if isinstance(target, SAELatent):
+        own = target.hook_name
+        if readout_hook is None and own is None:
+            raise ScopeInputError(
+                "this SAE names no hook (hook_name, cfg.hook_name or cfg.metadata.hook_name); pass readout_hook=."
+            )
+        if readout_hook is not None and own is not None and readout_hook != own:
+            raise ScopeInputError(
+                f"readout_hook={readout_hook!r} but the SAE was trained on {own!r}; leave readout_hook out."
+            )
+        readout_hook = readout_hook or own
+    if readout_hook is None:
+        parsed = parse_semantic_target(adapter, target)
+        return (lambda y, logits: semantic_readout(adapter, y, logits, parsed)), None
+    hook_target = parse_hook_target(target, readout_hook)
+    return (lambda activation, logits: hook_semantic_readout(activation, hook_target)), readout_hook
+
+
+def temperature_builder(adapter: ModelAdapter, readout_hook: str | None) -> ReadoutBuilder:
+    """``ŷ = y/‖y‖`` at the unembedding input, or ``a/‖a‖`` at ``readout_hook``."""
+    if readout_hook is None:
+        return lambda y, logits: temperature_readout(adapter, y)
+    return lambda activation, logits: hook_temperature_readout(activation)
+
+
+def fisher_builder(
+    adapter: ModelAdapter, rank: int | None, tail_tolerance: float, eigen_solver: Solver, readout_hook: str | None
+) -> tuple[ReadoutBuilder, int]:
+    """The Fisher readout builder after checking its arguments, and the rank (``None`` → ``d_model``)."""
+    if readout_hook is not None:
+        raise ScopeInputError(
+            f"fisher_scope reads the predictive distribution, which only the unembedding input defines; got "
+            f"readout_hook={readout_hook!r}. Use semantic_scope (a probe, callable or SAE latent) or "
+            "temperature_scope there."
+        )
+    if rank is None:
+        rank = adapter.d_model
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= adapter.d_model:
+        raise ScopeInputError(
+            f"rank must be an int in [1, d_model={adapter.d_model}] or None (exact); got {rank!r}."
+        )
     if isinstance(tail_tolerance, bool) or not isinstance(tail_tolerance, (int, float)) or not 0 <= tail_tolerance < 1:
         raise ScopeInputError(f"tail_tolerance must be a fraction of tr(F) in [0, 1); got {tail_tolerance!r}.")
     if eigen_solver not in ("auto", "dense", "krylov"):
         raise ScopeInputError(f"eigen_solver must be 'auto', 'dense' or 'krylov'; got {eigen_solver!r}.")
-    result = jacobian_scope(
-        model,
-        inputs,
-        lambda y, logits: fisher_readout(adapter, y, logits, rank, float(tail_tolerance), eigen_solver),
-        kind="fisher",
-        n_directions=rank,
-        position=position,
-        layer=layer,
-        **options,
-    )
-    worst = float(torch.as_tensor(result.metadata["dropped_trace_fraction"]).max())
+    checked, tolerance = int(rank), float(tail_tolerance)
+    return (lambda y, logits: fisher_readout(adapter, y, logits, checked, tolerance, eigen_solver)), checked
+
+
+def warn_if_truncation_is_coarse(metadata: dict[str, Any], tail_tolerance: float, stacklevel: int) -> None:
+    """Warn when the rows a user's ``tail_tolerance`` dropped hold over 1 % of ``tr F`` somewhere."""
+    worst = float(torch.as_tensor(metadata["dropped_trace_fraction"]).max())
     if worst > FISHER_TAIL_WARNING_FRACTION:
         warnings.warn(
             f"tail_tolerance={tail_tolerance:g} dropped vocabulary rows holding up to {worst:.1%} of "
             "tr(F): Fisher scores may be off by that much. Lower tail_tolerance (default "
             f"{DEFAULT_FISHER_TAIL_TOLERANCE:g}) for exact scores.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel + 1,
         )
-    return result
+
+
+# ------------------------------------------------------------------------------------ readout hooks, user hooks
+def resolve_readout_hook(adapter: ModelAdapter, readout_hook: str | None) -> ReadoutPoint | None:
+    """The engine's readout point for ``readout_hook`` (None: the unembedding input)."""
+    if readout_hook is None:
+        return None
+    if not isinstance(readout_hook, str) or readout_hook not in adapter.model.hook_dict:
+        raise ScopeInputError(
+            f"readout_hook must be the name of one of the model's hook points (model.hook_dict), e.g. "
+            f"{adapter.resid_pre_hook(adapter.n_layers)!r}; got {readout_hook!r}."
+        )
+    adapter.check_readable_hook(readout_hook, "readout_hook")
+    return ReadoutPoint(readout_hook)
+
+
+def check_fwd_hooks(adapter: ModelAdapter, fwd_hooks: FwdHooks | None) -> list[tuple[Any, Any]]:
+    """The user's ``fwd_hooks`` as a list, each ``(hook name or name filter, function)`` checked."""
+    if fwd_hooks is None:
+        return []
+    if isinstance(fwd_hooks, (str, bytes)) or not isinstance(fwd_hooks, Sequence):
+        raise ScopeInputError(f"fwd_hooks must be a list of (hook_name, function) pairs; got {type(fwd_hooks).__name__}.")
+    checked = []
+    for index, entry in enumerate(fwd_hooks):
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not callable(entry[1]):
+            raise ScopeInputError(f"fwd_hooks[{index}] must be a pair (hook_name, function); got {entry!r}.")
+        name = entry[0]
+        if isinstance(name, str):
+            if name not in adapter.model.hook_dict:
+                raise ScopeInputError(f"fwd_hooks[{index}] names {name!r}, which is not a hook point of this model.")
+        elif not callable(name):
+            raise ScopeInputError(f"fwd_hooks[{index}][0] must be a hook name or a name filter; got {name!r}.")
+        checked.append((name, entry[1]))
+    return checked
+
+
+def record_readout_and_hooks(metadata: dict[str, Any], output: EngineOutput, user_hooks: list[tuple[Any, Any]]) -> None:
+    """Record where a result read (``numerics.readout_hook``) and which of the user's hooks ran."""
+    metadata["numerics"]["readout_hook"] = output.readout_hook
+    if user_hooks:
+        metadata["fwd_hooks"] = [name if isinstance(name, str) else getattr(name, "__name__", "filter") for name, _ in user_hooks]
+
+
+def prediction_of(adapter: ModelAdapter, output: EngineOutput, axes: ResultAxes, top_k: int) -> Prediction | None:
+    """The model's top-k next tokens at each scored position; None for an internal readout."""
+    if output.logits is None:
+        return None
+    probabilities = torch.softmax(output.logits, dim=-1)
+    top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    top_ids = axes.squeeze_prediction(top_ids)
+    return Prediction(
+        token_ids=top_ids,
+        probabilities=axes.squeeze_prediction(top_probabilities),
+        str_tokens=_nested_str_tokens(adapter, top_ids),
+    )

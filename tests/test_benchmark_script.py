@@ -26,6 +26,7 @@ def test_benchmark_writes_every_ratio(tmp_path):
         "peaked_eigensolve_share_of_fisher_rank1", "batch16_throughput_ratio", "all_16_speedup_vs_loop",
         "scope_forward_s", "scope_backward_vector_s", "all_speedup_bound", "fisher_rank64_floor_vs_semantic",
         "confident_fisher_rank1_vs_semantic", "confident_eigensolve_share_of_fisher_rank1",
+        "component_vs_semantic",
     ):
         assert math.isfinite(speed[key]) and speed[key] > 0, key
     assert abs(speed["peaked_entropy_nats"] - 3.3) < 0.05

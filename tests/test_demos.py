@@ -15,6 +15,7 @@ OFFLINE_DEMOS = {
     "time_series_temperature": [],
     "scope_vs_attention_heads": [],
     "ground_truth_accuracy": ["--prompts", "1"],
+    "components": ["--prompts", "1"],
 }
 
 

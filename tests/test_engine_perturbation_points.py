@@ -101,7 +101,20 @@ def test_signed_rows_are_gradient_times_activation_summed_within_each_head(any_m
     )
 
 
-def test_return_gradients_refuses_component_points(any_model):
+def test_return_gradients_keeps_each_heads_gradient(any_model):
+    adapter = ModelAdapter(any_model)
+    tokens = adapter.tokenize(PROMPT)
+    direction = torch.randn(adapter.d_model, generator=torch.Generator().manual_seed(3))
+    output = run(any_model, [PerturbationPoint(HEAD_OUTPUT, component_axes=1)], direction, return_gradients=True)
+    jacobian = brute_force_jacobian(any_model, tokens, HEAD_OUTPUT, len(tokens) - 1)
+    expected = torch.einsum("d,dthe->hte", direction.double(), jacobian)  # [head, pos, d_head]
+    torch.testing.assert_close(
+        output.gradients[0, 0].double(), expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max())
+    )
+
+
+def test_return_gradients_refuses_components_of_different_widths(any_model):
     direction = torch.ones(ModelAdapter(any_model).d_model)
+    points = [PerturbationPoint(HEAD_OUTPUT, component_axes=1), PerturbationPoint(MLP_OUTPUT)]
     with pytest.raises(ScopeInputError, match="return_gradients"):
-        run(any_model, [PerturbationPoint(HEAD_OUTPUT, component_axes=1)], direction, return_gradients=True)
+        run(any_model, points, direction, return_gradients=True)

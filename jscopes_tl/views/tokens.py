@@ -128,8 +128,9 @@ def select_columns(
             f"result has {len(position_indices)} positions and {len(layer_indices)} layers; a token view "
             "shows one of them side by side: choose position=... or layer=...."
         )
-    predicted = axes.expand_nested(result.prediction.str_tokens)[prompt]
-    probabilities = axes.expand_prediction(result.prediction.probabilities)[prompt]
+    # An internal readout (readout_hook=) has no next-token prediction: its columns show none.
+    predicted = None if result.prediction is None else axes.expand_nested(result.prediction.str_tokens)[prompt]
+    probabilities = None if result.prediction is None else axes.expand_prediction(result.prediction.probabilities)[prompt]
     columns, labels, positions, predictions = [], [], [], []
     for position_index in position_indices:
         for layer_index in layer_indices:
@@ -142,7 +143,8 @@ def select_columns(
                 label = f"layer {layers[layer_index]}"
             labels.append(label)
             positions.append(absolute)
-            predictions.append(list(zip(predicted[position_index], probabilities[position_index].tolist())))
+            top = [] if predicted is None else zip(predicted[position_index], probabilities[position_index].tolist())
+            predictions.append(list(top))
     stacked = torch.stack(columns).float()
     return TokenColumns(
         str_tokens=list(str_tokens),
