@@ -19,6 +19,13 @@ Hook names are resolved against ``model.hook_dict`` at run time from a short lis
 because which aliases exist depends on version and compatibility mode.
 
 Everything downstream (scopes, views, evaluation) talks to :class:`ModelAdapter` only.
+
+Model hygiene lives here too (:meth:`ModelAdapter.prepared_for_scopes`): a call holds a per-model
+lock (two threads scoring one model take turns), refuses weights it cannot differentiate
+(created under ``torch.inference_mode()``, or on the ``meta`` device) before it changes anything,
+restores every flag it changed even when one restore fails, and hands back the tensors a
+TransformerBridge's attention bridges cache during a forward pass (they hold the call's autograd
+graph, about 1 GB at 1,024 tokens on a GPT-2-size model) as they were before the call.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +64,43 @@ class UnembedStatistics:
 _unembed_statistics: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[Any, ...], UnembedStatistics]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# One re-entrant lock per model: a scope call holds it throughout, so two threads scoring one model
+# take turns instead of interleaving hooks, frozen flags and eval mode. Re-entrant because a call
+# nests (a scope inside faithfulness, prepared_for_scopes inside a scope).
+_model_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def _model_lock(model: torch.nn.Module) -> threading.RLock:
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
+
+
+def _restore_all(restores: list[Callable[[], None]]) -> None:
+    """Run every restore even when some fail; then raise the first failure."""
+    first_error: BaseException | None = None
+    for restore in restores:
+        try:
+            restore()
+        except BaseException as error:  # noqa: BLE001 - re-raised below, after the other restores
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+
+
+def _graph_holding_attributes(model: torch.nn.Module) -> dict[tuple[int, str], tuple[torch.nn.Module, Any]]:
+    """Plain tensor attributes of every submodule (not parameters or buffers), by (module, name)."""
+    return {
+        (id(module), name): (module, value)
+        for module in model.modules()
+        for name, value in vars(module).items()
+        if isinstance(value, torch.Tensor) or value is None
+    }
 
 
 def _is_remote_bridge(model: Any) -> bool:
@@ -115,6 +160,7 @@ class ModelAdapter:
         self.family = _model_family(model)
         self.model = model
         self.cfg = model.cfg
+        self.check_differentiable_weights()
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -244,9 +290,10 @@ class ModelAdapter:
         return tokenizer
 
     def tokenize(self, text: str) -> Int[torch.Tensor, " pos"]:
-        """Tokenise a prompt with the model's own tokenizer and BOS convention."""
+        """Tokenise a prompt with the model's own tokenizer and BOS convention, never truncated
+        (TransformerLens cuts at ``n_ctx`` by default; the caller checks the length)."""
         self.tokenizer  # noqa: B018 - raises the clear error when there is no tokenizer
-        return self.model.to_tokens(text)[0]
+        return self.model.to_tokens(text, truncate=False)[0]
 
     def tokenize_fragment(self, text: str) -> Int[torch.Tensor, " pos"]:
         """Tokenise a piece of text with no BOS (for targets such as ``" liberal"``)."""
@@ -257,6 +304,28 @@ class ModelAdapter:
         if getattr(self.model, "tokenizer", None) is None:
             return [f"<{int(t)}>" for t in tokens]
         return list(self.model.to_str_tokens(tokens.detach().cpu()))
+
+    @property
+    def n_ctx(self) -> int:
+        """The longest sequence the model accepts (its positional tables stop there)."""
+        return int(self.cfg.n_ctx)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        """The tokenizer's unknown token, when it is a token of its own (None when the tokenizer has
+        none, or reuses BOS/EOS/pad for it, as GPT-2-style byte-level tokenizers that never need it do)."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        shared = {getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return None if unknown is None or unknown in shared else int(unknown)
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        """BOS, EOS, pad and the tokenizer's other special tokens (not content)."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+        ids |= {getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return {int(i) for i in ids if i is not None}
 
     @property
     def pad_token_id(self) -> int:
@@ -279,38 +348,87 @@ class ModelAdapter:
         return self.model(tokens)
 
     @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this model's lock: other threads' jscopes_tl calls on the model wait."""
+        with _model_lock(self.model):
+            yield
+
+    def check_differentiable_weights(self) -> None:
+        """Refuse weights autograd cannot use (checked when the adapter is made, so before anything
+        on the model is changed or any input is tokenised).
+
+        Parameters created under ``torch.inference_mode()`` are *inference tensors*: autograd
+        cannot record through them, and their ``requires_grad`` cannot be set outside that mode.
+        ``meta`` tensors have no values at all (a model built with ``device="meta"`` and never
+        loaded).
+        """
+        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+        meta = [name for name, tensor in tensors if tensor.is_meta]
+        if meta:
+            raise UnsupportedModelError(
+                f"model has {len(meta)} tensor(s) on the meta device (e.g. {meta[0]!r}): its weights were never "
+                "loaded. Load real weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
+            )
+        inference = [name for name, tensor in tensors if tensor.is_inference()]
+        if inference:
+            raise UnsupportedModelError(
+                f"model was created under torch.inference_mode(): {len(inference)} of its tensors (e.g. "
+                f"{inference[0]!r}) are inference tensors, which autograd cannot differentiate through. "
+                "Create or load the model outside the inference_mode() block (no_grad() is fine)."
+            )
+
+    @contextlib.contextmanager
     def prepared_for_scopes(self) -> Iterator[None]:
-        """Eval mode, parameters frozen, autograd on; everything restored on exit.
+        """The model, held for one call: locked, eval mode, parameters frozen, autograd on.
 
         Only the perturbation needs a gradient: freezing parameters stops autograd from saving
-        activations for weight gradients, which a scope never reads.
+        activations for weight gradients, which a scope never reads. On exit every parameter's
+        ``requires_grad`` and every module's mode are restored (each one, even when another fails),
+        and tensor attributes the forward passes left on submodules holding the call's autograd
+        graph (a TransformerBridge attention bridge's cached pattern) get their earlier values back.
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "Jacobian Scopes need autograd, which torch.inference_mode() disables; "
                 "call the scope outside the inference_mode() block."
             )
-        parameters = list(self.model.parameters())
-        requires_grad = [p.requires_grad for p in parameters]
-        try:
-            for parameter in parameters:
-                parameter.requires_grad_(False)
-            with self.eval_mode(), torch.enable_grad():
-                yield
-        finally:
-            for parameter, flag in zip(parameters, requires_grad):
-                parameter.requires_grad_(flag)
+        with self.lock():
+            attributes = _graph_holding_attributes(self.model)
+            parameters = list(self.model.parameters())
+            requires_grad = [p.requires_grad for p in parameters]
+            try:
+                for parameter in parameters:
+                    parameter.requires_grad_(False)
+                with self.eval_mode(), torch.enable_grad():
+                    yield
+            finally:
+                restores = [
+                    lambda parameter=parameter, flag=flag: parameter.requires_grad_(flag)
+                    for parameter, flag in zip(parameters, requires_grad)
+                ]
+                _restore_all([*restores, lambda: self._release_call_graph(attributes)])
+
+    def _release_call_graph(self, before: dict[tuple[int, str], tuple[torch.nn.Module, Any]]) -> None:
+        """Give back the earlier value of every submodule tensor attribute that now holds an
+        autograd graph it did not hold before (a cache written during this call's forward passes)."""
+        for key, (module, value) in _graph_holding_attributes(self.model).items():
+            if value is None or value.grad_fn is None:
+                continue
+            earlier = before.get(key, (module, None))[1]
+            if earlier is not value:
+                setattr(module, key[1], earlier)
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
-        """Eval mode (no dropout) for the duration; every module's own mode restored on exit."""
-        training = [(module, module.training) for module in self.model.modules()]
-        try:
-            self.model.eval()
-            yield
-        finally:
-            for module, mode in training:
-                module.training = mode
+        """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
+        restored on exit."""
+        with self.lock():
+            training = [(module, module.training) for module in self.model.modules()]
+            try:
+                self.model.eval()
+                yield
+            finally:
+                _restore_all([lambda module=module, mode=mode: setattr(module, "training", mode) for module, mode in training])
 
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:
@@ -453,9 +571,13 @@ class ModelLoadError(RuntimeError):
 def load_pretrained(name_or_path: str, *, device: str | None = None) -> Any:
     """A Hugging Face hub name or a local directory of a saved model, as a TransformerLens model.
 
-    TransformerLens with TransformerBridge (3.x, 4.x): ``TransformerBridge.boot_transformers``.
-    TransformerLens 2.x: ``HookedTransformer.from_pretrained`` for hub names it supports, and
-    :func:`hooked_transformer_from_hf_directory` (same processing) for a local directory.
+    The weights are loaded *unprocessed* on every TransformerLens generation, so the logits and
+    every scope match the Hugging Face model (and Temperature Scope sees the final norm's gain):
+    TransformerLens with TransformerBridge (3.x, 4.x): ``TransformerBridge.boot_transformers``
+    (no compatibility mode). TransformerLens 2.x: ``HookedTransformer.from_pretrained_no_processing``
+    for hub names it supports, and :func:`hooked_transformer_from_hf_directory` with every
+    processing flag off for a local directory. (``HookedTransformer.from_pretrained``'s default
+    folds the final norm into ``W_U``, which fixes ``‖y‖`` and makes every Temperature score 0.)
 
     Before a hub name is looked up, one quick connection probe checks that the hub is reachable
     (no probe when ``HF_HUB_OFFLINE`` is set). Offline, a model missing from the local cache fails
@@ -500,10 +622,17 @@ def _load_transformer_lens_model(source: str, *, device: str | None, is_local: b
 
             return TransformerBridge.boot_transformers(source, device=device)
         if is_local:
-            return hooked_transformer_from_hf_directory(source, device=device)
+            return hooked_transformer_from_hf_directory(
+                source,
+                device=device,
+                fold_ln=False,
+                center_writing_weights=False,
+                center_unembed=False,
+                fold_value_biases=False,
+            )
         from transformer_lens import HookedTransformer
 
-        return HookedTransformer.from_pretrained(source, device=device)
+        return HookedTransformer.from_pretrained_no_processing(source, device=device)
     except (OSError, ValueError, KeyError, NotImplementedError) as error:
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise ModelLoadError(

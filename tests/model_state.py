@@ -1,0 +1,98 @@
+"""Everything a jscopes_tl call must leave as it found it, captured so that two snapshots compare.
+
+``ModelState.capture(model)`` records, for one model and the process: the hooks of every
+submodule (forward, forward-pre, backward, backward-pre, with and without kwargs), the hooks of
+every TransformerLens hook point, torch's global module hooks (``torch.nn.modules.module._global_*``),
+each parameter's ``requires_grad`` and ``.grad``, each module's train/eval mode, the bytes of every
+parameter and buffer, and torch's grad and inference modes. ``assert_unchanged`` names what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.modules.module as torch_module
+
+_MODULE_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a tensor (NaN compares equal to the same NaN, -0.0 differs from 0.0)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).clone()
+
+
+def _global_hooks() -> dict[str, tuple[Any, ...]]:
+    return {
+        name: tuple(value.keys())
+        for name, value in vars(torch_module).items()
+        if name.startswith("_global_") and isinstance(value, dict)
+    }
+
+
+@dataclass
+class ModelState:
+    module_hooks: dict[str, tuple[tuple[Any, ...], ...]]
+    hook_point_hooks: dict[str, tuple[int, int]]
+    global_hooks: dict[str, tuple[Any, ...]]
+    requires_grad: dict[str, bool]
+    grads: dict[str, torch.Tensor | None]
+    training: dict[str, bool]
+    tensors: dict[str, torch.Tensor]
+    grad_enabled: bool
+    inference_mode: bool
+
+    @classmethod
+    def capture(cls, model: torch.nn.Module) -> ModelState:
+        parameters = dict(model.named_parameters(remove_duplicate=False))
+        return cls(
+            module_hooks={
+                name: tuple(tuple(getattr(module, d, {}).keys()) for d in _MODULE_HOOK_DICTS)
+                for name, module in model.named_modules(remove_duplicate=False)
+            },
+            hook_point_hooks={
+                name: (len(getattr(point, "fwd_hooks", [])), len(getattr(point, "bwd_hooks", [])))
+                for name, point in getattr(model, "hook_dict", {}).items()
+            },
+            global_hooks=_global_hooks(),
+            requires_grad={name: p.requires_grad for name, p in parameters.items()},
+            grads={name: None if p.grad is None else _bytes(p.grad) for name, p in parameters.items()},
+            training={name: module.training for name, module in model.named_modules(remove_duplicate=False)},
+            tensors={
+                **{f"parameter {name}": _bytes(p) for name, p in parameters.items()},
+                **{f"buffer {name}": _bytes(b) for name, b in model.named_buffers(remove_duplicate=False)},
+            },
+            grad_enabled=torch.is_grad_enabled(),
+            inference_mode=torch.is_inference_mode_enabled(),
+        )
+
+    def assert_unchanged(self, model: torch.nn.Module, context: str = "") -> None:
+        """Raise AssertionError naming the first kind of state that differs from this snapshot."""
+        now = ModelState.capture(model)
+        where = f" after {context}" if context else ""
+        for field in ("module_hooks", "hook_point_hooks", "global_hooks", "requires_grad", "training"):
+            before, after = getattr(self, field), getattr(now, field)
+            changed = [key for key in set(before) | set(after) if before.get(key) != after.get(key)]
+            assert not changed, f"{field} changed{where}: {sorted(changed)[:5]}"
+        for field in ("tensors", "grads"):
+            before, after = getattr(self, field), getattr(now, field)
+            assert before.keys() == after.keys(), f"{field} names changed{where}"
+            changed = [
+                key
+                for key in before
+                if (before[key] is None) != (after[key] is None)
+                or (before[key] is not None and not torch.equal(before[key], after[key]))
+            ]
+            assert not changed, f"{field} changed{where}: {changed[:5]}"
+        assert (now.grad_enabled, now.inference_mode) == (self.grad_enabled, self.inference_mode), (
+            f"torch grad mode changed{where}"
+        )
