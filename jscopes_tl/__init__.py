@@ -8,7 +8,7 @@ through hooks on a HookedTransformer or TransformerBridge:
 >>> result.scores          # one score per prompt token
 """
 
-from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError, UnsupportedModelError
+from jscopes_tl.errors import NonFiniteLogitsError, NonFiniteScoresError, ScopeInputError, UnsupportedModelError
 from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness
 from jscopes_tl.patching import (
     ActivationPatching,
@@ -28,6 +28,7 @@ __all__ = [
     "FaithfulnessReport",
     "LayerResolvedScope",
     "NonFiniteLogitsError",
+    "NonFiniteScoresError",
     "PatchingComparison",
     "Prediction",
     "ScopeInputError",

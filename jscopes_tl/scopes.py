@@ -16,6 +16,10 @@ Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                         
                                                                     confidence ``‖y‖``?
 ============  ====================================================  ===========================
 
+Arguments are checked before the model runs, each failure a :class:`ScopeInputError` naming the
+argument; the whole call holds the model's lock (:meth:`ModelAdapter.lock`), so two threads
+scoring one model take turns. Repeated prediction positions are computed once and copied.
+
 Numerics: ``y`` is the state fed to the unembedding. On a HookedTransformer loaded with the
 defaults (and a TransformerBridge in compatibility mode) the final LayerNorm weights are folded
 into ``W_U`` and ``W_U`` is centred; Fisher and contrast scores do not change, single-logit
@@ -24,6 +28,8 @@ Semantic and Temperature scores do. ``result.metadata["numerics"]`` records whic
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, Union
 
@@ -31,9 +37,9 @@ import torch
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, EngineOutput, ReadoutBuilder, run_scope
-from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.errors import NonFiniteScoresError, ScopeInputError
 from jscopes_tl.fisher import Solver
-from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
+from jscopes_tl.inputs import Inputs, Position, Positions, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
     fisher_readout,
@@ -69,10 +75,65 @@ def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool
     raise ScopeInputError(f"layer must be an int, a non-empty list of ints or 'all'; got {layer!r}.")
 
 
+def _check_options(
+    top_k: Any, input_scale: Any, memory_budget_mb: Any, return_gradients: Any, backward_batch: Any
+) -> None:
+    def is_real(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    if not is_real(input_scale) or not 0 < input_scale <= 1:
+        raise ScopeInputError(f"input_scale must be a number in (0, 1]; got {input_scale!r}.")
+    if not is_real(memory_budget_mb) or memory_budget_mb <= 0:
+        raise ScopeInputError(f"memory_budget_mb must be a finite number of megabytes > 0; got {memory_budget_mb!r}.")
+    if not isinstance(return_gradients, bool):
+        raise ScopeInputError(f"return_gradients must be True or False; got {return_gradients!r}.")
+    if backward_batch is not None and (
+        isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1
+    ):
+        raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
+
+
+def _expand_positions(output: EngineOutput, positions: Positions) -> EngineOutput:
+    """Copy the results of repeated positions (computed once) back to every requested slot. The
+    logits stay per distinct position (the caller reduces them to the top-k first: a long list of
+    repeats times the vocabulary would not fit in memory)."""
+
+    def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.index_select(1, positions.expand)
+
+    return dataclasses.replace(
+        output,
+        scores=expand(output.scores),
+        gradient_x_input=expand(output.gradient_x_input),
+        gradients=expand(output.gradients),
+        target=expand(output.target),
+        per_prediction={key: expand(values) for key, values in output.per_prediction.items()},
+    )
+
+
+def _check_finite(scores: torch.Tensor, kind: str) -> None:
+    """NaN or infinite scores are never returned: they come from a readout (e.g. a target callable
+    returning NaN) or gradients that are not finite, and would rank tokens arbitrarily."""
+    if not torch.isfinite(scores).all():
+        first = [int(i) for i in (~torch.isfinite(scores)).nonzero()[0]]
+        raise NonFiniteScoresError(
+            f"the {kind} scope's scores are NaN or infinite (first at index {first} of scores "
+            "[batch, positions, layers, pos]); check the target (a callable's value and gradient must be "
+            "finite) and the model's weights."
+        )
+
+
 def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
-    if token_ids.ndim == 1:
-        return adapter.str_tokens(token_ids)
-    return [_nested_str_tokens(adapter, row) for row in token_ids]
+    """The string of every id in a tensor of any shape, as nested lists (each distinct id decoded once)."""
+    distinct = token_ids.unique()
+    strings = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
+
+    def nested(values: Any) -> Any:
+        return [nested(value) for value in values] if isinstance(values, list) else strings[values]
+
+    return nested(token_ids.tolist())
 
 
 def jacobian_scope(
@@ -89,6 +150,7 @@ def jacobian_scope(
     return_gradients: bool = False,
     n_directions: int = 1,
     backward_batch: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
@@ -99,46 +161,53 @@ def jacobian_scope(
     ``u^T J_t`` itself; ``n_directions`` (how many directions the readout returns per
     prediction) sizes the batched backward passes; ``backward_batch`` fixes how many backward
     vectors share one backward pass (default: 1 on a CPU, where batching them is no faster; as
-    many as ``memory_budget_mb`` holds on an accelerator).
+    many as ``memory_budget_mb`` holds on an accelerator). ``attention_mask`` (with a token
+    tensor; 1 = real token) marks padding: each prompt's real tokens are scored as if alone, in a
+    right-padded layout, and ``metadata["input_columns"]`` maps them back to the tensor's columns
+    (see :mod:`jscopes_tl.inputs`).
     """
     adapter = ModelAdapter(model)
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
-    if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
-        raise ScopeInputError(f"input_scale must be in (0, 1]; got {input_scale!r}.")
-    if backward_batch is not None and (
-        isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1
-    ):
-        raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
+    _check_options(top_k, input_scale, memory_budget_mb, return_gradients, backward_batch)
     layers, single_layer = resolve_layers(adapter, layer)
-    batch = prepare_tokens(adapter, inputs)
+    batch = prepare_tokens(adapter, inputs, attention_mask)
     positions = resolve_positions(position, batch)
     axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=not single_layer)
-    output: EngineOutput = run_scope(
-        adapter,
-        batch,
-        positions,
-        build_readout,
-        layers=layers,
-        n_directions=n_directions,
-        input_scale=input_scale,
-        memory_budget_mb=memory_budget_mb,
-        return_gradients=return_gradients,
-        backward_batch=backward_batch,
-    )
+    with adapter.lock():
+        output: EngineOutput = run_scope(
+            adapter,
+            batch,
+            positions,
+            build_readout,
+            layers=layers,
+            n_directions=n_directions,
+            input_scale=float(input_scale),
+            memory_budget_mb=float(memory_budget_mb),
+            return_gradients=return_gradients,
+            backward_batch=backward_batch,
+        )
+        numerics = adapter.numerics(output.perturbation_hooks[0] if single_layer else output.perturbation_hooks)
+    _check_finite(output.scores, kind)
 
     probabilities = torch.softmax(output.logits, dim=-1)
     top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    position_index = positions.index
+    if positions.expand is not None:
+        output = _expand_positions(output, positions)
+        top_probabilities, top_ids, position_index = (
+            tensor.index_select(1, positions.expand) for tensor in (top_probabilities, top_ids, position_index)
+        )
     top_ids = axes.squeeze_prediction(top_ids)
     target = None if output.target is None else axes.squeeze_prediction(output.target)
-    hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
         "layer": layers[0] if single_layer else layers,
-        "numerics": adapter.numerics(hooks[0] if single_layer else hooks).as_dict(),
+        "numerics": numerics.as_dict(),
         **output.metadata,
     }
     for key, values in output.per_prediction.items():
         metadata[key] = axes.squeeze_prediction(values)
+    if batch.input_columns is not None:
+        columns = [row[:length].tolist() for row, length in zip(batch.input_columns, batch.lengths.tolist())]
+        metadata["input_columns"] = columns[0] if batch.single else columns
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
@@ -148,7 +217,7 @@ def jacobian_scope(
         tokens=batch.tokens[0] if batch.single else batch.tokens,
         str_tokens=str_tokens[0] if batch.single else str_tokens,
         lengths=batch.lengths,
-        position=axes.squeeze_prediction(positions.index),
+        position=axes.squeeze_prediction(position_index),
         target=target,
         prediction=Prediction(
             token_ids=top_ids,
