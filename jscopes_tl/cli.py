@@ -11,15 +11,21 @@
   else the first) or plain text, one prompt a line.
 * ``jscopes models``: the bundled models and their held-out accuracy.
 
-``--model`` takes a bundled model (``recall``, ``induction``, ``periodic``), a random toy model
-(``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a Hugging Face hub name or a local directory of a
-saved model. Exit codes: 0 success, 2 bad arguments, 1 runtime failure (e.g. a model that cannot
-be loaded). Errors go to stderr; results to stdout or the files named.
+``--model`` is required (there is no default model: a random toy model's predictions are noise,
+and a bundled model knows only its task's words) and takes a bundled model (``recall``,
+``induction``, ``periodic``), a random toy model (``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a
+Hugging Face hub name or a local directory of a saved model; a name close to a bundled or toy
+name is taken as a typo. Hub and local checkpoints load unprocessed (see
+:func:`jscopes_tl.adapter.load_pretrained`). Exit codes: 0 success, 2 bad arguments (including a
+prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
+written, all checked before any computation), 1 runtime failure (e.g. a model that cannot be
+loaded). Errors go to stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -29,6 +35,7 @@ from typing import Any
 from jscopes_tl import models
 from jscopes_tl.adapter import ModelLoadError, hooked_transformer_available, load_pretrained
 from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
+from jscopes_tl.export import check_output_path
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 
@@ -40,8 +47,14 @@ class UsageError(Exception):
     """Bad command-line arguments (exit code 2)."""
 
 
-def load_model(name: str) -> Any:
+def _known_models() -> str:
+    return f"bundled: {', '.join(models.BUNDLED_MODELS)}; random toys: {', '.join(TOY_MODELS)}"
+
+
+def load_model(name: str | None) -> Any:
     """A bundled model, a toy model, a hub name or a local directory, as a TransformerLens model."""
+    if not name:
+        raise UsageError(f"--model is required: {_known_models()}; or a Hugging Face hub name or a local directory")
     if models.is_bundled(name):
         return models.load(name)
     if name in TOY_MODELS:
@@ -49,7 +62,13 @@ def load_model(name: str) -> Any:
 
         family = "hooked" if hooked_transformer_available() else "bridge"
         return toy_model(TOY_MODELS[name], family=family, init_scale=0.3)
-    return load_pretrained(name)
+    close = difflib.get_close_matches(name, [*models.BUNDLED_MODELS, *TOY_MODELS], n=1, cutoff=0.75)
+    if close and not Path(name).expanduser().exists():
+        raise UsageError(f"unknown model {name!r}; did you mean {close[0]!r}? ({_known_models()})")
+    try:
+        return load_pretrained(name)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{error}\nThe models that need no download are: {_known_models()}.") from error
 
 
 def _position(text: str) -> int | str:
@@ -103,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scope = commands.add_parser("scope", help="score every token of a prompt for one prediction")
     scope.add_argument("text", help="the prompt")
-    scope.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
+    scope.add_argument("--model", help=f"required; {MODEL_HELP}")
     scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic")
     scope.add_argument("--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: top-1")
     scope.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
@@ -123,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="faithfulness (AOPC, leave-one-out) of scopes and baselines over prompts")
     evaluate.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line")
-    evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
+    evaluate.add_argument("--model", help=f"required; {MODEL_HELP}")
     evaluate.add_argument("--scorers", nargs="+", help="scorer names (default: all built in)")
     evaluate.add_argument("--ablation", choices=("zero", "pad"), default="zero")
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
@@ -151,9 +170,10 @@ def _result_record(result: ScopeResult, model_name: str, text: str) -> dict[str,
     }
 
 
-def _check_writable(path: Path | None) -> None:
-    if path is not None and not path.expanduser().resolve().parent.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist")
+def _check_writable(path: Path | None, option: str) -> None:
+    """Output files are checked before the model is loaded, so a bad path fails at once."""
+    if path is not None:
+        check_output_path(path, option)
 
 
 def run_scope_command(args: argparse.Namespace) -> int:
@@ -163,8 +183,8 @@ def run_scope_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
     if not args.text:
         raise UsageError("the prompt is empty")
-    _check_writable(args.out)
-    _check_writable(args.json_path)
+    _check_writable(args.out, "--out")
+    _check_writable(args.json_path, "--json")
     model = load_model(args.model)
     target = (args.target, args.contrast) if args.contrast is not None else args.target
     kinds = KINDS if args.kind == "all" else (args.kind,)
@@ -204,7 +224,7 @@ def run_ground_truth_command(args: argparse.Namespace) -> int:
 
     from jscopes_tl.models.ground_truth import format_table, ground_truth_accuracy
 
-    _check_writable(args.json_path)
+    _check_writable(args.json_path, "--json")
     reports = []
     for name in tqdm(args.models, desc="bundled models", unit="model", file=sys.stderr):
         reports.append(ground_truth_accuracy(models.load(name), name, n_prompts=args.prompts, seed=args.seed))
@@ -230,7 +250,17 @@ def read_prompts(path: Path) -> list[str]:
 
     if not path.is_file():
         raise UsageError(f"no such prompts file: {str(path)!r}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    content = path.read_bytes()
+    try:
+        if b"\0" in content:
+            raise UnicodeDecodeError("utf-8", content, content.index(b"\0"), content.index(b"\0") + 1, "NUL byte")
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{str(path)!r} is not a UTF-8 text file (byte {error.start}: {error.reason}); "
+            "prompts go in a .jsonl, .csv or plain-text file"
+        ) from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         prompts = []
         for number, line in enumerate(lines, 1):
@@ -257,7 +287,7 @@ def read_prompts(path: Path) -> list[str]:
 def run_eval_command(args: argparse.Namespace) -> int:
     from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
 
-    _check_writable(args.json_path)
+    _check_writable(args.json_path, "--json")
     prompts = read_prompts(args.prompts)[: args.limit]
     scorers = args.scorers or list(DEFAULT_SCORERS)
     unknown = [name for name in scorers if name not in DEFAULT_SCORERS]
