@@ -149,6 +149,21 @@ def _resolve_scorers(scorers: Sequence[str] | Mapping[str, Scorer], seed: int) -
     return {name: available[name] for name in scorers}
 
 
+def _checked_scores(name: str, scores: Any, n_tokens: int) -> Float[torch.Tensor, " pos"]:
+    """A scorer's output as float32 CPU scores, or a clear error naming the scorer."""
+    if not isinstance(scores, torch.Tensor) or scores.is_complex():
+        raise ScopeInputError(f"scorer {name!r} returned {type(scores).__name__}; a scorer returns a real tensor [pos].")
+    if tuple(scores.shape) != (n_tokens,):
+        raise ScopeInputError(
+            f"scorer {name!r} returned shape {tuple(scores.shape)} for a context of {n_tokens} tokens; "
+            f"a scorer returns one score per context token, shape [{n_tokens}]."
+        )
+    scores = scores.detach().float().cpu()
+    if not torch.isfinite(scores).all():
+        raise ScopeInputError(f"scorer {name!r} returned NaN or infinite scores; rankings of them are arbitrary.")
+    return scores
+
+
 # --------------------------------------------------------------------------------- ablation
 def _ablated_log_probabilities(
     adapter: ModelAdapter,
@@ -262,7 +277,7 @@ def _prompt_list(adapter: ModelAdapter, prompts: Prompts) -> list[torch.Tensor]:
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, (str, torch.Tensor)) or (isinstance(prompt, torch.Tensor) and prompt.ndim != 1):
             raise ScopeInputError(f"prompts[{index}] must be text or token ids [pos]; got {type(prompt).__name__}.")
-        token_lists.append(prepare_tokens(adapter, prompt).tokens[0])
+        token_lists.append(prepare_tokens(adapter, prompt, argument=f"prompts[{index}]").tokens[0])
     return token_lists
 
 
@@ -332,7 +347,7 @@ def evaluate_faithfulness(
         context, gold = tokens[:-1], int(tokens[-1])
         candidates = _candidates(adapter, context)
         counts = top_k_counts(len(candidates), fractions)
-        scores = {name: scorer(model, context, gold).detach().float().cpu() for name, scorer in scorer_functions.items()}
+        scores = {name: _checked_scores(name, scorer(model, context, gold), len(context)) for name, scorer in scorer_functions.items()}
 
         # One batch: the original, each scorer's top-n for every fraction, each leave-one-out.
         variants = [torch.zeros(len(context), dtype=torch.bool)]

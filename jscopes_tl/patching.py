@@ -91,7 +91,7 @@ def _single_prompt(adapter: ModelAdapter, prompt: str | torch.Tensor, argument: 
         raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got a tensor of shape {tuple(prompt.shape)}.")
     if not isinstance(prompt, (str, torch.Tensor)):
         raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got {type(prompt).__name__}.")
-    return prepare_tokens(adapter, prompt).tokens[0]
+    return prepare_tokens(adapter, prompt, argument=argument).tokens[0]
 
 
 def _absolute_position(position: int, n_tokens: int, argument: str = "position") -> int:
