@@ -344,7 +344,15 @@ class ModelAdapter:
             yield
 
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
-        # Tokens go positionally: HookedTransformer and the bridge name the argument differently.
+        """The model on a batch whose every token is real (right padding only ever follows them).
+
+        Tokens go positionally: HookedTransformer and the bridge name the argument differently. A
+        HookedTransformer whose tokenizer pads on the left would build an attention mask from the
+        tokens themselves and hide leading pad-id tokens (a BOS that doubles as the pad token), so
+        it is told the batch is right-padded; a bridge never masks a token tensor by itself.
+        """
+        if self.family == HOOKED_TRANSFORMER:
+            return self.model(tokens, padding_side="right")
         return self.model(tokens)
 
     @contextlib.contextmanager

@@ -266,11 +266,14 @@ def _delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
 
 
-def _prompt_list(adapter: ModelAdapter, prompts: Prompts) -> list[torch.Tensor]:
-    if isinstance(prompts, str) or (isinstance(prompts, torch.Tensor) and prompts.ndim == 1):
+def _prompt_list(adapter: ModelAdapter, prompts: Prompts, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    if isinstance(prompts, torch.Tensor):  # padding only as attention_mask says (jscopes_tl.inputs)
+        batch = prepare_tokens(adapter, prompts, attention_mask, argument="prompts")
+        return [row[:length] for row, length in zip(batch.tokens, batch.lengths.tolist())]
+    if attention_mask is not None:
+        raise ScopeInputError("attention_mask applies to prompts given as a token tensor [batch, pos].")
+    if isinstance(prompts, str):
         prompts = [prompts]
-    if isinstance(prompts, torch.Tensor):
-        prompts = list(prompts)
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ScopeInputError(f"prompts must be a prompt or a non-empty list of prompts (text or token ids [pos]); got {type(prompts).__name__}.")
     token_lists = []
@@ -304,6 +307,7 @@ def evaluate_faithfulness(
     batch_size: int = 64,
     progress: bool = True,
     seed: int = 0,
+    attention_mask: torch.Tensor | None = None,
 ) -> FaithfulnessReport:
     """AOPC and leave-one-out agreement of each scorer over a list of prompts (module docstring).
 
@@ -317,6 +321,8 @@ def evaluate_faithfulness(
         batch_size: ablated forwards per batch.
         progress: show a tqdm progress bar over prompts.
         seed: seed of the random scorer.
+        attention_mask: with prompts as a padded token tensor ``[batch, pos]``, 1 for real tokens
+            (see :mod:`jscopes_tl.inputs`); each prompt is its real tokens.
 
     Example:
         >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
@@ -333,7 +339,7 @@ def evaluate_faithfulness(
         raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
     adapter = ModelAdapter(model)
     scorer_functions = _resolve_scorers(scorers, seed)
-    token_lists = _prompt_list(adapter, prompts)
+    token_lists = _prompt_list(adapter, prompts, attention_mask)
     for index, tokens in enumerate(token_lists):
         if len(_candidates(adapter, tokens[:-1])) == 0:
             raise ScopeInputError(

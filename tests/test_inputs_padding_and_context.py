@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from jscopes_tl import ScopeInputError, fisher_scope, models, semantic_scope, temperature_scope
+from jscopes_tl import (
+    ScopeInputError,
+    evaluate_faithfulness,
+    fisher_scope,
+    layer_resolved_scope,
+    models,
+    semantic_scope,
+    temperature_scope,
+)
 
 PROMPTS = ["Tom loves Korean food. He is a", "The cat sat", "German: Dies ist"]
 
@@ -60,6 +68,19 @@ def test_attention_mask_drops_masked_tokens_anywhere_in_a_row(any_model):
     alone = semantic_scope(any_model, tokens[keep.bool()])
     torch.testing.assert_close(masked.scores, alone.scores, rtol=1e-5, atol=1e-7)
     assert masked.metadata["input_columns"] == [i for i in range(len(tokens)) if i not in (3, 4)]
+
+
+def test_a_tokenizer_that_pads_on_the_left_does_not_mask_real_tokens(model):
+    """HookedTransformer masks leading pad-id tokens itself when its tokenizer pads on the left;
+    every token a scope is given is real, BOS-as-pad ones included."""
+    tokens = torch.tensor([0, 0, 52, 258, 275])  # two BOS tokens, as the paper's reference code uses
+    expected = semantic_scope(model, tokens).scores
+    side = model.tokenizer.padding_side
+    try:
+        model.tokenizer.padding_side = "left"
+        torch.testing.assert_close(semantic_scope(model, tokens).scores, expected, rtol=1e-5, atol=1e-7)
+    finally:
+        model.tokenizer.padding_side = side
 
 
 def test_left_padded_tensor_without_mask_warns_that_padding_is_scored(any_model):
@@ -162,3 +183,16 @@ def test_repeats_among_other_positions_keep_the_requested_order(any_model):
 def test_numpy_and_tensor_integer_positions_are_accepted(any_model, position, expected):
     result = semantic_scope(any_model, PROMPTS[0], position=position)
     assert torch.equal(result.scores, semantic_scope(any_model, PROMPTS[0], position=expected).scores)
+
+
+def test_faithfulness_and_layer_resolved_scopes_honour_the_mask_too(any_model):
+    tokens, mask, lengths = left_padded(any_model, PROMPTS[:2])
+    scorers = {"first": lambda model, context, gold: torch.arange(len(context), 0, -1).float()}
+    masked = evaluate_faithfulness(any_model, tokens, scorers, attention_mask=mask, progress=False)
+    alone = evaluate_faithfulness(any_model, [any_model.to_tokens(p)[0] for p in PROMPTS[:2]], scorers, progress=False)
+    assert masked.rows == alone.rows
+    with pytest.warns(UserWarning, match="left-padded"):
+        evaluate_faithfulness(any_model, tokens, scorers, progress=False)
+    resolved = layer_resolved_scope(any_model, tokens[1], attention_mask=mask[1])
+    expected = layer_resolved_scope(any_model, PROMPTS[1])
+    torch.testing.assert_close(resolved.scores, expected.scores, rtol=1e-5, atol=1e-7)

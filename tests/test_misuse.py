@@ -192,6 +192,14 @@ def test_misuse_gives_a_clear_error_and_leaves_every_model_as_it_was(context, ca
         before[name].assert_unchanged(model, f"{case!r} on the {name} model")
 
 
+def test_report_checks_its_path_before_computing(context, monkeypatch):
+    import jscopes_tl.views.report as report_module
+
+    monkeypatch.setattr(report_module, "semantic_scope", lambda *a, **k: pytest.fail("report computed before checking path"))
+    with pytest.raises(ScopeInputError, match="is a directory"):
+        report(context.model, PROMPT, path=context.tmp_path)
+
+
 def test_every_public_function_is_in_the_table():
     public = {
         name
