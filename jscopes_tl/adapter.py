@@ -25,7 +25,7 @@ lock (two threads scoring one model take turns), refuses weights it cannot diffe
 (created under ``torch.inference_mode()``, or on the ``meta`` device) before it changes anything,
 restores every flag it changed even when one restore fails, and hands back the tensors a
 TransformerBridge's attention bridges cache during a forward pass (they hold the call's autograd
-graph, about 1 GB at 1,024 tokens on a GPT-2-size model) as they were before the call.
+graph: 1.3 GB measured at 1,024 tokens on a GPT-2-size model) as they were before the call.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,14 +93,58 @@ def _restore_all(restores: list[Callable[[], None]]) -> None:
         raise first_error
 
 
-def _graph_holding_attributes(model: torch.nn.Module) -> dict[tuple[int, str], tuple[torch.nn.Module, Any]]:
-    """Plain tensor attributes of every submodule (not parameters or buffers), by (module, name)."""
-    return {
-        (id(module), name): (module, value)
-        for module in model.modules()
-        for name, value in vars(module).items()
-        if isinstance(value, torch.Tensor) or value is None
-    }
+def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every module a call can touch: the registered tree, and a TransformerBridge's wrapped Hugging
+    Face model, whose root (and e.g. its ``transformer.drop`` dropout) is not registered with the
+    bridge (``original_model`` lives in ``__dict__``) yet ``bridge.eval()`` switches it too."""
+    modules = {id(module): module for module in model.modules()}
+    wrapped = vars(model).get("original_model")
+    if isinstance(wrapped, torch.nn.Module):
+        modules.update((id(module), module) for module in wrapped.modules())
+    return list(modules.values())
+
+
+# Per model, the (module, attribute name) pairs that can hold a cached tensor: plain attributes
+# holding a tensor or None when the model is first scored. Scanning every attribute of every module
+# costs milliseconds on a GPT-2-size bridge (800 modules), so it is done once. Modules are held
+# weakly, so that the entry never keeps its model alive.
+_cache_slots: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[weakref.ref, str]]] = weakref.WeakKeyDictionary()
+
+
+def _tensor_attributes(model: torch.nn.Module) -> list[tuple[torch.nn.Module | None, str, Any]]:
+    """The current value of every plain tensor attribute of the model's modules (not parameters or
+    buffers, which live in their own dictionaries)."""
+    slots = _cache_slots.get(model)
+    if slots is None:
+        slots = _cache_slots[model] = [
+            (weakref.ref(module), name)
+            for module in _all_modules(model)
+            for name, value in vars(module).items()
+            if (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)) or value is None
+        ]
+    modules = [reference() for reference, _ in slots]
+    return [(module, name, None if module is None else vars(module).get(name)) for module, (_, name) in zip(modules, slots)]
+
+
+def _check_differentiable(tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Refuse weights autograd cannot use.
+
+    Tensors created under ``torch.inference_mode()`` are *inference tensors*: autograd cannot record
+    through them, and their ``requires_grad`` cannot be set outside that mode. ``meta`` tensors have
+    no values at all (a model built on the ``meta`` device and never loaded).
+    """
+    for name, tensor in tensors:
+        if tensor.is_meta:
+            raise UnsupportedModelError(
+                f"model has weights on the meta device (e.g. {name!r}): they were never loaded. Load real "
+                "weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
+            )
+        if tensor.is_inference():
+            raise UnsupportedModelError(
+                f"model was created under torch.inference_mode(): its weights (e.g. {name!r}) are inference "
+                "tensors, which autograd cannot differentiate through. Create or load the model outside the "
+                "inference_mode() block (no_grad() is fine)."
+            )
 
 
 def _is_remote_bridge(model: Any) -> bool:
@@ -160,7 +204,10 @@ class ModelAdapter:
         self.family = _model_family(model)
         self.model = model
         self.cfg = model.cfg
-        self.check_differentiable_weights()
+        # The unembedding alone here (a call builds several adapters; a full pass over the weights
+        # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
+        # tokenising. prepared_for_scopes checks every weight before it changes anything.
+        _check_differentiable([("W_U", self.W_U)])
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -361,30 +408,6 @@ class ModelAdapter:
         with _model_lock(self.model):
             yield
 
-    def check_differentiable_weights(self) -> None:
-        """Refuse weights autograd cannot use (checked when the adapter is made, so before anything
-        on the model is changed or any input is tokenised).
-
-        Parameters created under ``torch.inference_mode()`` are *inference tensors*: autograd
-        cannot record through them, and their ``requires_grad`` cannot be set outside that mode.
-        ``meta`` tensors have no values at all (a model built with ``device="meta"`` and never
-        loaded).
-        """
-        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
-        meta = [name for name, tensor in tensors if tensor.is_meta]
-        if meta:
-            raise UnsupportedModelError(
-                f"model has {len(meta)} tensor(s) on the meta device (e.g. {meta[0]!r}): its weights were never "
-                "loaded. Load real weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
-            )
-        inference = [name for name, tensor in tensors if tensor.is_inference()]
-        if inference:
-            raise UnsupportedModelError(
-                f"model was created under torch.inference_mode(): {len(inference)} of its tensors (e.g. "
-                f"{inference[0]!r}) are inference tensors, which autograd cannot differentiate through. "
-                "Create or load the model outside the inference_mode() block (no_grad() is fine)."
-            )
-
     @contextlib.contextmanager
     def prepared_for_scopes(self) -> Iterator[None]:
         """The model, held for one call: locked, eval mode, parameters frozen, autograd on.
@@ -401,7 +424,8 @@ class ModelAdapter:
                 "call the scope outside the inference_mode() block."
             )
         with self.lock():
-            attributes = _graph_holding_attributes(self.model)
+            _check_differentiable([*self.model.named_parameters(), *self.model.named_buffers()])
+            attributes = _tensor_attributes(self.model)
             parameters = list(self.model.parameters())
             requires_grad = [p.requires_grad for p in parameters]
             try:
@@ -416,27 +440,31 @@ class ModelAdapter:
                 ]
                 _restore_all([*restores, lambda: self._release_call_graph(attributes)])
 
-    def _release_call_graph(self, before: dict[tuple[int, str], tuple[torch.nn.Module, Any]]) -> None:
-        """Give back the earlier value of every submodule tensor attribute that now holds an
-        autograd graph it did not hold before (a cache written during this call's forward passes)."""
-        for key, (module, value) in _graph_holding_attributes(self.model).items():
-            if value is None or value.grad_fn is None:
-                continue
-            earlier = before.get(key, (module, None))[1]
-            if earlier is not value:
-                setattr(module, key[1], earlier)
+    def _release_call_graph(self, before: list[tuple[torch.nn.Module, str, Any]]) -> None:
+        """Give back the earlier value of every module tensor attribute that now holds an autograd
+        graph it did not hold before (a cache written during this call's forward passes)."""
+        for (module, name, earlier), (_, _, value) in zip(before, _tensor_attributes(self.model)):
+            if module is not None and isinstance(value, torch.Tensor) and value.grad_fn is not None and value is not earlier:
+                setattr(module, name, earlier)
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
         """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
         restored on exit."""
         with self.lock():
-            training = [(module, module.training) for module in self.model.modules()]
+            training = [(module, module.training) for module in _all_modules(self.model)]
             try:
-                self.model.eval()
+                if any(mode for _, mode in training):
+                    self.model.eval()
                 yield
             finally:
-                _restore_all([lambda module=module, mode=mode: setattr(module, "training", mode) for module, mode in training])
+                _restore_all(
+                    [
+                        lambda module=module, mode=mode: setattr(module, "training", mode)
+                        for module, mode in training
+                        if module.training != mode
+                    ]
+                )
 
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:

@@ -246,7 +246,7 @@ def semantic_scope(
     Args:
         model: a HookedTransformer or TransformerBridge.
         inputs: a prompt, a list of prompts (a right-padded batch) or token ids ``[pos]`` /
-            ``[batch, pos]`` used exactly as given.
+            ``[batch, pos]`` used exactly as given (padding only where ``attention_mask`` says).
         target: ``None`` (the model's own top-1 prediction at each position), a token string
             (exactly one token, e.g. ``" liberal"``) or id, a pair ``(a, b)`` scoring the logit
             difference ``a - b``, a ``[d_model]`` direction tensor, or a callable mapping
@@ -256,7 +256,7 @@ def semantic_scope(
             the final residual stream); a list or ``"all"`` adds a layers axis before ``pos``
             (``[n_layers + 1, pos]`` for ``"all"``), all from one forward and one backward pass.
         **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``,
-            ``backward_batch`` (see :func:`jacobian_scope`).
+            ``backward_batch``, ``attention_mask`` (see :func:`jacobian_scope`).
 
     Example:
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))

@@ -1,7 +1,7 @@
 """Everything a jscopes_tl call must leave as it found it, captured so that two snapshots compare.
 
 ``ModelState.capture(model)`` records, for one model and the process: the hooks of every
-submodule (forward, forward-pre, backward, backward-pre, with and without kwargs), the hooks of
+submodule (a TransformerBridge's wrapped Hugging Face model included) (forward, forward-pre, backward, backward-pre, with and without kwargs), the hooks of
 every TransformerLens hook point, torch's global module hooks (``torch.nn.modules.module._global_*``),
 each parameter's ``requires_grad`` and ``.grad``, each module's train/eval mode, the bytes of every
 parameter and buffer, and torch's grad and inference modes. ``assert_unchanged`` names what differs.
@@ -42,6 +42,16 @@ def _global_hooks() -> dict[str, tuple[Any, ...]]:
     }
 
 
+def _named_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The registered modules, and a TransformerBridge's wrapped Hugging Face model (not registered
+    with the bridge, yet switched by ``bridge.eval()``)."""
+    named = list(model.named_modules(remove_duplicate=False))
+    wrapped = vars(model).get("original_model")
+    if isinstance(wrapped, torch.nn.Module):
+        named += [(f"original_model.{name}", module) for name, module in wrapped.named_modules(remove_duplicate=False)]
+    return named
+
+
 @dataclass
 class ModelState:
     module_hooks: dict[str, tuple[tuple[Any, ...], ...]]
@@ -57,10 +67,11 @@ class ModelState:
     @classmethod
     def capture(cls, model: torch.nn.Module) -> ModelState:
         parameters = dict(model.named_parameters(remove_duplicate=False))
+        modules = dict(_named_modules(model))
         return cls(
             module_hooks={
                 name: tuple(tuple(getattr(module, d, {}).keys()) for d in _MODULE_HOOK_DICTS)
-                for name, module in model.named_modules(remove_duplicate=False)
+                for name, module in modules.items()
             },
             hook_point_hooks={
                 name: (len(getattr(point, "fwd_hooks", [])), len(getattr(point, "bwd_hooks", [])))
@@ -69,7 +80,7 @@ class ModelState:
             global_hooks=_global_hooks(),
             requires_grad={name: p.requires_grad for name, p in parameters.items()},
             grads={name: None if p.grad is None else _bytes(p.grad) for name, p in parameters.items()},
-            training={name: module.training for name, module in model.named_modules(remove_duplicate=False)},
+            training={name: module.training for name, module in modules.items()},
             tensors={
                 **{f"parameter {name}": _bytes(p) for name, p in parameters.items()},
                 **{f"buffer {name}": _bytes(b) for name, b in model.named_buffers(remove_duplicate=False)},

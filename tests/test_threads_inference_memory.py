@@ -134,3 +134,16 @@ def test_nothing_of_the_call_stays_alive_after_it_returns(model):
     assert _graph_holders(model) == []
     cached_after = _cached_patterns(model)
     assert all(cached_after[name] is value for name, value in cached_before.items())  # the user's own cache is back
+
+
+@pytest.mark.skipif(FAMILY != "bridge", reason="a TransformerBridge wraps a Hugging Face model")
+def test_the_wrapped_hugging_face_model_gets_its_train_mode_back():
+    """bridge.eval() also switches the wrapped model's root and its unregistered modules (GPT-2's
+    embedding dropout), which the bridge's own module tree does not list."""
+    model = toy_model("gpt2", family="bridge", init_scale=0.3)
+    model.train()
+    wrapped = vars(model)["original_model"]
+    before = [module.training for module in wrapped.modules()]
+    assert all(before)
+    semantic_scope(model, PROMPT)
+    assert [module.training for module in wrapped.modules()] == before
