@@ -252,14 +252,15 @@ def read_prompts(path: Path) -> list[str]:
         raise UsageError(f"no such prompts file: {str(path)!r}")
     content = path.read_bytes()
     try:
-        if b"\0" in content:
-            raise UnicodeDecodeError("utf-8", content, content.index(b"\0"), content.index(b"\0") + 1, "NUL byte")
         text = content.decode("utf-8")
+        bad_byte = content.find(b"\0")  # NUL is valid UTF-8 but no text file holds it
     except UnicodeDecodeError as error:
+        bad_byte = error.start
+    if bad_byte >= 0:
         raise UsageError(
-            f"{str(path)!r} is not a UTF-8 text file (byte {error.start}: {error.reason}); "
+            f"{str(path)!r} is not a UTF-8 text file (unexpected byte at offset {bad_byte}); "
             "prompts go in a .jsonl, .csv or plain-text file"
-        ) from None
+        )
     lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         prompts = []

@@ -6,7 +6,10 @@ position, one layer). Code that treats every result alike first restores them:
 
 The dict form keeps every field: tensors become nested lists with their dtype recorded, so
 ``ScopeResult.from_dict(result.to_dict())`` gives back equal tensors (float32 values survive JSON
-exactly). :func:`from_dict` checks its input against the schema below before building anything
+exactly). The pandas form is a tidy long table, one row per (prompt, prediction position, layer,
+token) — or per word with ``words="sum"`` / ``"max"`` — which is what plotting and groupby want.
+
+:func:`from_dict` checks its input against the schema below before building anything
 and rejects what does not fit with one :class:`~jscopes_tl.errors.ResultFormatError` (a
 ``ValueError``) naming the offending key, so a damaged or hand-edited file never becomes a result
 that fails later.
@@ -30,8 +33,7 @@ across fields, exactly as in the :class:`~jscopes_tl.result.ScopeResult` that wa
                         str_tokens: nested lists of str of the same shape}
     metadata           dict; "layer" is an int, or a list of ints when the layers axis is present
 
-A tensor is ``{"__tensor__": true, "dtype": "<torch dtype name>", "data": <nested lists>}``. The pandas form is a tidy long table, one row per (prompt, prediction position, layer,
-token) — or per word with ``words="sum"`` / ``"max"`` — which is what plotting and groupby want.
+A tensor is ``{"__tensor__": true, "dtype": "<torch dtype name>", "data": <nested lists>}``.
 """
 
 from __future__ import annotations
@@ -97,13 +99,13 @@ def _encode(value: Any, where: str) -> Any:
     raise TypeError(f"{where} has type {type(value).__name__}, which cannot be exported to JSON.")
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         if value.get(_TENSOR_TAG):
-            return _decode_tensor(value, "a tensor")
-        return {key: _decode(item) for key, item in value.items()}
+            return _decode_tensor(value, where)
+        return {key: _decode(item, f"{where}[{key!r}]") for key, item in value.items()}
     if isinstance(value, list):
-        return [_decode(item) for item in value]
+        return [_decode(item, f"{where}[{index}]") for index, item in enumerate(value)]
     return value
 
 
@@ -258,12 +260,12 @@ def from_dict(data: dict[str, Any]) -> ScopeResult:
         kind=data["kind"],
         str_tokens=data["str_tokens"],
         prediction=Prediction(
-            token_ids=_decode(prediction["token_ids"]),
-            probabilities=_decode(prediction["probabilities"]),
+            token_ids=_decode(prediction["token_ids"], "data['prediction']['token_ids']"),
+            probabilities=_decode(prediction["probabilities"], "data['prediction']['probabilities']"),
             str_tokens=prediction["str_tokens"],
         ),
-        metadata=_decode(data["metadata"]),
-        **{name: _decode(data[name]) for name in _TENSOR_FIELDS},
+        metadata=_decode(data["metadata"], "data['metadata']"),
+        **{name: _decode(data[name], f"data[{name!r}]") for name in _TENSOR_FIELDS},
     )
 
 

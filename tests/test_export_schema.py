@@ -80,6 +80,10 @@ BROKEN = {
     "prediction strings missing": (_set(("prediction", "str_tokens"), None), r"\['prediction'\]\['str_tokens'\]"),
     "layer not an int": (_set(("metadata", "layer"), "first"), "layer"),
     "metadata not a dict": (_set(("metadata",), []), r"data\['metadata'\] must be a dict"),
+    "metadata tensor of unknown dtype": (
+        _set(("metadata", "extra"), {"__tensor__": True, "dtype": "nope", "data": []}),
+        r"data\['metadata'\]\['extra'\] has dtype 'nope'",
+    ),
 }
 
 
