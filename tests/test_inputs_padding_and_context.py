@@ -18,6 +18,7 @@ from jscopes_tl import (
     semantic_scope,
     temperature_scope,
 )
+from jscopes_tl.adapter import ModelAdapter
 
 PROMPTS = ["Tom loves Korean food. He is a", "The cat sat", "German: Dies ist"]
 
@@ -32,9 +33,7 @@ def left_padded(model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, 
     return tokens, mask, lengths
 
 
-@pytest.mark.parametrize("kind", ["semantic", "fisher"])
-def test_left_padded_tensor_with_attention_mask_gives_each_prompt_its_own_scores(model, kind):
-    scope = {"semantic": semantic_scope, "fisher": lambda *a, **k: fisher_scope(*a, rank=2, tail_mass=0.0, **k)}[kind]
+def assert_each_prompt_scored_alone(model, scope):
     tokens, mask, lengths = left_padded(model, PROMPTS)
     batched = scope(model, tokens, attention_mask=mask)
     width = tokens.shape[1]
@@ -48,14 +47,41 @@ def test_left_padded_tensor_with_attention_mask_gives_each_prompt_its_own_scores
         assert batched.prediction.token_ids[row].tolist() == alone.prediction.token_ids.tolist()
 
 
-def test_masked_prediction_matches_the_models_own_masked_forward_pass(model):
-    """The packed layout is what TransformerLens computes with the mask (an independent path:
-    its own attention masking and position ids on the left-padded tensor)."""
+def _fisher(*args, **options):
+    return fisher_scope(*args, rank=2, **options)
+
+
+def test_left_padded_tensor_with_attention_mask_gives_each_prompt_its_own_scores(model):
+    assert_each_prompt_scored_alone(model, semantic_scope)
+
+
+def test_left_padded_fisher_scope_too(any_model):
+    assert_each_prompt_scored_alone(any_model, _fisher)
+
+
+def test_masked_scores_match_the_models_own_masked_forward_pass(model):
+    """An independent path: TransformerLens's own attention masking and position ids on the
+    left-padded tensor, differentiated by brute force with respect to the residual stream it
+    builds: ‖∂logit_target/∂x_t‖ at every column, which the packed scores must equal once put back
+    in the user's columns; and the prediction is the masked forward pass's."""
     tokens, mask, _ = left_padded(model, PROMPTS)
-    result = semantic_scope(model, tokens, attention_mask=mask, top_k=3)
-    with torch.no_grad():
+    target = 5
+    result = semantic_scope(model, tokens, attention_mask=mask, target=target, top_k=3)
+    stream: dict[str, torch.Tensor] = {}
+
+    def make_the_stream_a_leaf(activation: torch.Tensor, hook) -> torch.Tensor:
+        stream["x"] = activation.detach().requires_grad_(True)
+        return stream["x"]
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(ModelAdapter(model).resid_pre_hook(0), make_the_stream_a_leaf)]):
         logits = model(tokens, attention_mask=mask)[:, -1].float()
-    top = torch.softmax(logits, dim=-1).topk(3, dim=-1)
+        (gradient,) = torch.autograd.grad(logits[:, target].sum(), stream["x"])
+    expected = gradient.float().norm(dim=-1) * mask  # [batch, pos] in the user's columns
+    for row, columns in enumerate(result.metadata["input_columns"]):
+        scores = torch.zeros(tokens.shape[1])
+        scores[columns] = result.scores[row, : len(columns)]
+        torch.testing.assert_close(scores, expected[row], rtol=1e-4, atol=1e-6 * float(expected.max()))
+    top = torch.softmax(logits.detach(), dim=-1).topk(3, dim=-1)
     assert result.prediction.token_ids.tolist() == top.indices.tolist()
     torch.testing.assert_close(result.prediction.probabilities, top.values, rtol=1e-4, atol=1e-6)
 
@@ -166,8 +192,8 @@ def test_repeated_positions_are_computed_once(any_model):
 
 
 def test_repeats_among_other_positions_keep_the_requested_order(any_model):
-    result = fisher_scope(any_model, PROMPTS[:2], position=[-1, 1, -1, 2], rank=2, return_gradients=True)
-    distinct = fisher_scope(any_model, PROMPTS[:2], position=[-1, 1, 2], rank=2, return_gradients=True)
+    result = fisher_scope(any_model, PROMPTS[:2], position=[-1, 1, -1, 2], rank=2)
+    distinct = fisher_scope(any_model, PROMPTS[:2], position=[-1, 1, 2], rank=2)
     assert torch.equal(result.scores[:, [0, 1, 3]], distinct.scores)
     assert torch.equal(result.scores[:, 2], distinct.scores[:, 0])
     assert torch.equal(result.position[:, [0, 1, 3]], distinct.position)

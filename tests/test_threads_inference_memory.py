@@ -15,7 +15,7 @@ from jscopes_tl import UnsupportedModelError, fisher_scope, semantic_scope, temp
 from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
 from jscopes_tl.toy import toy_model
 
-from conftest import PROMPT
+from conftest import MODEL_SPECS, PROMPT, build
 from model_state import ModelState
 
 FAMILY = "hooked" if hooked_transformer_available() else "bridge"
@@ -28,7 +28,9 @@ CALLS = [
 ]
 
 
-def test_threads_scoring_one_model_take_turns_and_leave_it_clean(model):
+@pytest.mark.parametrize("name", [name for name, _ in MODEL_SPECS if name.endswith(("-gpt2", "-llama"))])
+def test_threads_scoring_one_model_take_turns_and_leave_it_clean(name):
+    model = build(name)
     serial = [call(model) for call in CALLS]
     before = ModelState.capture(model)
     results: dict[tuple[int, int], torch.Tensor] = {}
