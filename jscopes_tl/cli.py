@@ -18,8 +18,8 @@ Hugging Face hub name or a local directory of a saved model; a name close to a b
 name is taken as a typo. Hub and local checkpoints load unprocessed (see
 :func:`jscopes_tl.adapter.load_pretrained`). Exit codes: 0 success, 2 bad arguments (including a
 prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
-written, all checked before any computation), 1 runtime failure (e.g. a model that cannot be
-loaded). Errors go to stderr; results to stdout or the files named.
+written: the last two checked before a model is loaded, all before any computation), 1 runtime
+failure (e.g. a model that cannot be loaded). Errors go to stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
