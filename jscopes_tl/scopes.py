@@ -17,8 +17,9 @@ Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                         
 ============  ====================================================  ===========================
 
 Arguments are checked before the model runs, each failure a :class:`ScopeInputError` naming the
-argument; the whole call holds the model's lock (:meth:`ModelAdapter.lock`), so two threads
-scoring one model take turns. Repeated prediction positions are computed once and copied.
+argument; everything that runs or reads the model holds its lock (:meth:`ModelAdapter.lock`), so
+two threads scoring one model take turns. Repeated prediction positions are computed once and
+copied.
 
 Numerics: ``y`` is the state fed to the unembedding. On a HookedTransformer loaded with the
 defaults (and a TransformerBridge in compatibility mode) the final LayerNorm weights are folded
