@@ -17,7 +17,7 @@ Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                         
 ============  ====================================================  ===========================
 
 Arguments are checked before the model runs, each failure a :class:`ScopeInputError` naming the
-argument; everything that runs or reads the model holds its lock (:meth:`ModelAdapter.lock`), so
+argument; the engine runs the model under its lock (:meth:`ModelAdapter.prepared_for_scopes`), so
 two threads scoring one model take turns. Repeated prediction positions are computed once and
 copied.
 
@@ -173,20 +173,18 @@ def jacobian_scope(
     batch = prepare_tokens(adapter, inputs, attention_mask)
     positions = resolve_positions(position, batch)
     axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=not single_layer)
-    with adapter.lock():
-        output: EngineOutput = run_scope(
-            adapter,
-            batch,
-            positions,
-            build_readout,
-            layers=layers,
-            n_directions=n_directions,
-            input_scale=float(input_scale),
-            memory_budget_mb=float(memory_budget_mb),
-            return_gradients=return_gradients,
-            backward_batch=backward_batch,
-        )
-        numerics = adapter.numerics(output.perturbation_hooks[0] if single_layer else output.perturbation_hooks)
+    output: EngineOutput = run_scope(
+        adapter,
+        batch,
+        positions,
+        build_readout,
+        layers=layers,
+        n_directions=n_directions,
+        input_scale=input_scale,
+        memory_budget_mb=memory_budget_mb,
+        return_gradients=return_gradients,
+        backward_batch=backward_batch,
+    )
     _check_finite(output.scores, kind)
 
     probabilities = torch.softmax(output.logits, dim=-1)
@@ -199,9 +197,10 @@ def jacobian_scope(
         )
     top_ids = axes.squeeze_prediction(top_ids)
     target = None if output.target is None else axes.squeeze_prediction(output.target)
+    hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
         "layer": layers[0] if single_layer else layers,
-        "numerics": numerics.as_dict(),
+        "numerics": adapter.numerics(hooks[0] if single_layer else hooks).as_dict(),
         **output.metadata,
     }
     for key, values in output.per_prediction.items():
