@@ -3,7 +3,6 @@ computation when an argument is wrong (exit 2, one line on stderr); checkpoints 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -16,13 +16,13 @@ from jscopes_tl import ScopeResult, semantic_scope
 from jscopes_tl.errors import ResultFormatError
 from jscopes_tl.export import validate
 
+from conftest import MODEL_SPECS, build
+
 PROMPTS = ["Tom loves Korean food. He is a", "The cat sat"]
 
 
 @pytest.fixture(scope="module")
-def exported(request) -> dict[str, Any]:
-    from conftest import MODEL_SPECS, build
-
+def exported() -> dict[str, Any]:
     model = build(MODEL_SPECS[0][0])
     return semantic_scope(model, PROMPTS, position=[0, -1], target=(3, 9), return_gradients=True).to_dict()
 
