@@ -9,7 +9,7 @@ through hooks on a HookedTransformer or TransformerBridge:
 """
 
 from jscopes_tl.components import ComponentScopeResult, component_scope
-from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError, UnsupportedModelError
+from jscopes_tl.errors import NonFiniteLogitsError, NonFiniteScoresError, ScopeInputError, UnsupportedModelError
 from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness
 from jscopes_tl.patching import (
     ActivationPatching,
@@ -32,6 +32,7 @@ __all__ = [
     "FaithfulnessReport",
     "LayerResolvedScope",
     "NonFiniteLogitsError",
+    "NonFiniteScoresError",
     "PatchingComparison",
     "Prediction",
     "ScopeInputError",

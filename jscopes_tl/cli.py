@@ -14,15 +14,22 @@
   the model finds implausible (the answer left out, most often), a warning on stderr names them.
 * ``jscopes models``: the bundled models, their held-out accuracy and an example command each.
 
-``--model`` takes a bundled model (``recall``, ``induction``, ``periodic``), a random toy model
-(``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a Hugging Face hub name or a local directory of a
-saved model. Exit codes: 0 success, 2 bad arguments, 1 runtime failure (e.g. a model that cannot
-be loaded). Errors and warnings go to stderr; results to stdout or the files named.
+``--model`` is required (there is no default model: a random toy model's predictions are noise,
+and a bundled model knows only its task's words) and takes a bundled model (``recall``,
+``induction``, ``periodic``), a random toy model (``toy-gpt2``, ``toy-llama``, ``toy-gemma2``), a
+Hugging Face hub name or a local directory of a saved model; a name close to a bundled or toy
+name is taken as a typo. Hub and local checkpoints load unprocessed (see
+:func:`jscopes_tl.adapter.load_pretrained`). Exit codes: 0 success, 2 bad arguments (including a
+prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
+written: the last two checked before a model is loaded, all before any computation), 1 runtime
+failure (e.g. a model that cannot be loaded). Errors and warnings go to stderr; results to stdout
+or the files named.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import sys
@@ -33,6 +40,7 @@ from typing import Any
 from jscopes_tl import models
 from jscopes_tl.adapter import ModelLoadError, hooked_transformer_available, load_pretrained
 from jscopes_tl.errors import ScopeInputError, UnsupportedModelError
+from jscopes_tl.export import check_output_path
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 
@@ -44,8 +52,14 @@ class UsageError(Exception):
     """Bad command-line arguments (exit code 2)."""
 
 
-def load_model(name: str) -> Any:
+def _known_models() -> str:
+    return f"bundled: {', '.join(models.BUNDLED_MODELS)}; random toys: {', '.join(TOY_MODELS)}"
+
+
+def load_model(name: str | None) -> Any:
     """A bundled model, a toy model, a hub name or a local directory, as a TransformerLens model."""
+    if not name:
+        raise UsageError(f"--model is required: {_known_models()}; or a Hugging Face hub name or a local directory")
     if models.is_bundled(name):
         return models.load(name)
     if name in TOY_MODELS:
@@ -53,7 +67,13 @@ def load_model(name: str) -> Any:
 
         family = "hooked" if hooked_transformer_available() else "bridge"
         return toy_model(TOY_MODELS[name], family=family, init_scale=0.3)
-    return load_pretrained(name)
+    close = difflib.get_close_matches(name, [*models.BUNDLED_MODELS, *TOY_MODELS], n=1, cutoff=0.75)
+    if close and not Path(name).expanduser().exists():
+        raise UsageError(f"unknown model {name!r}; did you mean {close[0]!r}? ({_known_models()})")
+    try:
+        return load_pretrained(name)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{error}\nThe models that need no download are: {_known_models()}.") from error
 
 
 def _position(text: str) -> int | str:
@@ -162,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: jscopes scope "a=3 b=7 c=1 b=" --model recall --kind all --out scope.html',
     )
     scope.add_argument("text", help="the prompt")
-    scope.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
+    scope.add_argument("--model", help=f"required; {MODEL_HELP}")
     scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
     scope.add_argument(
         "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
@@ -194,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line, each ending with its answer"
     )
-    evaluate.add_argument("--model", default="toy-gpt2", help=MODEL_HELP)
+    evaluate.add_argument("--model", help=f"required; {MODEL_HELP}")
     evaluate.add_argument(
         "--scorers", nargs="+", metavar="SCORER", help=f"scorers to compare, from: {', '.join(DEFAULT_SCORERS)} (default: all)"
     )
@@ -229,9 +249,10 @@ def _result_record(result: ScopeResult, model_name: str, text: str) -> dict[str,
     }
 
 
-def _check_writable(path: Path | None) -> None:
-    if path is not None and not path.expanduser().resolve().parent.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist")
+def _check_writable(path: Path | None, option: str) -> None:
+    """Output files are checked before the model is loaded, so a bad path fails at once."""
+    if path is not None:
+        check_output_path(path, option)
 
 
 def run_scope_command(args: argparse.Namespace) -> int:
@@ -241,8 +262,8 @@ def run_scope_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
     if not args.text:
         raise UsageError("the prompt is empty")
-    _check_writable(args.out)
-    _check_writable(args.json_path)
+    _check_writable(args.out, "--out")
+    _check_writable(args.json_path, "--json")
     model = load_model(args.model)
     target = (args.target, args.contrast) if args.contrast is not None else args.target
     kinds = KINDS if args.kind == "all" else (args.kind,)
@@ -277,7 +298,7 @@ def run_scope_command(args: argparse.Namespace) -> int:
 def run_ground_truth_command(args: argparse.Namespace) -> int:
     from jscopes_tl.models.ground_truth import format_table, ground_truth_accuracy
 
-    _check_writable(args.json_path)
+    _check_writable(args.json_path, "--json")
     reports = []
     for name in args.models:  # one progress bar per model, over its prompts
         model = models.load(name)
@@ -304,7 +325,18 @@ def read_prompts(path: Path) -> list[str]:
 
     if not path.is_file():
         raise UsageError(f"no such prompts file: {str(path)!r}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    content = path.read_bytes()
+    try:
+        text = content.decode("utf-8")
+        bad_byte = content.find(b"\0")  # NUL is valid UTF-8 but no text file holds it
+    except UnicodeDecodeError as error:
+        bad_byte = error.start
+    if bad_byte >= 0:
+        raise UsageError(
+            f"{str(path)!r} is not a UTF-8 text file (unexpected byte at offset {bad_byte}); "
+            "prompts go in a .jsonl, .csv or plain-text file"
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         prompts = []
         for number, line in enumerate(lines, 1):
@@ -372,7 +404,7 @@ def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
 def run_eval_command(args: argparse.Namespace) -> int:
     from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
 
-    _check_writable(args.json_path)
+    _check_writable(args.json_path, "--json")
     prompts = read_prompts(args.prompts)[: args.limit]
     scorers = args.scorers or list(DEFAULT_SCORERS)
     unknown = [name for name in scorers if name not in DEFAULT_SCORERS]

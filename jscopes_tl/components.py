@@ -52,7 +52,10 @@ from jscopes_tl.readouts import Target, warn_if_norm_is_fixed
 from jscopes_tl.result import Prediction, ResultAxes
 from jscopes_tl.scopes import (
     DEFAULT_FISHER_TAIL_TOLERANCE,
+    check_finite,
     check_fwd_hooks,
+    check_options,
+    expand_positions,
     fisher_builder,
     prediction_of,
     record_readout_and_hooks,
@@ -185,6 +188,7 @@ def component_scope(
     top_k: int = 5,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     backward_batch: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> ComponentScopeResult:
     """Per attention head and per MLP, per token: how sensitive the readout is to that output.
 
@@ -199,7 +203,7 @@ def component_scope(
             ``tail_tolerance``, ``eigen_solver``; see :func:`~jscopes_tl.fisher_scope`) or ``"temperature"``.
         target: the Semantic target (token, contrast pair, direction, callable, SAE latent).
         readout_hook, fwd_hooks: read an internal activation; run the user's hooks (as for every scope).
-        top_k, memory_budget_mb, backward_batch: as for :func:`~jscopes_tl.jacobian_scope`.
+        top_k, memory_budget_mb, backward_batch, attention_mask: as for :func:`~jscopes_tl.jacobian_scope`.
 
     Example:
         >>> result = component_scope(model, "When Mary and John went to the store, John gave a drink to",
@@ -207,12 +211,11 @@ def component_scope(
         >>> result.top_heads(3), result.top_cells(3)
     """
     adapter = ModelAdapter(model)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    check_options(top_k, 1.0, memory_budget_mb, False, backward_batch)
     build, n_directions, readout_hook = _builder(adapter, kind, target, rank, tail_tolerance, eigen_solver, readout_hook)
     readout_point = resolve_readout_hook(adapter, readout_hook)
     user_hooks = check_fwd_hooks(adapter, fwd_hooks)
-    batch = prepare_tokens(adapter, inputs)
+    batch = prepare_tokens(adapter, inputs, attention_mask)
     positions = resolve_positions(position, batch)
     n_layers, n_heads = adapter.n_layers, adapter.n_heads
     head_hooks = [adapter.head_output_hook(layer) for layer in range(n_layers)]
@@ -230,8 +233,13 @@ def component_scope(
         adapter, batch, positions, build, points=points, readout=readout_point, fwd_hooks=user_hooks,
         n_directions=n_directions, memory_budget_mb=memory_budget_mb, backward_batch=backward_batch,
     )
-
+    check_finite(output.scores, f"{kind} component")
     axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=True)
+    prediction = prediction_of(adapter, output, axes, top_k, positions.expand)
+    position_index = positions.index
+    if positions.expand is not None:
+        output = expand_positions(output, positions)
+        position_index = position_index.index_select(1, positions.expand)
 
     def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[batch, n_positions, n_rows, pos]`` → heads ``[..., n_layers, n_heads, pos]`` and mlps
@@ -276,9 +284,9 @@ def component_scope(
         tokens=batch.tokens[0] if batch.single else batch.tokens,
         str_tokens=str_tokens[0] if batch.single else str_tokens,
         lengths=batch.lengths,
-        position=axes.squeeze_prediction(positions.index),
+        position=axes.squeeze_prediction(position_index),
         target=None if output.target is None else axes.squeeze_prediction(output.target),
-        prediction=prediction_of(adapter, output, axes, top_k),
+        prediction=prediction,
         metadata=metadata,
     )
 

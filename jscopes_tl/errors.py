@@ -16,3 +16,12 @@ class UnsupportedModelError(TypeError):
 
 class NonFiniteLogitsError(RuntimeError):
     """The model produced NaN or infinite logits at a prediction position."""
+
+
+class NonFiniteScoresError(RuntimeError):
+    """A scope's scores came out NaN or infinite (a target callable's value or gradient, or the
+    model's own gradients, are not finite)."""
+
+
+class ResultFormatError(ValueError):
+    """Data given to ``ScopeResult.from_dict`` / ``from_json`` does not fit the exported schema."""

@@ -269,6 +269,21 @@ def _resolve_scorers(scorers: Sequence[str] | Mapping[str, Scorer], seed: int) -
     return {name: available[name] for name in scorers}
 
 
+def _checked_scores(name: str, scores: Any, n_tokens: int) -> Float[torch.Tensor, " pos"]:
+    """A scorer's output as float32 CPU scores, or a clear error naming the scorer."""
+    if not isinstance(scores, torch.Tensor) or scores.is_complex():
+        raise ScopeInputError(f"scorer {name!r} returned {type(scores).__name__}; a scorer returns a real tensor [pos].")
+    if tuple(scores.shape) != (n_tokens,):
+        raise ScopeInputError(
+            f"scorer {name!r} returned shape {tuple(scores.shape)} for a context of {n_tokens} tokens; "
+            f"a scorer returns one score per context token, shape [{n_tokens}]."
+        )
+    scores = scores.detach().float().cpu()
+    if not torch.isfinite(scores).all():
+        raise ScopeInputError(f"scorer {name!r} returned NaN or infinite scores; rankings of them are arbitrary.")
+    return scores
+
+
 # --------------------------------------------------------------------------------- ablation
 def _ablated_log_probabilities(
     adapter: ModelAdapter,
@@ -403,11 +418,16 @@ def _delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
 
 
-def _prompt_list(adapter: ModelAdapter, prompts: Prompts, protocol: Protocol) -> list[torch.Tensor]:
-    if isinstance(prompts, str) or (isinstance(prompts, torch.Tensor) and prompts.ndim == 1):
+def _prompt_list(
+    adapter: ModelAdapter, prompts: Prompts, protocol: Protocol, attention_mask: torch.Tensor | None
+) -> list[torch.Tensor]:
+    if isinstance(prompts, torch.Tensor):  # padding only as attention_mask says (jscopes_tl.inputs)
+        batch = prepare_tokens(adapter, prompts, attention_mask, argument="prompts")
+        return [row[:length] for row, length in zip(batch.tokens, batch.lengths.tolist())]
+    if attention_mask is not None:
+        raise ScopeInputError("attention_mask applies to prompts given as a token tensor [batch, pos].")
+    if isinstance(prompts, str):
         prompts = [prompts]
-    if isinstance(prompts, torch.Tensor):
-        prompts = list(prompts)
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ScopeInputError(f"prompts must be a prompt or a non-empty list of prompts (text or token ids [pos]); got {type(prompts).__name__}.")
     token_lists = []
@@ -416,7 +436,7 @@ def _prompt_list(adapter: ModelAdapter, prompts: Prompts, protocol: Protocol) ->
             raise ScopeInputError(f"prompts[{index}] must be text or token ids [pos]; got {type(prompt).__name__}.")
         if protocol == "paper" and isinstance(prompt, str):
             prompt = adapter.tokenize_fragment(prompt)  # the scripts tokenise without BOS
-        token_lists.append(prepare_tokens(adapter, prompt).tokens[0])
+        token_lists.append(prepare_tokens(adapter, prompt, argument=f"prompts[{index}]").tokens[0])
     return token_lists
 
 
@@ -464,6 +484,7 @@ def evaluate_faithfulness(
     batch_size: int = 64,
     progress: bool = True,
     seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> FaithfulnessReport:
     """AOPC and leave-one-out agreement of each scorer over a list of prompts (module docstring).
 
@@ -481,6 +502,8 @@ def evaluate_faithfulness(
         progress: show a tqdm progress bar over prompts.
         seed: seed of the random scorer (default 0), and under ``protocol="paper"`` of the
             random ablation sets (default 42, the scripts').
+        attention_mask: with prompts as a padded token tensor ``[batch, pos]``, 1 for real tokens
+            (see :mod:`jscopes_tl.inputs`); each prompt is its real tokens.
 
     Example:
         >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
@@ -505,7 +528,7 @@ def evaluate_faithfulness(
     by_name = not isinstance(scorers, Mapping)
     scorer_functions = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
     rng = np.random.RandomState(seed)  # the scripts' np.random.seed(seed) + np.random.choice
-    token_lists = _prompt_list(adapter, prompts, protocol)
+    token_lists = _prompt_list(adapter, prompts, protocol, attention_mask)
     for index, tokens in enumerate(token_lists):
         if len(tokens) < 2 or not paper and len(_candidates(adapter, tokens[:-1])) == 0:
             raise ScopeInputError(
@@ -522,13 +545,13 @@ def evaluate_faithfulness(
         ranked = tokens if paper else context
         candidates = torch.arange(len(tokens)) if paper else _candidates(adapter, context)
 
-        def score(scorer: Scorer) -> torch.Tensor:
-            values = scorer(model, context, gold).detach().float().cpu()
+        def score(name: str, scorer: Scorer) -> torch.Tensor:
+            values = _checked_scores(name, scorer(model, context, gold), len(context))
             return torch.cat([values, torch.zeros(1)]) if paper else values
 
-        scores = {name: score(scorer.aopc) for name, scorer in scorer_functions.items()}
+        scores = {name: score(name, scorer.aopc) for name, scorer in scorer_functions.items()}
         loo_scores = {
-            name: scores[name] if scorer.loo is scorer.aopc else score(scorer.loo)
+            name: scores[name] if scorer.loo is scorer.aopc else score(name, scorer.loo)
             for name, scorer in scorer_functions.items()
         }
         ablated = {

@@ -88,12 +88,14 @@ class LayerResolvedScope:
         return self.scores[:-1]
 
 
-def _single_prompt(adapter: ModelAdapter, prompt: str | torch.Tensor, argument: str) -> Int[torch.Tensor, " pos"]:
+def _single_prompt(
+    adapter: ModelAdapter, prompt: str | torch.Tensor, argument: str, attention_mask: torch.Tensor | None = None
+) -> Int[torch.Tensor, " pos"]:
     if isinstance(prompt, torch.Tensor) and prompt.ndim != 1:
         raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got a tensor of shape {tuple(prompt.shape)}.")
     if not isinstance(prompt, (str, torch.Tensor)):
         raise ScopeInputError(f"{argument} must be one prompt: a string or token ids [pos]; got {type(prompt).__name__}.")
-    return prepare_tokens(adapter, prompt).tokens[0]
+    return prepare_tokens(adapter, prompt, attention_mask, argument=argument).tokens[0]
 
 
 def _absolute_position(position: int, n_tokens: int, argument: str = "position") -> int:
@@ -121,7 +123,8 @@ def layer_resolved_scope(
         prompt: one prompt, as text or token ids ``[pos]``.
         kind: ``"semantic"``, ``"fisher"`` or ``"temperature"``.
         position: the prediction position (negative counts from the end).
-        **scope_options: passed to the scope (``target=`` for Semantic, ``rank=`` for Fisher, …).
+        **scope_options: passed to the scope (``target=`` for Semantic, ``rank=`` for Fisher, …);
+            ``attention_mask=`` (``[pos]``, 1 = real token) keeps only the prompt's real tokens.
 
     Example:
         >>> lrs = layer_resolved_scope(model, "When Mary and John went to the store, John gave a drink to",
@@ -133,7 +136,7 @@ def layer_resolved_scope(
     if "layer" in scope_options:
         raise ScopeInputError("layer_resolved_scope perturbs every layer; do not pass layer=.")
     adapter = ModelAdapter(model)
-    tokens = _single_prompt(adapter, prompt, "prompt")
+    tokens = _single_prompt(adapter, prompt, "prompt", scope_options.pop("attention_mask", None))
     absolute = _absolute_position(position, len(tokens))
     result = _SCOPES[kind](model, tokens, position=absolute, layer="all", **scope_options)
     n_layers = adapter.n_layers

@@ -74,6 +74,14 @@ def _token_id(adapter: ModelAdapter, token: TokenLike, argument: str) -> int:
         if not token:
             raise ScopeInputError(f"{argument} is an empty string; give exactly one token.")
         ids = adapter.tokenize_fragment(token)
+        unknown = adapter.unk_token_id
+        if unknown is not None and unknown in ids.tolist() and token != adapter.str_tokens(torch.tensor([unknown]))[0]:
+            raise ScopeInputError(
+                f"{argument} {token!r} is not in the tokenizer's vocabulary: it tokenises to "
+                f"{adapter.str_tokens(ids)}, the unknown token, whose logit says nothing about {token!r}. "
+                "Pick a token the tokenizer knows (model.to_str_tokens(text) shows how text tokenises) "
+                "or pass a token id."
+            )
         if len(ids) != 1:
             pieces = adapter.str_tokens(ids)
             raise ScopeInputError(
@@ -128,11 +136,26 @@ def semantic_readout(
     y_leaf = y.detach().requires_grad_(True)
     if target.kind == "callable":
         value = target.function(y_leaf)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ScopeInputError(
+                "a callable target (or patching metric) must return a float tensor computed from its input, "
+                f"one scalar per row; got {got}."
+            )
+        if not value.requires_grad:
+            raise ScopeInputError(
+                "a callable target (or patching metric) must return a value differentiable in its input; it "
+                "returned a tensor with no gradient path to it (detached, computed under torch.no_grad(), or "
+                "rebuilt from Python numbers)."
+            )
         if value.shape != (m,):
             raise ScopeInputError(
                 f"a callable target must map y [{m}, d_model] to one scalar per row, shape [{m}]; "
                 f"got {tuple(value.shape)}."
             )
+        if not torch.isfinite(value).all():
+            rows = (~torch.isfinite(value)).nonzero().flatten().tolist()
+            raise ScopeInputError(f"a callable target (or patching metric) returned NaN or infinite values at rows {rows}.")
         (direction,) = torch.autograd.grad(value.sum(), y_leaf)
         return Readout(direction[:, None, :], torch.ones(m, 1), squared=False)
     if target.kind == "top1":

@@ -16,6 +16,11 @@ Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                         
                                                                     confidence ``‖y‖``?
 ============  ====================================================  ===========================
 
+Arguments are checked before the model runs, each failure a :class:`ScopeInputError` naming the
+argument; the engine runs the model under its lock (:meth:`ModelAdapter.prepared_for_scopes`), so
+two threads scoring one model take turns. Repeated prediction positions are computed once and
+copied.
+
 Numerics: ``y`` is the state fed to the unembedding. On a HookedTransformer loaded with the
 defaults (and a TransformerBridge in compatibility mode) the final LayerNorm weights are folded
 into ``W_U`` and ``W_U`` is centred; Fisher and contrast scores do not change, single-logit
@@ -29,6 +34,8 @@ applied during the scope's forward pass: the scope of the model under that inter
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, Union
@@ -45,10 +52,10 @@ from jscopes_tl.engine import (
     ReadoutPoint,
     run_scope,
 )
-from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.errors import NonFiniteScoresError, ScopeInputError
 from jscopes_tl.fisher import Solver
 from jscopes_tl.hook_readouts import SAELatent, hook_semantic_readout, hook_temperature_readout, parse_hook_target
-from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
+from jscopes_tl.inputs import Inputs, Position, Positions, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import (
     Target,
     fisher_readout,
@@ -87,10 +94,65 @@ def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool
     raise ScopeInputError(f"layer must be an int, a non-empty list of ints or 'all'; got {layer!r}.")
 
 
+def check_options(
+    top_k: Any, input_scale: Any, memory_budget_mb: Any, return_gradients: Any, backward_batch: Any
+) -> None:
+    def is_real(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
+    if not is_real(input_scale) or not 0 < input_scale <= 1:
+        raise ScopeInputError(f"input_scale must be a number in (0, 1]; got {input_scale!r}.")
+    if not is_real(memory_budget_mb) or memory_budget_mb <= 0:
+        raise ScopeInputError(f"memory_budget_mb must be a finite number of megabytes > 0; got {memory_budget_mb!r}.")
+    if not isinstance(return_gradients, bool):
+        raise ScopeInputError(f"return_gradients must be True or False; got {return_gradients!r}.")
+    if backward_batch is not None and (
+        isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1
+    ):
+        raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
+
+
+def expand_positions(output: EngineOutput, positions: Positions) -> EngineOutput:
+    """Copy the results of repeated positions (computed once) back to every requested slot. The
+    logits stay per distinct position (the caller reduces them to the top-k first: a long list of
+    repeats times the vocabulary would not fit in memory)."""
+
+    def expand(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.index_select(1, positions.expand)
+
+    return dataclasses.replace(
+        output,
+        scores=expand(output.scores),
+        gradient_x_input=expand(output.gradient_x_input),
+        gradients=expand(output.gradients),
+        target=expand(output.target),
+        per_prediction={key: expand(values) for key, values in output.per_prediction.items()},
+    )
+
+
+def check_finite(scores: torch.Tensor, kind: str) -> None:
+    """NaN or infinite scores are never returned: they come from a readout (e.g. a target callable
+    returning NaN) or gradients that are not finite, and would rank tokens arbitrarily."""
+    if not torch.isfinite(scores).all():
+        first = [int(i) for i in (~torch.isfinite(scores)).nonzero()[0]]
+        raise NonFiniteScoresError(
+            f"the {kind} scope's scores are NaN or infinite (first at index {first} of scores "
+            "[batch, positions, layers, pos]); check the target (a callable's value and gradient must be "
+            "finite) and the model's weights."
+        )
+
+
 def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
-    if token_ids.ndim == 1:
-        return adapter.str_tokens(token_ids)
-    return [_nested_str_tokens(adapter, row) for row in token_ids]
+    """The string of every id in a tensor of any shape, as nested lists (each distinct id decoded once)."""
+    distinct = token_ids.unique()
+    strings = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
+
+    def nested(values: Any) -> Any:
+        return [nested(value) for value in values] if isinstance(values, list) else strings[values]
+
+    return nested(token_ids.tolist())
 
 
 def _display_metadata(
@@ -134,6 +196,7 @@ def jacobian_scope(
     backward_batch: int | None = None,
     readout_hook: str | None = None,
     fwd_hooks: FwdHooks | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> ScopeResult:
     """The general scope: any readout builder ``(y [m, d_model], logits [m, d_vocab]) -> Readout``.
 
@@ -147,20 +210,16 @@ def jacobian_scope(
     many as ``memory_budget_mb`` holds on an accelerator). ``readout_hook`` reads the activation
     at that hook instead (the builder then gets it as ``y`` and ``None`` for the logits, and the
     result has no prediction); ``fwd_hooks`` run during the forward pass (see module docs).
+    ``attention_mask`` (with a token tensor; 1 = real token) marks padding: each prompt's real
+    tokens are scored as if alone, in a right-padded layout, and ``metadata["input_columns"]``
+    maps them back to the tensor's columns (see :mod:`jscopes_tl.inputs`).
     """
     adapter = ModelAdapter(model)
+    check_options(top_k, input_scale, memory_budget_mb, return_gradients, backward_batch)
     readout_point = resolve_readout_hook(adapter, readout_hook)
     user_hooks = check_fwd_hooks(adapter, fwd_hooks)
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ScopeInputError(f"top_k must be a positive int; got {top_k!r}.")
-    if not isinstance(input_scale, (int, float)) or not 0 < input_scale <= 1:
-        raise ScopeInputError(f"input_scale must be in (0, 1]; got {input_scale!r}.")
-    if backward_batch is not None and (
-        isinstance(backward_batch, bool) or not isinstance(backward_batch, int) or backward_batch < 1
-    ):
-        raise ScopeInputError(f"backward_batch must be a positive int or None (automatic); got {backward_batch!r}.")
     layers, single_layer = resolve_layers(adapter, layer)
-    batch = prepare_tokens(adapter, inputs)
+    batch = prepare_tokens(adapter, inputs, attention_mask)
     positions = resolve_positions(position, batch)
     axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=not single_layer)
     output: EngineOutput = run_scope(
@@ -177,7 +236,13 @@ def jacobian_scope(
         return_gradients=return_gradients,
         backward_batch=backward_batch,
     )
+    check_finite(output.scores, kind)
 
+    prediction = prediction_of(adapter, output, axes, top_k, positions.expand)
+    position_index = positions.index
+    if positions.expand is not None:
+        output = expand_positions(output, positions)
+        position_index = position_index.index_select(1, positions.expand)
     target = None if output.target is None else axes.squeeze_prediction(output.target)
     hooks = output.perturbation_hooks
     metadata: dict[str, Any] = {
@@ -188,6 +253,9 @@ def jacobian_scope(
     for key, values in output.per_prediction.items():
         metadata[key] = axes.squeeze_prediction(values)
     record_readout_and_hooks(metadata, output, user_hooks)
+    if batch.input_columns is not None:
+        columns = [row[:length].tolist() for row, length in zip(batch.input_columns, batch.lengths.tolist())]
+        metadata["input_columns"] = columns[0] if batch.single else columns
 
     real_tokens = [batch.tokens[row, :length] for row, length in enumerate(batch.lengths.tolist())]
     str_tokens = [adapter.str_tokens(tokens) for tokens in real_tokens]
@@ -198,9 +266,9 @@ def jacobian_scope(
         tokens=batch.tokens[0] if batch.single else batch.tokens,
         str_tokens=str_tokens[0] if batch.single else str_tokens,
         lengths=batch.lengths,
-        position=axes.squeeze_prediction(positions.index),
+        position=axes.squeeze_prediction(position_index),
         target=target,
-        prediction=prediction_of(adapter, output, axes, top_k),
+        prediction=prediction,
         gradient_x_input=None if output.gradient_x_input is None else axes.squeeze_score(output.gradient_x_input),
         gradients=None if output.gradients is None else axes.squeeze_score(output.gradients),
         metadata=metadata,
@@ -224,7 +292,7 @@ def semantic_scope(
     Args:
         model: a HookedTransformer or TransformerBridge.
         inputs: a prompt, a list of prompts (a right-padded batch) or token ids ``[pos]`` /
-            ``[batch, pos]`` used exactly as given.
+            ``[batch, pos]`` used exactly as given (padding only where ``attention_mask`` says).
         target: ``None`` (the model's own top-1 prediction at each position), a token string
             (exactly one token, e.g. ``" liberal"``) or id, a pair ``(a, b)`` scoring the logit
             difference ``a - b``, a ``[d_model]`` direction tensor, or a callable mapping
@@ -238,7 +306,7 @@ def semantic_scope(
             per token, a callable of the activation ``[m, ...] -> [m]``, or
             :func:`~jscopes_tl.hook_readouts.sae_latent` (which also sets the hook: the SAE's).
         **options: ``top_k``, ``input_scale``, ``memory_budget_mb``, ``return_gradients``,
-            ``backward_batch``, ``fwd_hooks`` (see :func:`jacobian_scope`).
+            ``backward_batch``, ``fwd_hooks``, ``attention_mask`` (see :func:`jacobian_scope`).
 
     Example:
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
@@ -443,12 +511,18 @@ def record_readout_and_hooks(metadata: dict[str, Any], output: EngineOutput, use
         metadata["fwd_hooks"] = [name if isinstance(name, str) else getattr(name, "__name__", "filter") for name, _ in user_hooks]
 
 
-def prediction_of(adapter: ModelAdapter, output: EngineOutput, axes: ResultAxes, top_k: int) -> Prediction | None:
-    """The model's top-k next tokens at each scored position; None for an internal readout."""
+def prediction_of(
+    adapter: ModelAdapter, output: EngineOutput, axes: ResultAxes, top_k: int, expand: torch.Tensor | None = None
+) -> Prediction | None:
+    """The model's top-k next tokens at each scored position; None for an internal readout.
+    ``expand`` copies the predictions of distinct positions back to repeated ones (top-k first: a
+    long list of repeats times the vocabulary would not fit in memory)."""
     if output.logits is None:
         return None
     probabilities = torch.softmax(output.logits, dim=-1)
     top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    if expand is not None:
+        top_probabilities, top_ids = top_probabilities.index_select(1, expand), top_ids.index_select(1, expand)
     top_ids = axes.squeeze_prediction(top_ids)
     return Prediction(
         token_ids=top_ids,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from jscopes_tl.export import check_output_path
 from jscopes_tl.readouts import Target
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.views.attention import attention_comparison_view, scope_matrix_component
@@ -54,6 +55,8 @@ def report(
         raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")
     if matrix_scope not in ("semantic", "fisher", "temperature"):
         raise ValueError(f"matrix_scope must be 'semantic', 'fisher' or 'temperature'; got {matrix_scope!r}.")
+    if path is not None:
+        check_output_path(path, "path")  # before the scopes run, not after
     semantic = semantic_scope(model, prompt, target=target, position=position)
     fisher = fisher_scope(model, prompt, rank=fisher_rank, position=position)
     temperature = temperature_scope(model, prompt, position=position)
