@@ -376,7 +376,7 @@ def implausible_answers(model: Any, prompts: Sequence[str]) -> list[tuple[int, s
     with torch.no_grad():
         for index, prompt in enumerate(prompts):
             tokens = adapter.tokenize(prompt)
-            if len(tokens) < 2:
+            if not 2 <= len(tokens) <= adapter.n_ctx:
                 continue  # evaluate_faithfulness rejects it with its own message
             logits = adapter.forward(tokens[None].to(adapter.device))[0, -2]
             probability = float(torch.softmax(logits.double(), dim=-1)[int(tokens[-1])])

@@ -187,8 +187,10 @@ def test_version_names_jscopes_transformer_lens_and_torch(capsys):
 def test_help_shows_the_defaults(capsys):
     code, out, _ = run(capsys, "scope", "--help")
     assert code == 0
-    for default in ("(default: toy-gpt2)", "(default: semantic)", "(default: -1)", "(default: 1)", "(default: 5)"):
-        assert default in " ".join(out.split())
+    flat = " ".join(out.split())
+    for default in ("(default: semantic)", "(default: -1)", "(default: 1)", "(default: 5)"):
+        assert default in flat
+    assert "--model MODEL required;" in flat
 
 
 def test_eval_help_lists_the_scorers_and_the_prompt_format(capsys):

@@ -25,9 +25,12 @@ nbclient = pytest.importorskip("nbclient")
 TUTORIAL = Path(__file__).resolve().parents[1] / "demos" / "tutorial.ipynb"
 CELL_TIMEOUT_S = 300
 BUNDLE = "var CircuitsVis="
+# Every view handed to circuitsvis, and React has replaced each "not drawn yet" message (render is
+# asynchronous: a view is marked drawn before React commits).
 ALL_DRAWN = (
     "[...document.querySelectorAll('.jscopes-view')].length > 0 && "
-    "[...document.querySelectorAll('.jscopes-view')].every(v => v.getAttribute('data-jscopes-drawn'))"
+    "[...document.querySelectorAll('.jscopes-view')].every(v => v.getAttribute('data-jscopes-drawn')) && "
+    "[...document.querySelectorAll('.jscopes-view .jscopes-pending')].length === 0"
 )
 
 
