@@ -120,6 +120,12 @@ class EngineOutput:
     readout_hook: str
 
 
+def reduction_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores are reduced and returned in: float64 for a float64 model (so its scores are
+    float64-accurate), float32 otherwise (half-precision gradients are summed in float32)."""
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
 def _activation_bytes_per_token(adapter: ModelAdapter, width: int) -> int:
     """A rough size of what one token's forward pass keeps for the backward pass: per layer, the
     residual-width tensors (norms, attention in/out, projections), the MLP's hidden tensors and a
@@ -284,7 +290,8 @@ def run_scope(
     squared_norms: torch.Tensor | None = None
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
-    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab) if readout.unembedding else None
+    dtype = reduction_dtype(adapter.dtype)
+    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab, dtype=dtype) if readout.unembedding else None
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
@@ -300,7 +307,7 @@ def run_scope(
             prompts, slot_index = group.prompts, group.slots
             n_rows, prefix = group.squared_norms.shape[-2:]
             if squared_norms is None:
-                squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width)
+                squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width, dtype=dtype)
                 component_shapes = group.component_shapes
             squared_norms[:, slots, :, :prefix] = group.squared_norms
             if logits_grid is not None:
@@ -311,7 +318,7 @@ def run_scope(
                 signed[:, slots, :, :prefix] = group.signed
             if group.gradients is not None:
                 if kept_gradients is None:
-                    kept_gradients = torch.zeros(n_prompts, n_slots, n_rows, width, group.gradients.shape[-1])
+                    kept_gradients = torch.zeros(n_prompts, n_slots, n_rows, width, group.gradients.shape[-1], dtype=dtype)
                 kept_gradients[:, slots, :, :prefix] = group.gradients
             if group.readout.target is not None:
                 if target_grid is None:
@@ -373,6 +380,7 @@ def _run_group(
     backward_batch: int | None,
 ) -> _GroupOutput:
     """One forward pass on the prefix these slots need, then their batched backward passes."""
+    dtype = reduction_dtype(adapter.dtype)
     slot_tensor = torch.tensor(slots)
     valid = positions.valid[:, slot_tensor]
     index = positions.index[:, slot_tensor]
@@ -434,7 +442,7 @@ def _run_group(
     logits = None
     if readout_point.unembedding:
         with torch.no_grad():
-            logits = adapter.logits(y).float()
+            logits = adapter.logits(y).to(dtype)
         if not torch.isfinite(logits).all():
             bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
             raise NonFiniteLogitsError(
@@ -450,8 +458,8 @@ def _run_group(
 
     n_group_slots, n_directions = len(slots), readout.directions.shape[1]
     n_rows = sum(math.prod(shape) for shape in component_shapes)
-    squared_norms = torch.zeros(n_prompts, n_group_slots, n_rows, prefix)
-    signed = torch.zeros(n_prompts, n_group_slots, n_rows, prefix) if n_directions == 1 else None
+    squared_norms = torch.zeros(n_prompts, n_group_slots, n_rows, prefix, dtype=dtype)
+    signed = torch.zeros(n_prompts, n_group_slots, n_rows, prefix, dtype=dtype) if n_directions == 1 else None
     keep_gradients = return_gradients and n_directions == 1
     # Each score row's gradient is as wide as one component of its point (d_head for a head).
     widths = {leaf[0, 0].numel() // max(1, math.prod(shape)) for leaf, shape in zip(leaves, component_shapes)}
@@ -461,11 +469,11 @@ def _run_group(
             f"got {[point.hook for point in points]} (widths {sorted(widths)})."
         )
     kept_gradients = (
-        torch.zeros(n_prompts, n_group_slots, n_rows, prefix, widths.pop()) if keep_gradients else None
+        torch.zeros(n_prompts, n_group_slots, n_rows, prefix, widths.pop(), dtype=dtype) if keep_gradients else None
     )
     # The activations x at the points, for the signed scores (u^T J_t) · x_t of single-direction readouts.
     activations = [
-        _per_component(point, inputs[i][None].float()) for i, point in enumerate(points)
+        _per_component(point, inputs[i][None].to(dtype)) for i, point in enumerate(points)
     ] if signed is not None else []
     # One backward vector per (slot, direction); within it, every prompt's own direction.
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
@@ -480,7 +488,7 @@ def _run_group(
             grad_outputs[i, rows] = directions[rows, r]
         # Per point [vector, prompt, pos, n_components, width], reduced on the model's device.
         gradients = [
-            _per_component(point, gradient.float())
+            _per_component(point, gradient.to(dtype))
             for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs))
         ]
         # -> [vector, prompt, row, pos]
@@ -494,7 +502,7 @@ def _run_group(
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot]
             prompts = pair_prompt[rows]
-            weight = readout.weights[rows, r].float().cpu()[:, None, None]
+            weight = readout.weights[rows, r].to(dtype).cpu()[:, None, None]
             squared_norms[prompts, slot] += weight * squares[i, prompts]
             if products is not None:
                 signed[prompts, slot] = products[i, prompts]

@@ -167,7 +167,8 @@ def semantic_readout(
     else:
         ids = torch.tensor([target.token_ids] * m)
         coefficients = torch.tensor([[1.0, -1.0]] * m)
-    model_logits = adapter.logits(y_leaf).float()
+    model_logits = adapter.logits(y_leaf)
+    model_logits = model_logits if model_logits.dtype == torch.float64 else model_logits.float()
     selected = model_logits.gather(-1, ids.to(model_logits.device))
     (direction,) = torch.autograd.grad((selected * coefficients.to(selected)).sum(), y_leaf)
     return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
@@ -217,12 +218,9 @@ def fisher_readout(
     """Fisher eigen-directions (weighted by their eigenvalues) for every selected prediction.
 
     The probabilities are a float64 softmax, so ``1 - p_max`` (which sets the size of ``F`` on a
-    confident prediction) is resolved far below float32's 6e-8; a float64 model's logits are
-    recomputed in float64 from ``y`` (the engine hands every readout float32 logits).
+    confident prediction) is resolved far below float32's 6e-8 (the engine hands a float64 model's
+    readouts float64 logits).
     """
-    if y.dtype == torch.float64:
-        with torch.no_grad():
-            logits = adapter.logits(y.detach())
     probabilities = torch.softmax(logits.double(), dim=-1)
     slopes = logit_transform_slope(adapter, y)
     W_U = adapter.W_U.detach()

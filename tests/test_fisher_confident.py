@@ -177,20 +177,37 @@ def test_fisher_matches_float64_oracle_on_a_synthetic_confident_unembedding(shap
 
 
 # --------------------------------------------------------------------------------- float64 models
-def test_float64_model_gives_float64_accurate_fisher():
-    """A float64 model's Fisher readout is float64 throughout (eigenvalues to 1e-10 of the
-    oracle's); its scores are as accurate as the engine's float32 score tensor (1e-6)."""
+def test_float64_model_gives_float64_accurate_scores():
+    """A float64 model's scores are float64 throughout: Fisher eigenvalues and Fisher, Semantic and
+    Temperature scores within 1e-10 of the float64 oracle's."""
+    from jscopes_tl import semantic_scope, temperature_scope
+
     model64 = hf_model("recall").double()
     model = copy.deepcopy(models.load("recall")).to(torch.float64)
     tokens = model.to_tokens("a=3 k=7 c=1 q=4 k=")[0]
+    W_U = model64.lm_head.weight.detach().T
     for prefix in (tokens, tokens[:-1]):  # a confident prediction, then a flatter one
         oracle = Oracle(model64, prefix)
-        result = fisher_scope(model, prefix, rank=4, tail_tolerance=0.0)
-        eigenvalues = result.metadata["eigenvalues"]
+        with torch.no_grad():
+            y = model64.transformer(prefix[None]).last_hidden_state[0, -1]
+        top = int((y @ W_U).argmax())
+        expected = {
+            "fisher": oracle.scores(4),
+            "semantic": torch.einsum("d,tde->te", W_U[:, top], oracle.J).norm(dim=-1),
+            "temperature": torch.einsum("d,tde->te", y / y.norm(), oracle.J).norm(dim=-1),
+        }
+        results = {
+            "fisher": fisher_scope(model, prefix, rank=4, tail_tolerance=0.0),
+            "semantic": semantic_scope(model, prefix),
+            "temperature": temperature_scope(model, prefix),
+        }
+        eigenvalues = results["fisher"].metadata["eigenvalues"]
         assert eigenvalues.dtype == torch.float64
         assert float((eigenvalues - oracle.values[:4]).abs().max() / oracle.values[0]) <= 1e-10
-        expected = oracle.scores(4)
-        assert float((result.scores.double() - expected).abs().max() / expected.max()) <= 1e-6
+        for kind, result in results.items():
+            assert result.scores.dtype == torch.float64, kind
+            error = float((result.scores - expected[kind]).abs().max() / expected[kind].max())
+            assert error <= 1e-10, f"{kind}: {error:.1e}"
 
 
 @pytest.mark.parametrize("weights_dtype", [torch.float32, torch.float64])
