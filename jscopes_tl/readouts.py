@@ -167,6 +167,12 @@ def semantic_readout(
     else:
         ids = torch.tensor([target.token_ids] * m)
         coefficients = torch.tensor([[1.0, -1.0]] * m)
+    if not adapter.has_logit_transform:
+        # logits = y W_U + b_U, so the gradient is the W_U columns themselves: no second pass over
+        # the whole vocabulary (at GPT-2 size that pass costs as much as the rest of a scope's bookkeeping).
+        columns = adapter.W_U.detach()[:, ids.to(adapter.W_U.device)]  # [d_model, m, k]
+        direction = torch.einsum("dmk,mk->md", columns.to(y.dtype), coefficients.to(y))
+        return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
     model_logits = adapter.logits(y_leaf)
     model_logits = model_logits if model_logits.dtype == torch.float64 else model_logits.float()
     selected = model_logits.gather(-1, ids.to(model_logits.device))
