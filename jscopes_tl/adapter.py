@@ -186,9 +186,28 @@ class Numerics:
     unembed_centred: bool
     perturbation_hook: str | list[str]
     readout_hook: str
+    # What layer 0 perturbs relative to the paper's x_t (see ModelAdapter.input_embedding).
+    input_embedding: str = "resid_pre"
+    input_embedding_scale: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class InputEmbeddingPoint:
+    """Where a scope perturbs the input embedding ``x_t``.
+
+    ``kind``: ``"resid_pre"`` (token + additive position embedding = ``blocks.0.hook_resid_pre``),
+    ``"scaled"`` (the residual stream is ``scale`` × the token embedding: scores with respect to the
+    unscaled embedding row are ``scale`` times larger, rankings identical), ``"embedding_norm"`` /
+    ``"projection"`` (the token embedding before that map, at ``hook``), ``"after_embedding_norm"``
+    (the model exposes no point before its embedding norm: ``hook`` is after it).
+    """
+
+    hook: str
+    kind: str
+    scale: float | None = None
 
 
 class ModelAdapter:
@@ -278,6 +297,42 @@ class ModelAdapter:
             last = self.n_layers - 1
             return self._resolve_hook([f"blocks.{last}.hook_resid_post", f"blocks.{last}.hook_out"])
         return self._resolve_hook([f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_in"])
+
+    @property
+    def architecture(self) -> str | None:
+        """The Hugging Face architecture the model was converted from (e.g. ``"BloomForCausalLM"``)."""
+        return getattr(self.cfg, "architecture", None) or getattr(self.cfg, "original_architecture", None)
+
+    def input_embedding(self) -> InputEmbeddingPoint:
+        """Where layer 0 perturbs: the paper's ``x_t``, the input embedding, wherever this model exposes it.
+
+        Most families start the residual stream with the token embedding plus additive position
+        embeddings, so ``x_t`` is ``blocks.0.hook_resid_pre`` (same Jacobian). Families that multiply
+        the embedding by a constant (Gemma: ``√d_model``) are perturbed there too, the factor recorded.
+        Where a non-constant map sits between the token embedding and the first block (BLOOM's
+        embedding LayerNorm, OPT-350m's ``project_in``; table: :data:`jscopes_tl.families.EMBEDDING_MAPS`),
+        a TransformerBridge is perturbed at the token embedding itself (``embed.hook_out``, before
+        the map). A HookedTransformer applies BLOOM's embedding norm inside ``embed`` with no hook
+        before it: there ``x_t`` is the normed embedding, and ``kind`` says so.
+        """
+        from jscopes_tl import families
+
+        hook_names = self.model.hook_dict
+        for component, kind in families.EMBEDDING_MAPS.items():
+            if f"{component}.hook_in" in hook_names and "embed.hook_out" in hook_names:
+                return InputEmbeddingPoint("embed.hook_out", kind)
+        if getattr(self.cfg, "post_embedding_ln", False):
+            return InputEmbeddingPoint(self.resid_pre_hook(0), "after_embedding_norm")
+        family = families.family_of_architecture(self.architecture)
+        if family is not None and family.input_embedding == "scaled":
+            return InputEmbeddingPoint(self.resid_pre_hook(0), "scaled", math.sqrt(self.d_model))
+        return InputEmbeddingPoint(self.resid_pre_hook(0), "resid_pre")
+
+    def perturbation_hook(self, layer: int) -> str:
+        """Where a scope at ``layer`` perturbs: the input embedding at 0 (:meth:`input_embedding`),
+        the residual stream entering block ``layer`` otherwise (``n_layers``: the final one)."""
+        hook = self.resid_pre_hook(layer)
+        return self.input_embedding().hook if layer == 0 else hook
 
     @property
     def final_hidden_hook(self) -> str:
@@ -504,6 +559,7 @@ class ModelAdapter:
         return True
 
     def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
+        input_embedding = self.input_embedding()
         return Numerics(
             model_family=self.family,
             compatibility_mode=(
@@ -515,6 +571,8 @@ class ModelAdapter:
             unembed_centred=self.unembed_statistics.centred,
             perturbation_hook=perturbation_hook,
             readout_hook=self.final_hidden_hook,
+            input_embedding=input_embedding.kind,
+            input_embedding_scale=input_embedding.scale,
         )
 
     # ----------------------------------------------------------------------------- attention
