@@ -31,8 +31,10 @@ graph: 1.3 GB measured at 1,024 tokens on a GPT-2-size model) as they were befor
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -950,15 +952,28 @@ def hooked_transformer_from_hf_directory(
             "use a TransformerBridge instead."
         )
     import transformers
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
 
+    from jscopes_tl import families
+
     directory = str(directory)
-    config = loading.get_pretrained_model_config(directory, fold_ln=fold_ln, device=device)
     if hf_model is None:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory)
-    if tokenizer is None:
+    if tokenizer is None and (Path(directory) / "tokenizer_config.json").exists():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    family = families.family_of(hf_model)
+    if family is not None and family.hooked_transformer is not None:
+        raise UnsupportedModelError(
+            f"{type(hf_model).__name__} ({family.name}) cannot be a HookedTransformer: {family.hooked_transformer}. "
+            "Use a TransformerBridge (TransformerLens 4.x) instead."
+        )
+    if family is not None and family.hooked_config is not None:
+        config = HookedTransformerConfig(**_processed_config(family.hooked_config(hf_model.config), fold_ln, device))
+    else:
+        config = loading.get_pretrained_model_config(directory, fold_ln=fold_ln, device=device)
+        if family is not None and family.hooked_overrides is not None:
+            config = HookedTransformerConfig(**{**config.to_dict(), **family.hooked_overrides(hf_model.config)})
     model = HookedTransformer(config, tokenizer=tokenizer)
     state_dict = loading.get_pretrained_state_dict(directory, config, hf_model)
     model.load_and_process_state_dict(
@@ -969,3 +984,23 @@ def hooked_transformer_from_hf_directory(
         fold_value_biases=fold_value_biases,
     )
     return model.eval()
+
+
+def _processed_config(config: dict[str, Any], fold_ln: bool, device: str | None) -> dict[str, Any]:
+    """What ``get_pretrained_model_config`` adds to a family's config dictionary."""
+    config = dict(config, device=device, init_weights=False, model_name=config.get("original_architecture", "external"))
+    if fold_ln:
+        config["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}.get(config["normalization_type"], config["normalization_type"])
+    return config
+
+
+def hooked_transformer_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, **processing: Any) -> Any:
+    """A HookedTransformer (TransformerLens 2.x, 3.x) around an already-built Hugging Face causal LM
+    (no download): :func:`hooked_transformer_from_hf_directory` on its saved config.
+    ``processing``: ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``
+    (default: ``from_pretrained``'s, all on), ``device``."""
+    with tempfile.TemporaryDirectory(prefix="jscopes_tl_config_") as directory:
+        config = copy.deepcopy(hf_model.config)  # a model built from a config has no architectures yet
+        config.architectures = [type(hf_model).__name__]
+        config.save_pretrained(directory)
+        return hooked_transformer_from_hf_directory(directory, hf_model=hf_model.eval(), tokenizer=tokenizer, **processing)

@@ -67,7 +67,10 @@ class Family:
     bridge_architecture: str | None = None
     folds: bool = True
     attention: bool = True
+    # TransformerLens 2.x: a full HookedTransformerConfig dictionary from an HF config (where TL
+    # hard-codes configs per checkpoint name), or corrections to the one it derives from config.json.
     hooked_config: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
+    hooked_overrides: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
 
 
 def _common(vocab_size: int) -> dict[str, Any]:
@@ -91,8 +94,18 @@ def _gemma_hooked_config(hf_config: Any, **extra: Any) -> dict[str, Any]:
         eps=hf_config.rms_norm_eps, d_vocab=hf_config.vocab_size, initializer_range=0.02,
         normalization_type="RMS", positional_embedding_type="rotary", use_attn_scale=True,
         n_key_value_heads=hf_config.num_key_value_heads, gated_mlp=True, final_rms=True,
-        original_architecture=hf_config.architectures[0], tokenizer_prepends_bos=True, **extra,
+        original_architecture=(hf_config.architectures or [type(hf_config).__name__.replace("Config", "ForCausalLM")])[0], tokenizer_prepends_bos=True, **extra,
     )
+
+
+def _attention_types(hf_config: Any) -> list[str]:
+    """Per layer "local" (sliding window) or "global", as the HF config says. (TransformerLens 2.x
+    hard-codes ``["global", "local"] * n`` for Gemma-2, while HF's layer 0 slides: equal only when
+    the prompt is shorter than the window.)"""
+    types = getattr(hf_config, "layer_types", None) or [
+        "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(hf_config.num_hidden_layers)
+    ]
+    return ["local" if kind == "sliding_attention" else "global" for kind in types]
 
 
 def _gemma1_hooked(hf_config: Any) -> dict[str, Any]:
@@ -102,10 +115,28 @@ def _gemma1_hooked(hf_config: Any) -> dict[str, Any]:
 def _gemma2_hooked(hf_config: Any) -> dict[str, Any]:
     return _gemma_hooked_config(
         hf_config, act_fn="gelu_pytorch_tanh", rotary_base=10000.0, window_size=hf_config.sliding_window,
-        use_local_attn=True, attn_types=["global", "local"] * hf_config.num_hidden_layers,
+        use_local_attn=True, attn_types=_attention_types(hf_config),
         attn_scores_soft_cap=hf_config.attn_logit_softcapping, output_logits_soft_cap=hf_config.final_logit_softcapping,
         use_normalization_before_and_after=True,
     )
+
+
+def _llama3_rope_overrides(hf_config: Any) -> dict[str, Any]:
+    """TransformerLens 2.x reads Llama's RoPE base and Llama-3 scaling from hard-coded checkpoint
+    configs only: from a local config.json it silently uses base 10,000 and no scaling (logits off
+    by 13 on the toy). These are the fields it would need, read off the config."""
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    theta = getattr(hf_config, "rope_theta", None) or scaling.get("rope_theta", 10000.0)
+    overrides: dict[str, Any] = {"rotary_base": float(theta)}
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+        overrides.update(
+            use_NTK_by_parts_rope=True,
+            NTK_by_parts_low_freq_factor=float(scaling["low_freq_factor"]),
+            NTK_by_parts_high_freq_factor=float(scaling["high_freq_factor"]),
+            NTK_by_parts_factor=float(scaling["factor"]),
+            NTK_original_ctx_len=int(scaling["original_max_position_embeddings"]),
+        )
+    return overrides
 
 
 FAMILIES: dict[str, Family] = {
@@ -171,6 +202,7 @@ FAMILIES: dict[str, Family] = {
                 "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 64}),
             "Llama-3 RoPE scaling (NTK by parts), RMSNorm, GQA", bridge_architecture="LlamaForCausalLM",
+            hooked_overrides=_llama3_rope_overrides,
         ),
         Family(
             "mistral", "MistralConfig", lambda v: _llama_like(v, sliding_window=TOY_CONTEXT),
@@ -315,6 +347,7 @@ def toy_hf_model(
     entry = FAMILIES[family]
     config = getattr(transformers, entry.config_class)(**entry.config(vocab_size), initializer_range=init_scale)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    # Eager attention: SDPA kernels skip Gemma-2's attention soft-capping, which TransformerLens applies.
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     randomise_norms(model, seed)
     return model.to(dtype).eval()
