@@ -548,14 +548,20 @@ class ModelAdapter:
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:
         """True when the final norm applies no gain or bias of its own: its weights were folded
-        into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode) or there is
-        no final norm. Then ``‖y‖`` is fixed by the normalisation."""
+        into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode). Then ``‖y‖`` is
+        fixed by the normalisation. False when there is no final norm at all (OPT-350m's
+        ``project_out`` feeds the unembedding directly): nothing fixes ``‖y‖`` there."""
+        from jscopes_tl.families import OFFSET_GAIN_NORMS
+
         final_norm = getattr(self.model, "ln_final", None)
         if final_norm is None:
-            return True
+            return False
         with torch.no_grad():
             for name, parameter in final_norm.named_parameters():
-                neutral = 0.0 if name.rsplit(".", 1)[-1] in ("b", "bias") else 1.0
+                owner = final_norm.get_submodule(name.rpartition(".")[0])
+                is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
+                # A wrapped Gemma RMSNorm stores w of the gain 1 + w: w = 0 is no gain.
+                neutral = 0.0 if is_bias or type(owner).__name__ in OFFSET_GAIN_NORMS else 1.0
                 if not torch.all(parameter == neutral):
                     return False
         return True
@@ -584,7 +590,14 @@ class ModelAdapter:
         Read at ``blocks.{L}.attn.hook_pattern`` (HookedTransformer, and TransformerBridge with
         or without compatibility mode); returned as float32 on the CPU.
         """
-        names = [self._resolve_hook([f"blocks.{layer}.attn.hook_pattern"]) for layer in range(self.n_layers)]
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.n_layers)]
+        if not any(name in self.model.hook_dict for name in names):
+            raise UnsupportedModelError(
+                f"this {self.architecture or self.family} has no attention layers (no blocks.L.attn.hook_pattern; "
+                "e.g. Mamba, a state-space model), so there are no attention patterns to view or correlate with. "
+                "Jacobian Scopes themselves work on it."
+            )
+        names = [self._resolve_hook([name]) for name in names]
         patterns = self.capture(tokens.reshape(1, -1), names)
         return torch.stack([patterns[name][0] for name in names]).float().cpu()
 

@@ -296,6 +296,10 @@ FAMILIES: dict[str, Family] = {
 EMBEDDING_MAPS: dict[str, InputEmbedding] = {"embed_ln": "embedding_norm", "project_in": "projection"}
 
 
+# Hugging Face norm classes whose ``weight`` w is applied as the gain ``1 + w`` (w = 0: no gain).
+OFFSET_GAIN_NORMS = frozenset({"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm"})
+
+
 def family_of_architecture(architecture: str | None) -> Family | None:
     """The table's family of a Hugging Face architecture name (``"Gemma2ForCausalLM"``), or None."""
     for family in FAMILIES.values():
