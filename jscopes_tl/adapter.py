@@ -36,6 +36,7 @@ import math
 import os
 import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -229,6 +230,35 @@ class ModelAdapter:
         # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
         # tokenising. prepared_for_scopes checks every weight before it changes anything.
         _check_differentiable([("W_U", self.W_U)])
+        if self.family == HOOKED_TRANSFORMER:
+            self._check_weight_processing()
+
+    def _check_weight_processing(self) -> None:
+        """Refuse (or flag) HookedTransformers whose default weight processing changed the function.
+
+        TransformerLens 2.x's ``from_pretrained`` on a mixture of experts makes every norm an
+        ``RMSPre`` (no weights) and then skips folding the weights, which it cannot fold into the
+        experts: the norm gains are lost and the logits are another model's (relative error 1 on a
+        random Mixtral). With logit soft-capping, ``center_unembed`` shifts the logits *before* the
+        cap, which changes every probability (1e-2 on a random Gemma-2 capped at 10).
+        """
+        n_experts = getattr(self.cfg, "num_experts", None) or 0
+        if n_experts > 1 and getattr(self.cfg, "normalization_type", None) in ("LNPre", "RMSPre"):
+            raise UnsupportedModelError(
+                f"this mixture-of-experts HookedTransformer ({n_experts} experts) was loaded with fold_ln=True "
+                "(HookedTransformer.from_pretrained's default): its norms lost their weights, which TransformerLens "
+                "cannot fold into experts, so its logits are not the original model's. Load it with "
+                "HookedTransformer.from_pretrained_no_processing(...) instead."
+            )
+        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0
+        if cap > 0 and self.unembed_statistics.centred:
+            warnings.warn(
+                "this HookedTransformer has logit soft-capping and a centred W_U (center_unembed=True, "
+                "HookedTransformer.from_pretrained's default): centring shifts the logits before the cap, so its "
+                "probabilities and scores differ from the original model's. Load it with "
+                "HookedTransformer.from_pretrained_no_processing(...) to score the original model.",
+                stacklevel=3,
+            )
 
     # ----------------------------------------------------------------------------- sizes
     @property

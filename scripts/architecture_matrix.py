@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - start:.0f} s")
     for row in failed:
         print(f"FAILED {row.family} {row.mode}: {row.status}")
+    for row in rows:
+        for name, value in row.half.items():
+            if isinstance(value, str):
+                print(f"{name} {row.family} {row.mode}: {value}")
+        for name in matrix.half_flags(row):
+            print(f"{name} {row.family} {row.mode}: {row.half[name]:.2f} of the largest float32 score, above the stated tolerance (in bold)")
     return 1 if failed else 0
 
 
