@@ -240,7 +240,7 @@ def check(family: str, mode: str, *, fast: bool = False, half: bool = True) -> R
         if bad and row.status == "ok":
             row.status = "MISMATCH: " + ", ".join(bad)
             if differs:
-                row.status = f"warned (TL model ≠ HF model: {', '.join(bad)}): {differs[0].split(':')[0]}
+                row.status = f"warned (TL model ≠ HF model: {', '.join(bad)}): {differs[0].split(':')[0]}"
     except UnsupportedModelError as error:
         row.status = f"unsupported: {error}"
     except Exception as error:  # noqa: BLE001 - a matrix cell reports any failure and the matrix goes on
