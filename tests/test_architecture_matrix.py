@@ -40,6 +40,9 @@ def test_family_matches_the_hugging_face_model_and_the_float64_oracle(family):
 @pytest.mark.parametrize("family", ["gpt2", "gemma2", "bloom"])
 def test_processed_weights_keep_the_scopes_that_folding_cannot_change(family):
     row = matrix.check(family, PROCESSED, fast=True, half=False)
+    if HOOKED and family == "gemma2":  # TL 2.x centres W_U before the soft-cap: another model, and jscopes_tl warns
+        assert row.status.startswith("warned") and "soft-capping" in row.status, row.status
+        return
     assert row.status == "ok", (row.status, row.errors)
     assert "contrast" in row.errors
 
