@@ -181,8 +181,8 @@ def _half_errors(family: str, mode: str, model32: Any, ids: torch.Tensor) -> dic
     reference = scores(model32)
     errors: dict[str, float | str] = {}
     for dtype, name in HALF_NAMES.items():
-        model = build(family, mode, dtype)[0]
         try:
+            model = build(family, mode, dtype)[0]  # its warm-up forward pass included
             with torch.no_grad():
                 model(ids[None])
         except Exception as error:  # noqa: BLE001 - TransformerLens's own forward pass fails: recorded
