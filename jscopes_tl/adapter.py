@@ -31,9 +31,12 @@ graph: 1.3 GB measured at 1,024 tokens on a GPT-2-size model) as they were befor
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
+import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -186,9 +189,28 @@ class Numerics:
     unembed_centred: bool
     perturbation_hook: str | list[str]
     readout_hook: str
+    # What layer 0 perturbs relative to the paper's x_t (see ModelAdapter.input_embedding).
+    input_embedding: str = "resid_pre"
+    input_embedding_scale: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class InputEmbeddingPoint:
+    """Where a scope perturbs the input embedding ``x_t``.
+
+    ``kind``: ``"resid_pre"`` (token + additive position embedding = ``blocks.0.hook_resid_pre``),
+    ``"scaled"`` (the residual stream is ``scale`` × the token embedding: scores with respect to the
+    unscaled embedding row are ``scale`` times larger, rankings identical), ``"embedding_norm"`` /
+    ``"projection"`` (the token embedding before that map, at ``hook``), ``"after_embedding_norm"``
+    (the model exposes no point before its embedding norm: ``hook`` is after it).
+    """
+
+    hook: str
+    kind: str
+    scale: float | None = None
 
 
 class ModelAdapter:
@@ -208,6 +230,35 @@ class ModelAdapter:
         # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
         # tokenising. prepared_for_scopes checks every weight before it changes anything.
         _check_differentiable([("W_U", self.W_U)])
+        if self.family == HOOKED_TRANSFORMER:
+            self._check_weight_processing()
+
+    def _check_weight_processing(self) -> None:
+        """Refuse (or flag) HookedTransformers whose default weight processing changed the function.
+
+        TransformerLens 2.x's ``from_pretrained`` on a mixture of experts makes every norm an
+        ``RMSPre`` (no weights) and then skips folding the weights, which it cannot fold into the
+        experts: the norm gains are lost and the logits are another model's (relative error 1 on a
+        random Mixtral). With logit soft-capping, ``center_unembed`` shifts the logits *before* the
+        cap, which changes every probability (1e-2 on a random Gemma-2 capped at 10).
+        """
+        n_experts = getattr(self.cfg, "num_experts", None) or 0
+        if n_experts > 1 and getattr(self.cfg, "normalization_type", None) in ("LNPre", "RMSPre"):
+            raise UnsupportedModelError(
+                f"this mixture-of-experts HookedTransformer ({n_experts} experts) was loaded with fold_ln=True "
+                "(HookedTransformer.from_pretrained's default): its norms lost their weights, which TransformerLens "
+                "cannot fold into experts, so its logits are not the original model's. Load it with "
+                "HookedTransformer.from_pretrained_no_processing(...) instead."
+            )
+        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0
+        if cap > 0 and self.unembed_statistics.centred:
+            warnings.warn(
+                "this HookedTransformer has logit soft-capping and a centred W_U (center_unembed=True, "
+                "HookedTransformer.from_pretrained's default): centring shifts the logits before the cap, so its "
+                "probabilities and scores differ from the original model's. Load it with "
+                "HookedTransformer.from_pretrained_no_processing(...) to score the original model.",
+                stacklevel=3,
+            )
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -278,6 +329,42 @@ class ModelAdapter:
             last = self.n_layers - 1
             return self._resolve_hook([f"blocks.{last}.hook_resid_post", f"blocks.{last}.hook_out"])
         return self._resolve_hook([f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_in"])
+
+    @property
+    def architecture(self) -> str | None:
+        """The Hugging Face architecture the model was converted from (e.g. ``"BloomForCausalLM"``)."""
+        return getattr(self.cfg, "architecture", None) or getattr(self.cfg, "original_architecture", None)
+
+    def input_embedding(self) -> InputEmbeddingPoint:
+        """Where layer 0 perturbs: the paper's ``x_t``, the input embedding, wherever this model exposes it.
+
+        Most families start the residual stream with the token embedding plus additive position
+        embeddings, so ``x_t`` is ``blocks.0.hook_resid_pre`` (same Jacobian). Families that multiply
+        the embedding by a constant (Gemma: ``√d_model``) are perturbed there too, the factor recorded.
+        Where a non-constant map sits between the token embedding and the first block (BLOOM's
+        embedding LayerNorm, OPT-350m's ``project_in``; table: :data:`jscopes_tl.families.EMBEDDING_MAPS`),
+        a TransformerBridge is perturbed at the token embedding itself (``embed.hook_out``, before
+        the map). A HookedTransformer applies BLOOM's embedding norm inside ``embed`` with no hook
+        before it: there ``x_t`` is the normed embedding, and ``kind`` says so.
+        """
+        from jscopes_tl import families
+
+        hook_names = self.model.hook_dict
+        for component, kind in families.EMBEDDING_MAPS.items():
+            if f"{component}.hook_in" in hook_names and "embed.hook_out" in hook_names:
+                return InputEmbeddingPoint("embed.hook_out", kind)
+        if getattr(self.cfg, "post_embedding_ln", False):
+            return InputEmbeddingPoint(self.resid_pre_hook(0), "after_embedding_norm")
+        family = families.family_of_architecture(self.architecture)
+        if family is not None and family.input_embedding == "scaled":
+            return InputEmbeddingPoint(self.resid_pre_hook(0), "scaled", math.sqrt(self.d_model))
+        return InputEmbeddingPoint(self.resid_pre_hook(0), "resid_pre")
+
+    def perturbation_hook(self, layer: int) -> str:
+        """Where a scope at ``layer`` perturbs: the input embedding at 0 (:meth:`input_embedding`),
+        the residual stream entering block ``layer`` otherwise (``n_layers``: the final one)."""
+        hook = self.resid_pre_hook(layer)
+        return self.input_embedding().hook if layer == 0 else hook
 
     @property
     def final_hidden_hook(self) -> str:
@@ -491,19 +578,26 @@ class ModelAdapter:
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:
         """True when the final norm applies no gain or bias of its own: its weights were folded
-        into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode) or there is
-        no final norm. Then ``‖y‖`` is fixed by the normalisation."""
+        into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode). Then ``‖y‖`` is
+        fixed by the normalisation. False when there is no final norm at all (OPT-350m's
+        ``project_out`` feeds the unembedding directly): nothing fixes ``‖y‖`` there."""
+        from jscopes_tl.families import OFFSET_GAIN_NORMS
+
         final_norm = getattr(self.model, "ln_final", None)
         if final_norm is None:
-            return True
+            return False
         with torch.no_grad():
             for name, parameter in final_norm.named_parameters():
-                neutral = 0.0 if name.rsplit(".", 1)[-1] in ("b", "bias") else 1.0
+                owner = final_norm.get_submodule(name.rpartition(".")[0])
+                is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
+                # A wrapped Gemma RMSNorm stores w of the gain 1 + w: w = 0 is no gain.
+                neutral = 0.0 if is_bias or type(owner).__name__ in OFFSET_GAIN_NORMS else 1.0
                 if not torch.all(parameter == neutral):
                     return False
         return True
 
     def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
+        input_embedding = self.input_embedding()
         return Numerics(
             model_family=self.family,
             compatibility_mode=(
@@ -515,6 +609,8 @@ class ModelAdapter:
             unembed_centred=self.unembed_statistics.centred,
             perturbation_hook=perturbation_hook,
             readout_hook=self.final_hidden_hook,
+            input_embedding=input_embedding.kind,
+            input_embedding_scale=input_embedding.scale,
         )
 
     # ----------------------------------------------------------------------------- attention
@@ -524,7 +620,14 @@ class ModelAdapter:
         Read at ``blocks.{L}.attn.hook_pattern`` (HookedTransformer, and TransformerBridge with
         or without compatibility mode); returned as float32 on the CPU.
         """
-        names = [self._resolve_hook([f"blocks.{layer}.attn.hook_pattern"]) for layer in range(self.n_layers)]
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.n_layers)]
+        if not any(name in self.model.hook_dict for name in names):
+            raise UnsupportedModelError(
+                f"this {self.architecture or self.family} has no attention layers (no blocks.L.attn.hook_pattern; "
+                "e.g. Mamba, a state-space model), so there are no attention patterns to view or correlate with. "
+                "Jacobian Scopes themselves work on it."
+            )
+        names = [self._resolve_hook([name]) for name in names]
         patterns = self.capture(tokens.reshape(1, -1), names)
         return torch.stack([patterns[name][0] for name in names]).float().cpu()
 
@@ -892,15 +995,28 @@ def hooked_transformer_from_hf_directory(
             "use a TransformerBridge instead."
         )
     import transformers
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
 
+    from jscopes_tl import families
+
     directory = str(directory)
-    config = loading.get_pretrained_model_config(directory, fold_ln=fold_ln, device=device)
     if hf_model is None:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory)
-    if tokenizer is None:
+    if tokenizer is None and (Path(directory) / "tokenizer_config.json").exists():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    family = families.family_of(hf_model)
+    if family is not None and family.hooked_transformer is not None:
+        raise UnsupportedModelError(
+            f"{type(hf_model).__name__} ({family.name}) cannot be a HookedTransformer: {family.hooked_transformer}. "
+            "Use a TransformerBridge (TransformerLens 4.x) instead."
+        )
+    if family is not None and family.hooked_config is not None:
+        config = HookedTransformerConfig(**_processed_config(family.hooked_config(hf_model.config), fold_ln, device))
+    else:
+        config = loading.get_pretrained_model_config(directory, fold_ln=fold_ln, device=device)
+        if family is not None and family.hooked_overrides is not None:
+            config = HookedTransformerConfig(**{**config.to_dict(), **family.hooked_overrides(hf_model.config)})
     model = HookedTransformer(config, tokenizer=tokenizer)
     state_dict = loading.get_pretrained_state_dict(directory, config, hf_model)
     model.load_and_process_state_dict(
@@ -911,3 +1027,23 @@ def hooked_transformer_from_hf_directory(
         fold_value_biases=fold_value_biases,
     )
     return model.eval()
+
+
+def _processed_config(config: dict[str, Any], fold_ln: bool, device: str | None) -> dict[str, Any]:
+    """What ``get_pretrained_model_config`` adds to a family's config dictionary."""
+    config = dict(config, device=device, init_weights=False, model_name=config.get("original_architecture", "external"))
+    if fold_ln:
+        config["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}.get(config["normalization_type"], config["normalization_type"])
+    return config
+
+
+def hooked_transformer_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any = None, **processing: Any) -> Any:
+    """A HookedTransformer (TransformerLens 2.x, 3.x) around an already-built Hugging Face causal LM
+    (no download): :func:`hooked_transformer_from_hf_directory` on its saved config.
+    ``processing``: ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``
+    (default: ``from_pretrained``'s, all on), ``device``."""
+    with tempfile.TemporaryDirectory(prefix="jscopes_tl_config_") as directory:
+        config = copy.deepcopy(hf_model.config)  # a model built from a config has no architectures yet
+        config.architectures = [type(hf_model).__name__]
+        config.save_pretrained(directory)
+        return hooked_transformer_from_hf_directory(directory, hf_model=hf_model.eval(), tokenizer=tokenizer, **processing)

@@ -121,7 +121,7 @@ def _log_probability_of(model: Any, gold: int) -> Callable[[torch.Tensor], torch
 
 def _input_embeddings(model: Any, context: torch.Tensor) -> Float[torch.Tensor, "pos d_model"]:
     adapter = ModelAdapter(model)
-    hook = adapter.resid_pre_hook(0)
+    hook = adapter.perturbation_hook(0)  # where the scopes' gradients are taken
     return adapter.capture(context[None], [hook])[hook][0].float().cpu()
 
 

@@ -227,7 +227,7 @@ def jacobian_scope(
         batch,
         positions,
         build_readout,
-        points=[PerturbationPoint(adapter.resid_pre_hook(layer)) for layer in layers],
+        points=[PerturbationPoint(adapter.perturbation_hook(layer)) for layer in layers],
         readout=readout_point,
         fwd_hooks=user_hooks,
         n_directions=n_directions,

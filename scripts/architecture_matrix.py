@@ -1,0 +1,66 @@
+"""Print the architecture matrix for the installed TransformerLens: every model family, every load
+mode, each scope's error against a float64 oracle on the Hugging Face model, half precision.
+
+    OMP_NUM_THREADS=1 python scripts/architecture_matrix.py                 # the full matrix
+    python scripts/architecture_matrix.py --families gpt2,bloom --no-half   # a subset
+
+Exits non-zero when a cell fails (a mismatch or an unexpected error; families TransformerLens
+cannot load are listed as unsupported, with the reason). See tests/architecture_matrix.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import architecture_matrix as matrix
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(matrix.families()), help="comma-separated family names")
+    parser.add_argument("--modes", default=None, help="comma-separated load modes (default: all the installed TransformerLens has)")
+    parser.add_argument("--no-half", action="store_true", help="skip bf16 / fp16")
+    parser.add_argument("--fast", action="store_true", help="logits, one scope and the model-state check only")
+    arguments = parser.parse_args(argv)
+    families = [name for name in arguments.families.split(",") if name]
+    unknown = sorted(set(families) - set(matrix.families()))
+    if unknown:
+        parser.error(f"unknown families {unknown}; known: {matrix.families()}")
+    modes = arguments.modes.split(",") if arguments.modes else matrix.load_modes()
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    start = time.perf_counter()
+    rows = [
+        matrix.check(family, mode, fast=arguments.fast, half=not arguments.no_half)
+        for family in families
+        for mode in modes
+    ]
+    print(f"## {matrix.generation()}, torch {__import__('torch').__version__}, "
+          f"transformers {__import__('transformers').__version__}\n")
+    print(matrix.format_matrix(rows))
+    failed = [row for row in rows if not row.passed]
+    print(f"\n{len(rows)} cells, {len(failed)} failed; tolerance {matrix.TOLERANCE:g} (float32 vs float64), "
+          f"half precision bf16 ≤ {matrix.HALF_TOLERANCE[__import__('torch').bfloat16]:g}, "
+          f"fp16 ≤ {matrix.HALF_TOLERANCE[__import__('torch').float16]:g} (vs float32); "
+          f"{time.perf_counter() - start:.0f} s")
+    for row in failed:
+        print(f"FAILED {row.family} {row.mode}: {row.status}")
+    for row in rows:
+        for name, value in row.half.items():
+            if isinstance(value, str):
+                print(f"{name} {row.family} {row.mode}: {value}")
+        for name in matrix.half_flags(row):
+            print(f"{name} {row.family} {row.mode}: {row.half[name]:.2f} of the largest float32 score, above the stated tolerance (in bold)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
