@@ -252,7 +252,8 @@ def run_dataset(
         batch_size: prompts of equal token length scored in one call (also the commit unit).
         top_k: the model's top-k predictions recorded per position.
         limit: only the first ``limit`` rows of the dataset.
-        overwrite: replace a previous run in ``out_dir`` made with other arguments.
+        overwrite: delete the run in ``out_dir`` (whatever its arguments) and start afresh;
+            without it a run with other arguments there is refused.
         progress: a progress bar per rank (prompts done / total, ETA) on stderr.
         model_name: the name recorded in the manifest (default: the model's ``cfg.model_name``).
 
@@ -267,14 +268,50 @@ def run_dataset(
     options = check_run_arguments(kinds, position, target, rank, batch_size, top_k, limit, overwrite, progress)
     path = check_out_dir(out_dir)
     adapter = ModelAdapter(model)
-    data = read_prompt_dataset(dataset, text_column=text_column)
-    if limit is not None:
-        data = PromptDataset(data.rows[:limit], data.source, f"{data.fingerprint}[:{limit}]")
+    data = limited(read_prompt_dataset(dataset, text_column=text_column), limit)
     info = distributed.setup()
     try:
         return _run(model, adapter, data, path, options, info, overwrite, progress, model_name)
     finally:
         distributed.teardown(info)
+
+
+def limited(data: PromptDataset, limit: int | None) -> PromptDataset:
+    """The first ``limit`` rows (a different dataset for the manifest)."""
+    if limit is None:
+        return data
+    return PromptDataset(data.rows[:limit], data.source, f"{data.fingerprint}[:{limit}]")
+
+
+def check_resumable(out_dir: Path, options: RunOptions, data: PromptDataset, limit: int | None, overwrite: bool) -> None:
+    """Refuse at once (before a model loads) a run whose arguments or dataset differ from the run
+    already in ``out_dir``; the model's identity is compared by :func:`run_dataset`."""
+    if overwrite:
+        return
+    previous = storage.read_json(out_dir / storage.MANIFEST)
+    if previous is None:
+        if storage.committed_batches(out_dir):
+            raise _stale_records_error(out_dir)
+        return
+    current = build_manifest(options.as_manifest(), limited(data, limit), previous.get("model") or {}, 1)
+    differences = conflicts(previous, current)
+    if differences:
+        raise _conflict_error(out_dir, differences)
+
+
+def _stale_records_error(out_dir: Path) -> RunConflictError:
+    return RunConflictError(
+        f"out_dir {str(out_dir)!r} holds record shards but no manifest.json: it is not a run this "
+        "version can resume. Use another directory, or overwrite=True (--overwrite) to replace it."
+    )
+
+
+def _conflict_error(out_dir: Path, differences: list[str]) -> RunConflictError:
+    return RunConflictError(
+        f"out_dir {str(out_dir)!r} holds a run with other arguments ({'; '.join(differences)}). "
+        "Re-run with the same arguments to resume it, use another directory, or overwrite=True "
+        "(--overwrite) to replace it."
+    )
 
 
 def _run(
@@ -289,25 +326,18 @@ def _run(
     refused = not overwrite and (differences or stale_records)
     if not distributed.all_ranks_ok(info, not refused):
         if stale_records:
-            raise RunConflictError(
-                f"out_dir {str(out_dir)!r} holds record shards but no manifest.json: it is not a run this "
-                "version can resume. Use another directory, or overwrite=True (--overwrite) to replace it."
-            )
-        raise RunConflictError(
-            f"out_dir {str(out_dir)!r} holds a run with other arguments ({'; '.join(differences) or 'on another rank'}). "
-            "Re-run with the same arguments to resume it, use another directory, or overwrite=True "
-            "(--overwrite) to replace it."
-        )
+            raise _stale_records_error(out_dir)
+        raise _conflict_error(out_dir, differences or ["seen by another rank"])
     distributed.barrier(info)  # every rank has read the old manifest before rank 0 replaces it
     plan, input_errors = plan_batches(adapter, data, options.batch_size)
     if info.is_main:
         out_dir.mkdir(exist_ok=True)
-        if overwrite and (differences or stale_records):
+        if overwrite:
             storage.remove_run(out_dir)
         storage.remove_temporaries(out_dir)
         (out_dir / storage.RECORDS).mkdir(exist_ok=True)
         (out_dir / storage.ERRORS).mkdir(exist_ok=True)
-        if previous is None or differences or stale_records:
+        if overwrite or previous is None:
             storage.write_json(out_dir / storage.MANIFEST, manifest)
         storage.write_table(out_dir / storage.ERRORS / storage.INPUT_ERRORS, input_errors, storage.ERROR_SCHEMA)
     distributed.barrier(info)
