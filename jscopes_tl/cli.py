@@ -28,7 +28,8 @@ name is taken as a typo. Hub and local checkpoints load unprocessed (see
 :func:`jscopes_tl.adapter.load_pretrained`). Exit codes: 0 success, 2 bad arguments (including a
 prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
 written: the last two checked before a model is loaded, all before any computation), 1 runtime
-failure (e.g. a model that cannot be loaded), 3 a run that finished with failed rows. Errors and warnings go to stderr; results to stdout
+failure (e.g. a model that cannot be loaded), 3 a run that finished with failed rows, 130
+interrupted (Ctrl-C, or SIGTERM during ``run``). Errors and warnings go to stderr; results to stdout
 or the files named.
 """
 
@@ -479,6 +480,19 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's, torchrun's) stops a run as Ctrl-C does: the batch in flight is
+    dropped, its temporary file removed, and the command exits 130 saying how to resume."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_run_command(args: argparse.Namespace) -> int:
     from jscopes_tl.runs import distributed
     from jscopes_tl.runs.prompts import check_prompt_file, read_prompt_dataset
@@ -501,6 +515,7 @@ def run_run_command(args: argparse.Namespace) -> int:
     # checked again once it has).
     check_resumable(out_dir, options, read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
     model = load_model(args.model)
+    _stop_on_sigterm()
     device = distributed.rank_device()
     if distributed.launched_distributed() and device.type != "cpu":
         model = model.to(device)
@@ -562,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        resume = " (finished batches are kept: run the same command again to resume)" if args.command == "run" else ""
+        print(f"jscopes: interrupted{resume}", file=sys.stderr)
+        return 130
     except (UsageError, ScopeInputError) as error:
         print(f"jscopes: error: {error}", file=sys.stderr)
         return 2
