@@ -12,6 +12,12 @@
   ``text`` column, else the first) or plain text, one prompt a line (:data:`EVAL_FORMAT`;
   ``demos/prompts_recall.jsonl`` is an example). When half the prompts or more end with a token
   the model finds implausible (the answer left out, most often), a warning on stderr names them.
+* ``jscopes run PROMPTS --model NAME --out-dir DIR [--kind ...] [--position N|all] [--target T
+  [--contrast C]] [--rank K] [--batch-size N] [--overwrite]``: attribution records for every
+  prompt of a file (:data:`RUN_FORMAT`) as Parquet shards in ``DIR/records`` with a manifest
+  (:func:`jscopes_tl.runs.run_dataset`); re-running the same command resumes an interrupted run,
+  and under ``torchrun --nproc-per-node N`` the ranks share the prompts. Exit code 3 when some
+  rows failed (they are listed in ``DIR/errors``; the run goes on past them).
 * ``jscopes models``: the bundled models, their held-out accuracy and an example command each.
 
 ``--model`` is required (there is no default model: a random toy model's predictions are noise,
@@ -22,7 +28,8 @@ name is taken as a typo. Hub and local checkpoints load unprocessed (see
 :func:`jscopes_tl.adapter.load_pretrained`). Exit codes: 0 success, 2 bad arguments (including a
 prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
 written: the last two checked before a model is loaded, all before any computation), 1 runtime
-failure (e.g. a model that cannot be loaded). Errors and warnings go to stderr; results to stdout
+failure (e.g. a model that cannot be loaded), 3 a run that finished with failed rows, 130
+interrupted (Ctrl-C, or SIGTERM during ``run``). Errors and warnings go to stderr; results to stdout
 or the files named.
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -133,6 +141,22 @@ question without its answer, most often), a warning on stderr names them."""
 
 IMPLAUSIBLE_ANSWER_PROBABILITY = 1e-3
 
+RUN_FORMAT = """\
+prompt file format: one prompt a line.
+  .jsonl  one JSON string or object with a "text" field a line:  {"text": "a=3 b=7 c=1 b="}
+  .csv    a "text" column (else a "prompt" column, else the first)
+  other   plain text, one prompt a line
+Blank lines are skipped; a prompt's id is its index among the other lines. Rows that are not
+prompts (not UTF-8, not JSON, empty, longer than the model's context) go to DIR/errors, the run
+goes on, and the exit code is 3.
+Output: DIR/manifest.json (arguments, dataset fingerprint, model name, dtype, load mode, weight
+hash, versions), DIR/records/part-*.parquet (one row per prompt, scope and position), DIR/errors/,
+DIR/summary.json. Read them with pandas.read_parquet("DIR/records") or
+datasets.load_dataset("parquet", data_files="DIR/records/*.parquet").
+Resume: run the same command again; finished batches are kept. Other arguments on the same DIR
+are refused unless --overwrite.
+Several processes: torchrun --nproc-per-node N -m jscopes_tl run ... (one rank per GPU, else CPU)."""
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Help that shows each option's default (where it has one) and keeps descriptions' lines."""
@@ -226,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
+
+    run = add_command(
+        "run",
+        "attribution records for every prompt of a file, as Parquet shards (resumable, data parallel)",
+        epilog=RUN_FORMAT + "\n\nexample: jscopes run demos/prompts_recall.jsonl --model recall --kind all "
+        "--out-dir runs/recall",
+    )
+    run.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line")
+    run.add_argument("--model", help=f"required; {MODEL_HELP}")
+    run.add_argument("--out-dir", type=Path, help="required; the run directory (created; its parent must exist)")
+    run.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
+    run.add_argument(
+        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
+    )
+    run.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
+    run.add_argument(
+        "--position", type=_position, default=-1, help="prediction position (int, negative from each prompt's end) or 'all'"
+    )
+    run.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
+    run.add_argument("--batch-size", type=_positive, default=16, help="prompts of equal length scored together (the commit unit)")
+    run.add_argument("--top-k", type=_positive, default=5, help="the model's top predictions recorded per position")
+    run.add_argument("--limit", type=_positive, help="use only the first N prompts")
+    run.add_argument("--overwrite", action="store_true", help="delete the run in --out-dir (whatever its arguments) and start afresh")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     add_command("models", "list the bundled models, their held-out accuracy and an example command each")
     return parser
@@ -432,6 +480,56 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's, torchrun's) stops a run as Ctrl-C does: the batch in flight is
+    dropped, its temporary file removed, and the command exits 130 saying how to resume."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_run_command(args: argparse.Namespace) -> int:
+    from jscopes_tl.runs import distributed
+    from jscopes_tl.runs.prompts import check_prompt_file, read_prompt_dataset
+    from jscopes_tl.runs.runner import check_out_dir, check_resumable, check_run_arguments, run_dataset
+
+    if args.out_dir is None:
+        raise UsageError("--out-dir is required: the directory the records, errors and manifest go to")
+    if args.contrast is not None and args.target is None:
+        raise UsageError("--contrast needs --target (the token the difference is taken from)")
+    if args.target is not None and args.kind not in ("semantic", "all"):
+        raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
+    target = (args.target, args.contrast) if args.contrast is not None else args.target
+    options = check_run_arguments(
+        args.kind, args.position, target, args.rank or None, args.batch_size, args.top_k, args.limit,
+        args.overwrite, not args.no_progress,
+    )
+    check_prompt_file(args.prompts, "PROMPTS")
+    out_dir = check_out_dir(args.out_dir, "--out-dir")
+    # A run that cannot resume is refused before the model loads (the model's identity is
+    # checked again once it has).
+    check_resumable(out_dir, options, read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
+    model = load_model(args.model)
+    _stop_on_sigterm()
+    device = distributed.rank_device()
+    if distributed.launched_distributed() and device.type != "cpu":
+        model = model.to(device)
+    summary = run_dataset(
+        model, args.prompts, out_dir, kinds=options.kinds, position=options.position, target=options.target,
+        rank=options.rank, batch_size=options.batch_size, top_k=options.top_k, limit=args.limit,
+        overwrite=args.overwrite, progress=not args.no_progress, model_name=args.model,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary.text())
+        print(f"wrote {out_dir / 'records'}")
+    return 0 if summary.ok else 3
+
+
 def _plain(text: str) -> str:
     """Docstring markup (RST ``literals``) as plain text."""
     return re.sub(r"``(.*?)``", r"\1", text)
@@ -457,6 +555,7 @@ COMMANDS = {
     "scope": run_scope_command,
     "ground-truth": run_ground_truth_command,
     "eval": run_eval_command,
+    "run": run_run_command,
     "models": run_models_command,
 }
 
@@ -478,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        resume = " (finished batches are kept: run the same command again to resume)" if args.command == "run" else ""
+        print(f"jscopes: interrupted{resume}", file=sys.stderr)
+        return 130
     except (UsageError, ScopeInputError) as error:
         print(f"jscopes: error: {error}", file=sys.stderr)
         return 2

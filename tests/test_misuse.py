@@ -40,6 +40,7 @@ from jscopes_tl import (
     layer_resolved_scope,
     models,
     report,
+    run_dataset,
     sae_latent,
     semantic_scope,
     temperature_scope,
@@ -155,6 +156,14 @@ MISUSES: dict[str, Misuse] = {
     "scorer returning NaN": Misuse("evaluate_faithfulness", lambda c: evaluate_faithfulness(c.model, [CLEAN], _scorer(lambda ctx: torch.full((len(ctx),), math.nan)), progress=False), ScopeInputError, "NaN"),
     "faithfulness prompt too long": Misuse("evaluate_faithfulness", lambda c: evaluate_faithfulness(c.recall, ["a=3 b=7 b=7", "a=3 " * 200], ["random"], progress=False), ScopeInputError, r"prompts\[1\] has 201 tokens"),
     "one fraction": Misuse("evaluate_faithfulness", lambda c: evaluate_faithfulness(c.model, [CLEAN], ["random"], fractions=[0.5], progress=False), ScopeInputError, "fractions"),
+    # ------------------------------------------------------------------ dataset runs
+    "run kinds": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r1", kinds="entropy", progress=False), ScopeInputError, "kinds must be"),
+    "run batch_size=0": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r2", batch_size=0, progress=False), ScopeInputError, "batch_size"),
+    "run target with fisher": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r3", kinds="fisher", target="7", progress=False), ScopeInputError, "target applies"),
+    "run target callable": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r4", target=print, progress=False), ScopeInputError, "target must be"),
+    "run out_dir missing parent": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "no" / "r", progress=False), ScopeInputError, "does not exist"),
+    "run dataset of ints": Misuse("run_dataset", lambda c: run_dataset(c.recall, 3, c.tmp_path / "r5", progress=False), ScopeInputError, "dataset must be"),
+    "run empty list": Misuse("run_dataset", lambda c: run_dataset(c.recall, [], c.tmp_path / "r6", progress=False), ScopeInputError, "empty list"),
     # ------------------------------------------------------------------ views, report, attention
     "token view prompt": Misuse("token_view", lambda c: token_view(c.result, prompt=3), ValueError, "prompt"),
     "token view values": Misuse("token_view", lambda c: token_view(c.result, values="gradients"), ValueError, "values must be"),

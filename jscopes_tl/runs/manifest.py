@@ -1,0 +1,114 @@
+"""A run's manifest: its arguments, its dataset, the model it ran and the library versions.
+
+Three parts identify a run and must match for a re-run to resume it: ``run`` (the scope
+arguments, batch size included: it fixes the batches, hence the exact floating-point results),
+``dataset`` (a fingerprint of the content and the number of rows) and ``model`` (name, family,
+dtype, load mode and a SHA-256 of every weight). ``versions`` and ``world_size`` are recorded for
+the reader and not compared: a run may be resumed on another number of ranks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any
+
+import torch
+
+from jscopes_tl.adapter import ModelAdapter, transformer_lens_version
+from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.runs.prompts import PromptDataset
+
+FORMAT_NAME = "jscopes_tl.run"
+FORMAT_VERSION = 1
+IDENTIFYING = ("run", "dataset", "model")
+
+
+class RunConflictError(ScopeInputError):
+    """The output directory holds a run made with other arguments (pass overwrite=True to replace it)."""
+
+
+def weight_hash(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer: name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            flat = tensor.detach().reshape(-1).contiguous().cpu()
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def model_identity(model: Any, model_name: str | None = None) -> dict[str, Any]:
+    """Name, family, dtype, load mode (the numerics every score depends on) and weight hash."""
+    adapter = ModelAdapter(model)
+    numerics = adapter.numerics(adapter.resid_pre_hook(0)).as_dict()
+    return {
+        "name": model_name or adapter.model_name,
+        "family": adapter.family,
+        "dtype": str(adapter.dtype).removeprefix("torch."),
+        "load_mode": {
+            "compatibility_mode": numerics["compatibility_mode"],
+            "final_norm_folded_into_unembed": numerics["final_norm_folded_into_unembed"],
+            "unembed_centred": numerics["unembed_centred"],
+        },
+        "n_parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "weight_hash": weight_hash(model),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"transformer_lens": transformer_lens_version(), "torch": torch.__version__}
+    for package in ("jscopes_tl", "pyarrow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "(not installed)"
+    return versions
+
+
+def build_manifest(run: dict[str, Any], data: PromptDataset, model: dict[str, Any], world_size: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "run": run,
+        "dataset": {"fingerprint": data.fingerprint, "rows": len(data.rows), "source": data.source},
+        "model": model,
+        "versions": library_versions(),
+        "world_size": world_size,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two manifests' identifying parts, as ``"run.batch_size: 16 → 8"``."""
+    if previous.get("format") != FORMAT_NAME:
+        return [f"manifest.json is not a {FORMAT_NAME} manifest"]
+    differences = []
+    for part in IDENTIFYING:
+        old, new = previous.get(part) or {}, current.get(part) or {}
+        for key in sorted(set(old) | set(new)):
+            if part == "dataset" and key == "source":
+                continue  # the same content under another path resumes
+            if _normalise(old.get(key)) != _normalise(new.get(key)):
+                differences.append(f"{part}.{key}: {_short(old.get(key))} → {_short(new.get(key))}")
+    return differences
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_normalise(item) for item in value]
+    if isinstance(value, list):
+        return [_normalise(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _normalise(item) for key, item in value.items()}
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,160 @@
+"""Where a run's results live: Parquet shards committed by atomic rename, and its manifest.
+
+Layout of a run directory::
+
+    manifest.json            run arguments, dataset fingerprint, model identity, library versions
+    records/part-NNNNNN.parquet   one per committed batch (possibly empty: every prompt failed)
+    errors/part-NNNNNN.parquet    rows that failed in that batch (only when some did)
+    errors/part-input.parquet     rows that were never prompts (not UTF-8, empty, too long)
+    summary.json             written by rank 0 when every rank has finished
+
+A shard is written to a hidden temporary file in the same directory, flushed to disk and renamed
+into place: a rename within one file system is atomic, so a reader (or a resumed run) sees a shard
+whole or not at all, whatever signal stops the writer. The records shard of a batch is renamed
+*last*: its presence is what marks the batch done. Readers skip the hidden temporaries
+(``pandas.read_parquet(dir)`` and pyarrow ignore names starting with ``.`` or ``_``; the
+``*.parquet`` glob of ``datasets.load_dataset`` does not match them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+RECORDS = "records"
+ERRORS = "errors"
+INPUT_ERRORS = "part-input.parquet"
+_PART = re.compile(r"^part-(\d{6,})\.parquet$")
+
+# One row per (prompt, scope kind, prediction position); the field names follow the exported
+# ScopeResult (jscopes_tl.export): tokens are ids, str_tokens their strings.
+RECORD_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.int64(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("tokens", pa.list_(pa.int64())),
+    pa.field("str_tokens", pa.list_(pa.string())),
+    pa.field("word_starts", pa.list_(pa.bool_())),
+    pa.field("target", pa.list_(pa.int64())),
+    pa.field("target_str_tokens", pa.list_(pa.string())),
+    pa.field("prediction_token_ids", pa.list_(pa.int64())),
+    pa.field("prediction_str_tokens", pa.list_(pa.string())),
+    pa.field("prediction_probabilities", pa.list_(pa.float32())),
+    pa.field("scores", pa.list_(pa.float32())),
+    pa.field("metadata", pa.string()),  # JSON: numerics, layer, Fisher rank and bounds, warnings
+    pa.field("batch", pa.int64(), nullable=False),
+])
+
+ERROR_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.int64(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),  # "read", "tokenize" or "scope"
+    pa.field("error", pa.string(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("line", pa.int64()),
+    pa.field("batch", pa.int64()),
+])
+
+
+def part_name(batch: int) -> str:
+    return f"part-{batch:06d}.parquet"
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """``write(temporary_path)`` then rename to ``path``: readers never see a partial file."""
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_table(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_atomically(path, lambda temporary: pq.write_table(table, temporary))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str)
+    write_atomically(path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def committed_batches(out_dir: Path) -> set[int]:
+    """The batches whose records shard is in place (the mark of a finished batch)."""
+    directory = out_dir / RECORDS
+    if not directory.is_dir():
+        return set()
+    return {int(match.group(1)) for name in os.listdir(directory) if (match := _PART.match(name))}
+
+
+def remove_temporaries(out_dir: Path) -> None:
+    """Delete the temporaries a killed writer left (called before any rank writes)."""
+    for directory in (out_dir, out_dir / RECORDS, out_dir / ERRORS):
+        if directory.is_dir():
+            for name in os.listdir(directory):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    (directory / name).unlink(missing_ok=True)
+
+
+def remove_run(out_dir: Path) -> None:
+    """Delete a previous run's files (only the ones a run writes: the directory may hold others)."""
+    for sub in (RECORDS, ERRORS):
+        directory = out_dir / sub
+        if directory.is_dir():
+            for name in os.listdir(directory):
+                if _PART.match(name) or name == INPUT_ERRORS or (name.startswith(".") and name.endswith(".tmp")):
+                    (directory / name).unlink()
+            if not os.listdir(directory):
+                directory.rmdir()
+    for name in (MANIFEST, SUMMARY):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def shard_paths(out_dir: Path, sub: str) -> list[Path]:
+    directory = out_dir / sub
+    if not directory.is_dir():
+        return []
+    return sorted(directory / name for name in os.listdir(directory) if name.endswith(".parquet") and not name.startswith("."))
+
+
+def read_column(paths: list[Path], column: str) -> list[Any]:
+    values: list[Any] = []
+    for path in paths:
+        values.extend(pq.read_table(path, columns=[column]).column(column).to_pylist())
+    return values
+
+
+def count_rows(paths: list[Path]) -> int:
+    return sum(pq.read_metadata(path).num_rows for path in paths)

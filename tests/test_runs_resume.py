@@ -1,0 +1,163 @@
+"""Dataset runs survive being killed and run on several processes (torch.distributed, gloo).
+
+A real ``jscopes run`` subprocess is stopped mid-run by SIGINT, SIGTERM or SIGKILL; every shard
+it finished must read whole, and re-running resumes to exactly the records of an uninterrupted
+run. Under ``torchrun --nproc-per-node 2`` (CPU, gloo) the merged records equal a single
+process's exactly; a rank killed mid-run resumes on another number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jscopes_tl import models, run_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+N_PROMPTS = 300
+
+
+@pytest.fixture(scope="module")
+def recall():
+    return models.load("recall")
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "recall.jsonl"
+    texts = [prompt.text for prompt in models.get_task("recall").labelled_prompts(N_PROMPTS, seed=1)]
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(recall, prompt_file, tmp_path_factory) -> list[dict]:
+    """The records of an uninterrupted single-process run (batch size 1: many commits)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
+    return records(out)
+
+
+def records(out: Path) -> list[dict]:
+    rows = []
+    for path in sorted((out / "records").glob("*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return sorted(rows, key=lambda row: (row["prompt_id"], row["kind"], row["position"]))
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def command(prompt_file: Path, out: Path) -> list[str]:
+    return ["run", str(prompt_file), "--model", "recall", "--out-dir", str(out), "--batch-size", "1", "--no-progress"]
+
+
+def wait_for_shards(out: Path, process: subprocess.Popen, at_least: int = 3, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        directory = out / "records"
+        if directory.is_dir() and sum(1 for name in os.listdir(directory) if name.endswith(".parquet")) >= at_least:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {process.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail("no shard appeared")
+
+
+def assert_every_shard_reads_whole(out: Path) -> int:
+    shards = sorted((out / "records").glob("*.parquet"))
+    for shard in shards:
+        table = pq.read_table(shard)  # a torn file would raise here
+        assert table.num_rows == 1
+    return len(shards)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(recall, prompt_file, reference, tmp_path, stop):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_shards(out, process)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr
+    if stop != signal.SIGKILL:
+        assert "run the same command again to resume" in stderr
+    finished = assert_every_shard_reads_whole(out)
+    assert 3 <= finished < N_PROMPTS, "the run was not stopped mid-run"
+    summary = run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
+    assert summary.ok and summary.computed_prompts == N_PROMPTS - finished
+    assert records(out) == reference
+    assert not [name for name in os.listdir(out / "records") if name.endswith(".tmp")]
+
+
+def torchrun(n_processes: int, args: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n_processes}",
+        "-m", "jscopes_tl", *args,
+    ]
+
+
+def test_two_ranks_on_gloo_write_exactly_the_single_process_records(prompt_file, reference, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        torchrun(2, command(prompt_file, out)), env=environment(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "300 of 300 prompts have records" in done.stdout and "on 2 ranks" in done.stdout
+    assert done.stdout.count("prompts/s") == 1  # rank 0 prints the merged summary
+    assert records(out) == reference
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["computed_prompts"] == N_PROMPTS
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+
+
+def test_a_rank_killed_mid_run_resumes_on_another_number_of_ranks(recall, prompt_file, reference, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        torchrun(2, command(prompt_file, out)), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_shards(out, launcher, at_least=4)
+    ranks = [child for child in psutil.Process(launcher.pid).children(recursive=True) if "jscopes_tl" in " ".join(child.cmdline())]
+    assert len(ranks) == 2
+    ranks[1].kill()
+    launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    finished = assert_every_shard_reads_whole(out)
+    assert finished < N_PROMPTS, "the run was not stopped mid-run"
+    summary = run_dataset(recall, prompt_file, out, batch_size=1, progress=False)  # one process now
+    assert summary.ok and summary.computed_prompts == N_PROMPTS - finished
+    assert records(out) == reference
+
+
+def test_a_single_process_run_resumes_on_two_ranks(recall, prompt_file, reference, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_shards(out, process)
+    process.kill()
+    process.communicate(timeout=60)
+    finished = assert_every_shard_reads_whole(out)
+    done = subprocess.run(
+        torchrun(2, command(prompt_file, out)), env=environment(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"scored {N_PROMPTS - finished} prompts" in done.stdout
+    assert records(out) == reference
