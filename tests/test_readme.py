@@ -149,7 +149,7 @@ def test_the_command_line_section_works_as_written(monkeypatch: pytest.MonkeyPat
     (tmp_path / "demos").symlink_to(ROOT / "demos")  # the commands run from the repository root
     monkeypatch.chdir(tmp_path)
     commands = command_lines()
-    assert {command[0] for command in commands} == {"scope", "eval", "ground-truth", "models"}
+    assert {command[0] for command in commands} == {"scope", "eval", "run", "ground-truth", "models"}
     for argv in commands:
         if argv[0] == "ground-truth":
             build_parser().parse_args(argv)
@@ -158,7 +158,8 @@ def test_the_command_line_section_works_as_written(monkeypatch: pytest.MonkeyPat
         captured = capsys.readouterr()
         assert code == 0, (argv, captured.err)
         assert "warning" not in captured.err, (argv, captured.err)
-    assert {"scores.json", "view.html", "periodic.html"} <= {path.name for path in tmp_path.iterdir()}
+    assert {"scores.json", "view.html", "periodic.html", "recall_run"} <= {path.name for path in tmp_path.iterdir()}
+    assert len(list((tmp_path / "recall_run" / "records").glob("*.parquet"))) >= 1
 
 
 def test_the_set_up_command_installs_the_console_script_the_readme_calls() -> None:
