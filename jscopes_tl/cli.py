@@ -184,6 +184,18 @@ def version_text() -> str:
     return f"jscopes {ours} (TransformerLens {transformer_lens_version()}, torch {torch.__version__})"
 
 
+def _add_scope_options(parser: argparse.ArgumentParser, position_help: str) -> None:
+    """The options ``scope`` and ``run`` share: the model, which scope, its target and position."""
+    parser.add_argument("--model", help=f"required; {MODEL_HELP}")
+    parser.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
+    parser.add_argument(
+        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
+    )
+    parser.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
+    parser.add_argument("--position", type=_position, default=-1, help=position_help)
+    parser.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jscopes_tl.faithfulness import DEFAULT_SCORERS
 
@@ -206,16 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: jscopes scope "a=3 b=7 c=1 b=" --model recall --kind all --out scope.html',
     )
     scope.add_argument("text", help="the prompt")
-    scope.add_argument("--model", help=f"required; {MODEL_HELP}")
-    scope.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
-    scope.add_argument(
-        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
-    )
-    scope.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
-    scope.add_argument(
-        "--position", type=_position, default=-1, help="prediction position (int, negative from the end) or 'all'"
-    )
-    scope.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
+    _add_scope_options(scope, "prediction position (int, negative from the end) or 'all'")
     scope.add_argument("--top", type=_positive, default=5, help="how many top tokens to print")
     scope.add_argument("--out", type=Path, help="write an offline HTML view of every scope and position here")
     scope.add_argument("--json", dest="json_path", type=Path, help="write the scores as JSON here")
@@ -258,17 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir runs/recall",
     )
     run.add_argument("prompts", type=Path, help="a .jsonl, .csv or text file, one prompt a line")
-    run.add_argument("--model", help=f"required; {MODEL_HELP}")
+    _add_scope_options(run, "prediction position (int, negative from each prompt's end) or 'all'")
     run.add_argument("--out-dir", type=Path, help="required; the run directory (created; its parent must exist)")
-    run.add_argument("--kind", choices=(*KINDS, "all"), default="semantic", help="which scope ('all': the three)")
-    run.add_argument(
-        "--target", type=_token, help="semantic target token text (e.g. ' Paris') or id:N; default: the model's top-1"
-    )
-    run.add_argument("--contrast", type=_token, help="second token: score the logit difference target - contrast")
-    run.add_argument(
-        "--position", type=_position, default=-1, help="prediction position (int, negative from each prompt's end) or 'all'"
-    )
-    run.add_argument("--rank", type=_rank, default=1, help="Fisher rank (0 for exact)")
     run.add_argument("--batch-size", type=_positive, default=16, help="prompts of equal length scored together (the commit unit)")
     run.add_argument("--top-k", type=_positive, default=5, help="the model's top predictions recorded per position")
     run.add_argument("--limit", type=_positive, help="use only the first N prompts")
