@@ -18,11 +18,22 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jscopes_tl import models, run_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PROMPTS = 300
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Records are compared bit for bit across processes, and a float sum's order depends on the
+    number of threads: every process here (this one, the runs, torchrun's ranks) uses one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
