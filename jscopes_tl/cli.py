@@ -297,17 +297,22 @@ def _check_writable(path: Path | None, option: str) -> None:
         check_output_path(path, option)
 
 
-def run_scope_command(args: argparse.Namespace) -> int:
+def _semantic_target(args: argparse.Namespace) -> Any:
+    """The --target / --contrast pair as a scope's ``target``, checked (scope and run share it)."""
     if args.contrast is not None and args.target is None:
         raise UsageError("--contrast needs --target (the token the difference is taken from)")
     if args.target is not None and args.kind not in ("semantic", "all"):
         raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
+    return (args.target, args.contrast) if args.contrast is not None else args.target
+
+
+def run_scope_command(args: argparse.Namespace) -> int:
+    target = _semantic_target(args)
     if not args.text:
         raise UsageError("the prompt is empty")
     _check_writable(args.out, "--out")
     _check_writable(args.json_path, "--json")
     model = load_model(args.model)
-    target = (args.target, args.contrast) if args.contrast is not None else args.target
     kinds = KINDS if args.kind == "all" else (args.kind,)
     results = []
     for kind in kinds:
@@ -494,11 +499,7 @@ def run_run_command(args: argparse.Namespace) -> int:
 
     if args.out_dir is None:
         raise UsageError("--out-dir is required: the directory the records, errors and manifest go to")
-    if args.contrast is not None and args.target is None:
-        raise UsageError("--contrast needs --target (the token the difference is taken from)")
-    if args.target is not None and args.kind not in ("semantic", "all"):
-        raise UsageError(f"--target applies to the semantic scope only; --kind is {args.kind!r}")
-    target = (args.target, args.contrast) if args.contrast is not None else args.target
+    target = _semantic_target(args)
     options = check_run_arguments(
         args.kind, args.position, target, args.rank or None, args.batch_size, args.top_k, args.limit,
         args.overwrite, not args.no_progress,
