@@ -50,6 +50,7 @@ from jaxtyping import Float
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import NonFiniteLogitsError, ScopeInputError
+from jscopes_tl.fisher import working_dtype
 from jscopes_tl.inputs import Positions, TokenBatch
 from jscopes_tl.readouts import Readout
 
@@ -118,12 +119,6 @@ class EngineOutput:
     perturbation_hooks: list[str]
     component_shapes: list[tuple[int, ...]]
     readout_hook: str
-
-
-def reduction_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    """The dtype scores are reduced and returned in: float64 for a float64 model (so its scores are
-    float64-accurate), float32 otherwise (half-precision gradients are summed in float32)."""
-    return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
 def _activation_bytes_per_token(adapter: ModelAdapter, width: int) -> int:
@@ -290,7 +285,7 @@ def run_scope(
     squared_norms: torch.Tensor | None = None
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
-    dtype = reduction_dtype(adapter.dtype)
+    dtype = working_dtype(adapter.dtype)
     logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab, dtype=dtype) if readout.unembedding else None
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
@@ -380,7 +375,7 @@ def _run_group(
     backward_batch: int | None,
 ) -> _GroupOutput:
     """One forward pass on the prefix these slots need, then their batched backward passes."""
-    dtype = reduction_dtype(adapter.dtype)
+    dtype = working_dtype(adapter.dtype)
     slot_tensor = torch.tensor(slots)
     valid = positions.valid[:, slot_tensor]
     index = positions.index[:, slot_tensor]

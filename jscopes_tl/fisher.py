@@ -65,6 +65,13 @@ NARROW_BLOCK = 5
 EIGH_WORK_FACTOR = 9.0
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a readout and the engine's reductions work in for tensors of ``dtype``: float64
+    for float64 (a float64 model's scores stay float64-accurate), float32 otherwise (half-precision
+    values are summed in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass(frozen=True)
 class FisherEigenpairs:
     eigenvalues: Float[torch.Tensor, " r"]  # descending, float64
@@ -248,7 +255,7 @@ def fisher_eigenpairs(
     float64 ``W_U``); vectors over the vocabulary and small eigen-solves in float64.
     """
     d = W_U.shape[0]
-    dtype = torch.float64 if W_U.dtype == torch.float64 else torch.float32
+    dtype = working_dtype(W_U.dtype)
     W = W_U.to(dtype)
     p = probabilities.double()
     p = p / p.sum()

@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
-from jscopes_tl.fisher import Solver, fisher_eigenpairs
+from jscopes_tl.fisher import Solver, fisher_eigenpairs, working_dtype
 
 TokenLike = Union[str, int]
 Target = Union[
@@ -207,7 +207,7 @@ def logit_transform_slope(
     """Derivative of the model's elementwise post-unembedding transform (None when there is none)."""
     if not adapter.has_logit_transform:
         return None
-    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    dtype = working_dtype(y.dtype)
     pre = adapter.unembed_before_transform(y).detach().to(dtype).requires_grad_(True)
     (slope,) = torch.autograd.grad(adapter.logit_transform(pre).sum(), pre)
     return slope
@@ -242,7 +242,7 @@ def fisher_readout(
         )
         for i in range(y.shape[0])
     ]
-    value_dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    value_dtype = working_dtype(y.dtype)
     directions = torch.stack([pair.eigenvectors.T for pair in pairs]).to(y.dtype)
     weights = torch.stack([pair.eigenvalues for pair in pairs])
     traces = torch.tensor([pair.trace for pair in pairs], dtype=torch.float64)
