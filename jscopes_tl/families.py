@@ -21,7 +21,7 @@ The input embedding (``input_embedding`` in the table):
 * ``"embedding_norm"`` (BLOOM's ``word_embeddings_layernorm``) and ``"projection"`` (OPT-350m's
   ``project_in``): the residual stream starts after a non-constant map of the embedding, so the
   two Jacobians differ token by token; the paper's scopes perturb the token embedding itself
-  (:meth:`ModelAdapter.input_embedding_hook`) and say so in ``numerics.perturbation_hook``.
+  (:meth:`ModelAdapter.input_embedding`) and say so in ``numerics.perturbation_hook``.
 
 Example:
     >>> from jscopes_tl.families import FAMILIES, toy_hf_model
