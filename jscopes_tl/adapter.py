@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import itertools
 import math
 import os
 import tempfile
@@ -74,6 +76,11 @@ _unembed_statistics: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[Any,
 # nests (a scope inside faithfulness, prepared_for_scopes inside a scope).
 _model_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
+# Context levels for ModelAdapter.own_hooks, far above the small ones TransformerLens's own hook
+# contexts count up from.
+_own_hook_levels = itertools.count(1 << 40)
+# How many prepared_for_scopes blocks are open on a model (only ever by the thread holding its lock).
+_prepared_depth: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
 
 
 def _model_lock(model: torch.nn.Module) -> threading.RLock:
@@ -99,55 +106,153 @@ def _restore_all(restores: list[Callable[[], None]]) -> None:
 def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Every module a call can touch: the registered tree, and a TransformerBridge's wrapped Hugging
     Face model, whose root (and e.g. its ``transformer.drop`` dropout) is not registered with the
-    bridge (``original_model`` lives in ``__dict__``) yet ``bridge.eval()`` switches it too."""
-    modules = {id(module): module for module in model.modules()}
+    bridge (``original_model`` lives in ``__dict__``) yet ``bridge.eval()`` switches it too.
+
+    A walk over the ``_modules`` dictionaries: ``Module.modules()`` builds every module's dotted
+    name, which costs about a millisecond per call on a GPT-2-size bridge (800 modules).
+    """
+    seen: set[int] = set()
+    modules: list[torch.nn.Module] = []
     wrapped = vars(model).get("original_model")
-    if isinstance(wrapped, torch.nn.Module):
-        modules.update((id(module), module) for module in wrapped.modules())
-    return list(modules.values())
+    stack = [wrapped, model] if isinstance(wrapped, torch.nn.Module) else [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        modules.append(module)
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return modules
 
 
-# Per model, the (module, attribute name) pairs that can hold a cached tensor: plain attributes
-# holding a tensor or None when the model is first scored. Scanning every attribute of every module
-# costs milliseconds on a GPT-2-size bridge (800 modules), so it is done once. Modules are held
-# weakly, so that the entry never keeps its model alive.
-_cache_slots: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[weakref.ref, str]]] = weakref.WeakKeyDictionary()
+# The module tree of a model changes only when some module registers a submodule, parameter or
+# buffer (attribute assignment or register_*), and torch calls these global hooks each time: while
+# the count is unchanged, a model's cached tree (below) is still its tree. (Only torch's own
+# registration paths are seen; code that writes into a module's private dictionaries bypasses them.)
+_registrations = [0]
 
 
-def _tensor_attributes(model: torch.nn.Module) -> list[tuple[torch.nn.Module | None, str, Any]]:
-    """The current value of every plain tensor attribute of the model's modules (not parameters or
-    buffers, which live in their own dictionaries)."""
-    slots = _cache_slots.get(model)
-    if slots is None:
-        slots = _cache_slots[model] = [
-            (weakref.ref(module), name)
-            for module in _all_modules(model)
+def _count_registration(module: torch.nn.Module, name: str, value: Any) -> None:
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+# Attributes torch.nn.Module keeps for itself (hook bookkeeping), never a forward pass's cache.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+
+@dataclass
+class _ModelTree:
+    """What a call touches on a model, from one walk (:func:`_model_tree`), held weakly so the cache
+    never keeps a model alive: every module, every parameter and buffer (each once), and per module
+    the plain attributes that can hold a forward pass's cached tensor (a tensor or None at the walk)."""
+
+    registrations: int
+    modules: list[weakref.ref]
+    weights: list[weakref.ref]
+    cache_slots: list[tuple[weakref.ref, tuple[str, ...]]]
+
+    def live(self) -> tuple[list[torch.nn.Module], list[torch.Tensor]] | None:
+        modules = [reference() for reference in self.modules]
+        weights = [reference() for reference in self.weights]
+        if any(module is None for module in modules) or any(weight is None for weight in weights):
+            return None
+        return modules, weights  # type: ignore[return-value]
+
+
+_model_trees: weakref.WeakKeyDictionary[torch.nn.Module, _ModelTree] = weakref.WeakKeyDictionary()
+
+
+def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.Tensor], _ModelTree]:
+    """The model's modules and weights, walked again only when some module registered something
+    since the last walk (a walk costs about a millisecond on a GPT-2-size bridge)."""
+    tree = _model_trees.get(model)
+    if tree is not None and tree.registrations == _registrations[0]:
+        live = tree.live()
+        if live is not None:
+            return (*live, tree)
+    registrations = _registrations[0]
+    modules = _all_modules(model)
+    seen: set[int] = set()
+    weights: list[torch.Tensor] = []
+    for module in modules:
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                weights.append(tensor)
+    from transformer_lens.hook_points import HookPoint
+
+    cache_slots = []
+    for module in modules:
+        if isinstance(module, HookPoint):  # passes activations through, keeps none (most of a bridge's modules)
+            continue
+        names = tuple(
+            name
             for name, value in vars(module).items()
-            if (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)) or value is None
-        ]
-    modules = [reference() for reference, _ in slots]
-    return [(module, name, None if module is None else vars(module).get(name)) for module, (_, name) in zip(modules, slots)]
+            if name not in _MODULE_INTERNALS
+            and ((isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)) or value is None)
+        )
+        if names:
+            cache_slots.append((weakref.ref(module), names))
+    tree = _ModelTree(registrations, [weakref.ref(m) for m in modules], [weakref.ref(w) for w in weights], cache_slots)
+    _model_trees[model] = tree
+    return modules, weights, tree
 
 
-def _check_differentiable(tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Refuse weights autograd cannot use.
+def _cached_tensors(tree: _ModelTree) -> list[tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]]:
+    """The current value of every cache slot: (module, names, values) per module."""
+    values = []
+    for reference, names in tree.cache_slots:
+        module = reference()
+        if module is not None:
+            attributes = vars(module)
+            values.append((module, names, tuple(attributes.get(name) for name in names)))
+    return values
+
+
+def _release_call_graph(before: list[tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]]) -> None:
+    """Give back the earlier value of every module tensor attribute that now holds an autograd
+    graph it did not hold before (a cache written during this call's forward passes)."""
+    for module, names, earlier_values in before:
+        attributes = vars(module)
+        for name, earlier in zip(names, earlier_values):
+            value = attributes.get(name)
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None and value is not earlier:
+                setattr(module, name, earlier)
+
+
+def _check_differentiable(tensors: Iterable[torch.Tensor], name_of: Callable[[torch.Tensor], str]) -> None:
+    """Refuse weights autograd cannot use (``name_of`` names the first one, in the message).
 
     Tensors created under ``torch.inference_mode()`` are *inference tensors*: autograd cannot record
     through them, and their ``requires_grad`` cannot be set outside that mode. ``meta`` tensors have
     no values at all (a model built on the ``meta`` device and never loaded).
     """
-    for name, tensor in tensors:
+    for tensor in tensors:
         if tensor.is_meta:
             raise UnsupportedModelError(
-                f"model has weights on the meta device (e.g. {name!r}): they were never loaded. Load real "
-                "weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
+                f"model has weights on the meta device (e.g. {name_of(tensor)!r}): they were never loaded. Load "
+                "real weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
             )
         if tensor.is_inference():
             raise UnsupportedModelError(
-                f"model was created under torch.inference_mode(): its weights (e.g. {name!r}) are inference "
-                "tensors, which autograd cannot differentiate through. Create or load the model outside the "
-                "inference_mode() block (no_grad() is fine)."
+                f"model was created under torch.inference_mode(): its weights (e.g. {name_of(tensor)!r}) are "
+                "inference tensors, which autograd cannot differentiate through. Create or load the model "
+                "outside the inference_mode() block (no_grad() is fine)."
             )
+
+
+def _weight_name(model: torch.nn.Module, tensor: torch.Tensor) -> str:
+    """The dotted name of one of the model's parameters or buffers (for messages only: slow)."""
+    wrapped = vars(model).get("original_model")
+    for root in [model, *([wrapped] if isinstance(wrapped, torch.nn.Module) else [])]:
+        for name, candidate in (*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)):
+            if candidate is tensor:
+                return name
+    return "an unnamed weight"
 
 
 def _is_remote_bridge(model: Any) -> bool:
@@ -164,7 +269,8 @@ def _model_family(model: Any) -> str:
         )
     looks_like_transformer_lens = (
         isinstance(model, torch.nn.Module)
-        and hasattr(model, "hook_dict")
+        # hook_dict is a TransformerBridge property that builds a dict: look for it without calling it.
+        and ("hook_dict" in vars(model) or hasattr(type(model), "hook_dict"))
         and hasattr(model, "cfg")
         and hasattr(model, "blocks")
         and hasattr(model, "unembed")
@@ -229,7 +335,7 @@ class ModelAdapter:
         # The unembedding alone here (a call builds several adapters; a full pass over the weights
         # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
         # tokenising. prepared_for_scopes checks every weight before it changes anything.
-        _check_differentiable([("W_U", self.W_U)])
+        _check_differentiable([self.W_U], lambda _: "W_U")
         if self.family == HOOKED_TRANSFORMER:
             self._check_weight_processing()
 
@@ -307,8 +413,18 @@ class ModelAdapter:
         return self.W_U.dtype
 
     # ----------------------------------------------------------------------------- hook names
+    @functools.cached_property
+    def hook_points(self) -> dict[str, Any]:
+        """The model's ``hook_dict`` (name → HookPoint, aliases included), read once per adapter: a
+        TransformerBridge builds that dictionary on every access (0.1 ms at GPT-2 size)."""
+        return dict(self.model.hook_dict)
+
+    @property
+    def hook_names(self) -> Any:
+        return self.hook_points.keys()
+
     def _resolve_hook(self, candidates: Sequence[str]) -> str:
-        hook_names = self.model.hook_dict
+        hook_names = self.hook_names
         for name in candidates:
             if name in hook_names:
                 return name
@@ -349,7 +465,7 @@ class ModelAdapter:
         """
         from jscopes_tl import families
 
-        hook_names = self.model.hook_dict
+        hook_names = self.hook_names
         for component, kind in families.EMBEDDING_MAPS.items():
             if f"{component}.hook_in" in hook_names and "embed.hook_out" in hook_names:
                 return InputEmbeddingPoint("embed.hook_out", kind)
@@ -499,6 +615,26 @@ class ModelAdapter:
         with self.model.hooks(fwd_hooks=fwd_hooks):
             yield
 
+    @contextlib.contextmanager
+    def own_hooks(self, fwd_hooks: list[tuple[str, HookFunction]]) -> Iterator[None]:
+        """jscopes_tl's own forward hooks (by exact hook name), added to their HookPoints directly
+        and removed on exit, errors included.
+
+        The same effect as :meth:`hooks` for hooks that do not read ``hook.name``, without the model's
+        context manager, which resolves aliases over the whole hook dictionary on entry (a
+        TransformerBridge) or visits every hook point on exit (a HookedTransformer): about a
+        millisecond per call at GPT-2 size. Each block uses a context level of its own, so removing
+        its hooks never touches the user's (or another block's) at the same point.
+        """
+        level = next(_own_hook_levels)
+        points = [self.hook_points[name] for name, _ in fwd_hooks]
+        try:
+            for point, (_, hook) in zip(points, fwd_hooks):
+                point.add_hook(hook, dir="fwd", level=level)
+            yield
+        finally:
+            _restore_all([lambda point=point: point.remove_hooks("fwd", level=level) for point in dict.fromkeys(points)])
+
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
         """The model on a batch whose every token is real (right padding only ever follows them).
 
@@ -533,47 +669,45 @@ class ModelAdapter:
                 "call the scope outside the inference_mode() block."
             )
         with self.lock():
-            _check_differentiable([*self.model.named_parameters(), *self.model.named_buffers()])
-            attributes = _tensor_attributes(self.model)
-            parameters = list(self.model.parameters())
-            requires_grad = [p.requires_grad for p in parameters]
+            if _prepared_depth.get(self.model, 0):
+                # Nested in a call that already prepared the model (a scope inside faithfulness or
+                # patching): it is frozen, in eval mode, and is restored when that call ends.
+                with self._nested(), torch.enable_grad():
+                    yield
+                return
+            modules, weights, tree = _model_tree(self.model)
+            _check_differentiable(weights, lambda tensor: _weight_name(self.model, tensor))
+            before = _cached_tensors(tree)
+            frozen = [weight for weight in weights if weight.requires_grad]
             try:
-                for parameter in parameters:
-                    parameter.requires_grad_(False)
-                with self.eval_mode(), torch.enable_grad():
+                for weight in frozen:
+                    weight.requires_grad_(False)
+                with self.eval_mode(modules), self._nested(), torch.enable_grad():
                     yield
             finally:
-                restores = [
-                    lambda parameter=parameter, flag=flag: parameter.requires_grad_(flag)
-                    for parameter, flag in zip(parameters, requires_grad)
-                ]
-                _restore_all([*restores, lambda: self._release_call_graph(attributes)])
-
-    def _release_call_graph(self, before: list[tuple[torch.nn.Module, str, Any]]) -> None:
-        """Give back the earlier value of every module tensor attribute that now holds an autograd
-        graph it did not hold before (a cache written during this call's forward passes)."""
-        for (module, name, earlier), (_, _, value) in zip(before, _tensor_attributes(self.model)):
-            if module is not None and isinstance(value, torch.Tensor) and value.grad_fn is not None and value is not earlier:
-                setattr(module, name, earlier)
+                restores = [lambda weight=weight: weight.requires_grad_(True) for weight in frozen]
+                _restore_all([*restores, lambda: _release_call_graph(before)])
 
     @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
+    def _nested(self) -> Iterator[None]:
+        _prepared_depth[self.model] = _prepared_depth.get(self.model, 0) + 1
+        try:
+            yield
+        finally:
+            _prepared_depth[self.model] -= 1
+
+    @contextlib.contextmanager
+    def eval_mode(self, modules: list[torch.nn.Module] | None = None) -> Iterator[None]:
         """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
-        restored on exit."""
+        restored on exit. ``modules``: the model's modules (:func:`_model_tree`), when the caller has them."""
         with self.lock():
-            training = [(module, module.training) for module in _all_modules(self.model)]
+            training = [module for module in (modules or _model_tree(self.model)[0]) if module.training]
             try:
-                if any(mode for _, mode in training):
+                if training:
                     self.model.eval()
                 yield
             finally:
-                _restore_all(
-                    [
-                        lambda module=module, mode=mode: setattr(module, "training", mode)
-                        for module, mode in training
-                        if module.training != mode
-                    ]
-                )
+                _restore_all([lambda module=module: setattr(module, "training", True) for module in training])
 
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:
@@ -621,7 +755,7 @@ class ModelAdapter:
         or without compatibility mode); returned as float32 on the CPU.
         """
         names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.n_layers)]
-        if not any(name in self.model.hook_dict for name in names):
+        if not any(name in self.hook_names for name in names):
             raise UnsupportedModelError(
                 f"this {self.architecture or self.family} has no attention layers (no blocks.L.attn.hook_pattern; "
                 "e.g. Mamba, a state-space model), so there are no attention patterns to view or correlate with. "
@@ -669,7 +803,7 @@ class ModelAdapter:
             from transformer_lens import patching
         except ImportError:
             return None
-        if not all(f"blocks.{layer}.hook_resid_pre" in self.model.hook_dict for layer in range(self.n_layers)):
+        if not all(f"blocks.{layer}.hook_resid_pre" in self.hook_names for layer in range(self.n_layers)):
             return None
 
         def patch(clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -760,7 +894,7 @@ class ModelAdapter:
         except ImportError:
             return None
         names = [f"blocks.{layer}.{hook}" for layer in range(self.n_layers) for hook in ("attn.hook_z", "hook_mlp_out")]
-        if not all(name in self.model.hook_dict for name in names):
+        if not all(name in self.hook_names for name in names):
             return None
         return {
             "heads_by_pos": patching.get_act_patch_attn_head_out_by_pos,

@@ -40,6 +40,7 @@ Mechanics that keep this exact and cheap:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -408,8 +409,11 @@ def _run_group(
 
     # Hooks at one hook point run in the order added: perturbations first (the user's hooks and
     # the capture must see δ), then the user's hooks, then the capture (it reads what they leave).
-    hooks = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
-    with adapter.hooks(hooks + list(fwd_hooks) + [(readout_point.hook, capture_readout)]):
+    # jscopes_tl's own hooks go straight onto their hook points; the user's through the model's
+    # context manager (it resolves filters and aliases).
+    perturbations = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
+    user_hooks = adapter.hooks(list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+    with adapter.own_hooks(perturbations), user_hooks, adapter.own_hooks([(readout_point.hook, capture_readout)]):
         try:
             adapter.forward(tokens)
         except _StopForward:

@@ -475,7 +475,7 @@ def resolve_readout_hook(adapter: ModelAdapter, readout_hook: str | None) -> Rea
     """The engine's readout point for ``readout_hook`` (None: the unembedding input)."""
     if readout_hook is None:
         return None
-    if not isinstance(readout_hook, str) or readout_hook not in adapter.model.hook_dict:
+    if not isinstance(readout_hook, str) or readout_hook not in adapter.hook_names:
         raise ScopeInputError(
             f"readout_hook must be the name of one of the model's hook points (model.hook_dict), e.g. "
             f"{adapter.resid_pre_hook(adapter.n_layers)!r}; got {readout_hook!r}."
@@ -496,7 +496,7 @@ def check_fwd_hooks(adapter: ModelAdapter, fwd_hooks: FwdHooks | None) -> list[t
             raise ScopeInputError(f"fwd_hooks[{index}] must be a pair (hook_name, function); got {entry!r}.")
         name = entry[0]
         if isinstance(name, str):
-            if name not in adapter.model.hook_dict:
+            if name not in adapter.hook_names:
                 raise ScopeInputError(f"fwd_hooks[{index}] names {name!r}, which is not a hook point of this model.")
         elif not callable(name):
             raise ScopeInputError(f"fwd_hooks[{index}][0] must be a hook name or a name filter; got {name!r}.")
@@ -519,8 +519,9 @@ def prediction_of(
     long list of repeats times the vocabulary would not fit in memory)."""
     if output.logits is None:
         return None
-    probabilities = torch.softmax(output.logits, dim=-1)
-    top_probabilities, top_ids = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    # softmax's top k, without a vocabulary-sized probability tensor: p = exp(logit − logsumexp).
+    top_logits, top_ids = output.logits.topk(min(top_k, output.logits.shape[-1]), dim=-1)
+    top_probabilities = (top_logits - output.logits.logsumexp(dim=-1, keepdim=True)).exp()
     if expand is not None:
         top_probabilities, top_ids = top_probabilities.index_select(1, expand), top_ids.index_select(1, expand)
     top_ids = axes.squeeze_prediction(top_ids)

@@ -149,3 +149,67 @@ def test_model_without_tokenizer_accepts_token_ids_but_not_text(any_model):
     finally:
         any_model.tokenizer = tokenizer
     assert ModelAdapter(any_model).tokenizer is tokenizer
+
+
+def test_a_module_added_between_calls_is_frozen_and_in_eval_mode_during_the_next_call(model):
+    """A call caches the model's module tree; registering a submodule or parameter invalidates it, so
+    the next call still freezes and switches everything it runs, and restores it afterwards."""
+    semantic_scope(model, PROMPT)  # caches the tree
+    block = model.blocks[0]
+    late_module, late_parameter = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(3))
+    block.add_module("late_module", late_module)  # registered after the first call, in train mode
+    block.register_parameter("late_parameter", late_parameter)
+    seen = {}
+
+    def look(activation, hook):
+        seen["module training"] = late_module.training
+        seen["module weight requires_grad"] = late_module.weight.requires_grad
+        seen["parameter requires_grad"] = late_parameter.requires_grad
+
+    try:
+        late_module.train()
+        semantic_scope(model, PROMPT, fwd_hooks=[(ModelAdapter(model).resid_pre_hook(1), look)])
+        assert seen == {
+            "module training": False, "module weight requires_grad": False, "parameter requires_grad": False,
+        }
+        assert late_module.training and late_module.weight.requires_grad and late_parameter.requires_grad
+    finally:
+        del block._modules["late_module"], block._parameters["late_parameter"]
+
+
+def test_a_parameter_replaced_between_calls_is_frozen_during_the_next_call(any_model):
+    semantic_scope(any_model, PROMPT)
+    module, name, old = next(
+        (module, name, parameter)
+        for module in any_model.blocks[0].modules()
+        for name, parameter in module.named_parameters(recurse=False)
+    )
+    replacement = torch.nn.Parameter(old.detach().clone())
+    module.register_parameter(name, replacement)
+    seen = []
+    try:
+        look = lambda activation, hook: seen.append(replacement.requires_grad)  # noqa: E731
+        semantic_scope(any_model, PROMPT, fwd_hooks=[(ModelAdapter(any_model).resid_pre_hook(1), look)])
+        assert seen == [False] and replacement.requires_grad
+    finally:
+        module.register_parameter(name, old)
+
+
+def test_the_scope_hooks_leave_the_users_hooks_at_the_same_point_in_place(any_model):
+    """jscopes_tl adds its own hooks straight to the hook points and removes only those: hooks the
+    user attached at the same points (permanent, or in their own hooks() context) stay and run."""
+    adapter = ModelAdapter(any_model)
+    points = [adapter.hook_points[adapter.perturbation_hook(0)], adapter.hook_points[adapter.final_hidden_hook]]
+    calls = []
+    points[0].add_perma_hook(lambda activation, hook: calls.append("permanent"))
+    try:
+        with any_model.hooks(fwd_hooks=[(adapter.final_hidden_hook, lambda activation, hook: calls.append("context"))]):
+            before = [(len(point.fwd_hooks), len(point._forward_hooks)) for point in points]
+            semantic_scope(any_model, PROMPT)
+            assert [(len(point.fwd_hooks), len(point._forward_hooks)) for point in points] == before
+            assert calls[0] == "permanent" and "context" in calls  # (a bridge's one-row unembedding runs it again)
+            with pytest.raises(KeyError, match="user bug"):
+                semantic_scope(any_model, PROMPT, target=lambda y: (_ for _ in ()).throw(KeyError("user bug")))
+            assert [(len(point.fwd_hooks), len(point._forward_hooks)) for point in points] == before
+    finally:
+        points[0].remove_hooks("fwd", including_permanent=True)
