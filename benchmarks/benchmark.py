@@ -31,10 +31,12 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,8 +57,9 @@ SIZES = {
 }
 
 
-def build_model(architecture: str, size: str = "full") -> Any:
-    """A randomly initialised model (TransformerBridge, or HookedTransformer on TransformerLens 2.x)."""
+def build_model(architecture: str, size: str = "full", tokenizer: Any = None) -> Any:
+    """A randomly initialised model (TransformerBridge, or HookedTransformer on TransformerLens 2.x),
+    with ``tokenizer`` if given (the bundled recall model's, for the dataset rows)."""
     torch.manual_seed(0)
     z = SIZES[size]
     n_layers, d_model, n_heads = z["n_layers"], z["d_model"], z["n_heads"]
@@ -74,7 +77,7 @@ def build_model(architecture: str, size: str = "full") -> Any:
                 common, d_vocab=z["llama_vocab"], d_mlp=z["llama_mlp"], act_fn="silu", normalization_type="RMS",
                 positional_embedding_type="rotary", gated_mlp=True, n_key_value_heads=n_heads // 3 or 1,
             )
-        return hooked_transformer_from_config(config)
+        return hooked_transformer_from_config(config, tokenizer=tokenizer)
     import transformers
 
     from jscopes_tl.adapter import bridge_from_hf_model
@@ -90,7 +93,7 @@ def build_model(architecture: str, size: str = "full") -> Any:
             num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads // 3 or 1,
             max_position_embeddings=2048,
         )
-    return bridge_from_hf_model(transformers.AutoModelForCausalLM.from_config(config))
+    return bridge_from_hf_model(transformers.AutoModelForCausalLM.from_config(config), tokenizer=tokenizer)
 
 
 def best_time(function: Callable[[], Any], repeats: int) -> float:
@@ -162,7 +165,10 @@ class _Stop(Exception):
 
 def scope_parts(model: Any, tokens: torch.Tensor, repeats: int) -> tuple[float, float]:
     """Seconds of the two parts of a Semantic Scope: the forward pass recording the graph for the
-    perturbation δ (stopped at the unembedding input), and one backward vector through it."""
+    perturbation δ (with the scope's hooks, stopped at the unembedding input, plus the one row of
+    logits the prediction needs), and one backward vector through it. Both run on the model as a
+    scope holds it (locked, eval mode, weights frozen), prepared once outside the timing: what a
+    scope costs beyond these two parts is its bookkeeping."""
     adapter = ModelAdapter(model)
     state: dict[str, torch.Tensor] = {}
 
@@ -174,19 +180,38 @@ def scope_parts(model: Any, tokens: torch.Tensor, repeats: int) -> tuple[float, 
             raise _Stop
 
         hooks = [(adapter.resid_pre_hook(0), lambda activation, hook: activation + delta), (adapter.final_hidden_hook, stop)]
-        with adapter.prepared_for_scopes(), adapter.hooks(hooks):
+        with adapter.own_hooks(hooks):
             try:
                 adapter.forward(tokens)
             except _Stop:
                 pass
+        with torch.no_grad():
+            adapter.logits(adapter.final_hidden(state["y"])[:, -1])
 
-    forward_seconds = best_time(forward, repeats)
-    y = adapter.final_hidden(state["y"])[0, -1]
-    direction = torch.randn(adapter.d_model)
-    backward_seconds = best_time(
-        lambda: torch.autograd.grad(y, state["delta"], direction, retain_graph=True), repeats
-    )
+    with adapter.prepared_for_scopes():
+        forward_seconds = best_time(forward, repeats)
+        y = adapter.final_hidden(state["y"])[0, -1]
+        direction = torch.randn(adapter.d_model)
+        backward_seconds = best_time(
+            lambda: torch.autograd.grad(y, state["delta"], direction, retain_graph=True), repeats
+        )
     return forward_seconds, backward_seconds
+
+
+def measure_bookkeeping(row: dict[str, Any], model: Any, tokens: torch.Tensor, repeats: int, rounds: int) -> None:
+    """A Semantic Scope's time beyond its own forward and backward parts (:func:`scope_parts`):
+    argument checks, tokens and positions, holding the model (lock, eval mode, frozen weights),
+    hooks, the readout, the result. The parts and the scope are timed in alternation, ``rounds``
+    times, and the best of each kept, so a slow moment of the machine hits neither alone."""
+    forwards, backwards, scopes = [], [], []
+    for _ in range(rounds):
+        forward, backward = scope_parts(model, tokens, repeats)
+        forwards.append(forward)
+        backwards.append(backward)
+        scopes.append(best_time(lambda: semantic_scope(model, tokens[0]), repeats))
+    row["scope_forward_s"], row["scope_backward_vector_s"] = min(forwards), min(backwards)
+    row["bookkeeping_ms"] = 1000 * (min(scopes) - min(forwards) - min(backwards))
+    row["bookkeeping_share_of_semantic"] = row["bookkeeping_ms"] / 1000 / min(scopes)
 
 
 def random_tokens(model: Any, n_prompts: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -208,9 +233,9 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     # Rank k costs one forward + k backward vectors; position="all" over n tokens needs n backward
     # vectors (one per position) but can share forward passes, so it cannot beat a loop of
     # positions by more than about (forward + backward) / backward.
-    row["scope_forward_s"], row["scope_backward_vector_s"] = scope_parts(model, tokens, repeats)
+    measure_bookkeeping(row, model, tokens, repeats, args.bookkeeping_rounds)
     row["all_speedup_bound"] = (row["scope_forward_s"] + row["scope_backward_vector_s"]) / row["scope_backward_vector_s"]
-    report(row, "scope_forward_s", "scope_backward_vector_s", "all_speedup_bound")
+    report(row, "scope_forward_s", "scope_backward_vector_s", "bookkeeping_ms", "all_speedup_bound")
 
     scopes: dict[str, Callable[[], Any]] = {
         "semantic": lambda: semantic_scope(model, tokens[0]),
@@ -300,6 +325,72 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     return row
 
 
+def dataset_prompts(n_prompts: int, seed: int = 0) -> list[str]:
+    """Key–value recall prompts of the bundled task (2–8 pairs: several token lengths)."""
+    from jscopes_tl.models.tasks import get_task
+
+    return [prompt.text for prompt in get_task("recall").labelled_prompts(n_prompts, seed=seed)]
+
+
+def dataset_model(name: str, size: str) -> Any:
+    """The bundled recall model, or a random model of the benchmark's size with its tokenizer."""
+    from jscopes_tl import models
+
+    if name == "recall":
+        return models.load("recall")
+    return build_model(name, size, tokenizer=models.load_hf("recall")[1])
+
+
+def measure_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``run_dataset`` (Semantic Scope, records written as Parquet) on ``--dataset-prompts`` prompts
+    against calling ``semantic_scope`` on each prompt in a Python loop, on the same model."""
+    from jscopes_tl.runs import run_dataset
+
+    model = dataset_model(name, args.size)
+    prompts = dataset_prompts(args.dataset_prompts)
+    row: dict[str, Any] = {"model": f"{name} (dataset)", "tokens": max(len(ModelAdapter(model).tokenize(p)) for p in prompts)}
+    with tempfile.TemporaryDirectory() as directory:
+        run = lambda: run_dataset(model, prompts, Path(directory) / "run", overwrite=True, progress=False)  # noqa: E731
+        run_dataset(model, prompts[:4], Path(directory) / "warm-up", progress=False)
+        semantic_scope(model, prompts[0])
+        row["dataset_loop_s"] = best_time(lambda: [semantic_scope(model, prompt) for prompt in prompts], 1)
+        row["dataset_run_s"] = best_time(run, 1)
+    row["dataset_prompts"] = len(prompts)
+    row["dataset_run_prompts_per_s"] = len(prompts) / row["dataset_run_s"]
+    row["dataset_run_vs_loop"] = row["dataset_loop_s"] / row["dataset_run_s"]
+    report(row, "dataset_loop_s", "dataset_run_s", "dataset_run_prompts_per_s", "dataset_run_vs_loop")
+    return row
+
+
+def dataset_memory_child(n_prompts: int) -> None:
+    """Run in a fresh process: the resident-set growth of a dataset run on the recall model."""
+    from jscopes_tl.runs import run_dataset
+
+    model = dataset_model("recall", "full")
+    prompts = dataset_prompts(n_prompts)
+    with tempfile.TemporaryDirectory() as directory:
+        run_dataset(model, prompts[:4], Path(directory) / "warm-up", progress=False)
+        baseline = _rss_mb()
+        sampler = _PeakSampler()
+        sampler.start()
+        run_dataset(model, prompts, Path(directory) / "run", progress=False)
+        sampler.running = False
+        sampler.join()
+    print(json.dumps({"peak_mb": max(sampler.peak, _rss_mb()) - baseline}))
+
+
+def measure_dataset_memory(sizes: list[int]) -> dict[str, Any]:
+    """Peak memory of dataset runs of growing size: flat if records stream to disk."""
+    row: dict[str, Any] = {"model": "recall (dataset run)", "tokens": 0}
+    for n_prompts in sizes:
+        output = subprocess.run(
+            [sys.executable, __file__, "--dataset-memory-child", str(n_prompts)], check=True, capture_output=True, text=True
+        ).stdout
+        row[f"dataset_{n_prompts}_peak_mb"] = json.loads(output.strip().splitlines()[-1])["peak_mb"]
+    row["dataset_peak_growth"] = row[f"dataset_{sizes[-1]}_peak_mb"] / max(row[f"dataset_{sizes[0]}_peak_mb"], 1.0)
+    return row
+
+
 def measure_eigensolve(row: dict[str, Any], prefix: str, model: Any, tokens: torch.Tensor, repeats: int) -> None:
     """The rank-1 eigen-solve alone, on the model's own distribution at the last position, and its
     share of the whole rank-1 Fisher Scope."""
@@ -384,7 +475,7 @@ def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt2,llama")
+    parser.add_argument("--models", default="gpt2,llama", help="models of the speed and memory rows ('' to skip)")
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--all-lengths", type=int, nargs="*", default=[128, 512])
     parser.add_argument("--loop-samples", type=int, default=16)
@@ -398,8 +489,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 tokens, 1 repeat, no exact Fisher, all at 128 only")
     parser.add_argument("--tiny", action="store_true", help="2-layer models, 16 tokens: checks the script runs (tests)")
     parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--bookkeeping-rounds", type=int, default=5, help="alternations of scope and parts for bookkeeping_ms")
+    parser.add_argument("--dataset-models", default="recall,gpt2", help="models of the dataset rows ('' to skip)")
+    parser.add_argument("--dataset-prompts", type=int, default=200)
+    parser.add_argument("--dataset-memory-prompts", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset-memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dataset_memory_child:
+        dataset_memory_child(args.dataset_memory_child)
+        return
     if args.memory_child:
         architecture, mode, length, size = args.memory_child
         memory_child(architecture, mode, int(length), size)
@@ -410,6 +509,7 @@ def main() -> None:
         args.memory_length = 512
     if args.tiny:
         args.length, args.repeats, args.all_lengths, args.memory_length, args.loop_samples = 16, 1, [16], 32, 4
+        args.bookkeeping_rounds, args.dataset_prompts, args.dataset_memory_prompts = 1, 12, [8, 24]
 
     machine = {
         "python": platform.python_version(),
@@ -420,16 +520,23 @@ def main() -> None:
         "model_size": args.size,
     }
     print("machine:", machine)
-    architectures = args.models.split(",")
+    architectures = [name for name in args.models.split(",") if name]
     speed = [measure_speed(architecture, args) for architecture in architectures]
-    print_rows("speed (seconds, and ratios)", speed)
+    if speed:
+        print_rows("speed (seconds, and ratios)", speed)
     skip_memory = args.skip_memory or args.fisher_only
     memory = [] if skip_memory else [measure_memory(a, args.memory_length, args.size) for a in architectures]
     if memory:
         print_rows("peak memory (MB above the loaded model)", memory)
+    dataset_models = [name for name in args.dataset_models.split(",") if name] if not args.fisher_only else []
+    dataset = [measure_dataset(name, args) for name in dataset_models]
+    if dataset and not skip_memory and args.dataset_memory_prompts:
+        dataset.append(measure_dataset_memory(args.dataset_memory_prompts))
+    if dataset:
+        print_rows("dataset runs (run_dataset vs a loop of semantic_scope; peak MB above the loaded model)", dataset)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"machine": machine, "speed": speed, "memory": memory}, handle, indent=2)
+            json.dump({"machine": machine, "speed": speed, "memory": memory, "dataset": dataset}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,11 @@ def test_benchmark_writes_every_ratio(tmp_path):
     assert abs(speed["confident_gap"] / 1e-6 - 1) < 0.01
     assert memory["semantic_vs_floor"] > 0 and memory["fisher_rank8_vs_floor"] > 0
     assert figures["machine"]["model_size"] == "tiny"
+    # A scope's bookkeeping: its time beyond its own parts (a difference of timings: any sign on a busy machine).
+    assert math.isfinite(speed["bookkeeping_ms"]) and math.isfinite(speed["bookkeeping_share_of_semantic"])
+    recall, gpt2, growth = figures["dataset"]
+    assert [recall["model"], gpt2["model"], growth["model"]] == ["recall (dataset)", "gpt2 (dataset)", "recall (dataset run)"]
+    for row in (recall, gpt2):
+        assert row["dataset_prompts"] == 12
+        assert row["dataset_run_vs_loop"] == row["dataset_loop_s"] / row["dataset_run_s"] > 0
+    assert growth["dataset_8_peak_mb"] >= 0 and growth["dataset_24_peak_mb"] >= 0
