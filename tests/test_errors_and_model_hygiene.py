@@ -213,3 +213,20 @@ def test_the_scope_hooks_leave_the_users_hooks_at_the_same_point_in_place(any_mo
             assert [(len(point.fwd_hooks), len(point._forward_hooks)) for point in points] == before
     finally:
         points[0].remove_hooks("fwd", including_permanent=True)
+
+
+def test_a_scope_nested_in_a_prepared_model_runs_on_it_as_held_and_restores_once(any_model):
+    """A scope inside another call that holds the model (faithfulness and patching hold it under
+    no_grad) reuses that preparation: same scores, autograd back on for its own passes, and the
+    user's flags and modes come back when the outer call ends."""
+    expected = semantic_scope(any_model, PROMPT).scores
+    adapter = ModelAdapter(any_model)
+    with unusual_user_state(any_model):
+        before = hook_fingerprint(any_model)
+        with adapter.prepared_for_scopes(), torch.no_grad():
+            inside = semantic_scope(any_model, PROMPT).scores
+            assert not torch.is_grad_enabled()
+            assert not any(parameter.requires_grad for parameter in any_model.parameters())
+            assert not any_model.training
+        assert hook_fingerprint(any_model) == before
+    assert torch.equal(inside, expected)
