@@ -48,7 +48,15 @@ from jscopes_tl import (
 from jscopes_tl import cli
 from jscopes_tl.attention import attention_correlation
 from jscopes_tl.errors import ResultFormatError
-from jscopes_tl.views import attention_comparison_view, compare_view, token_view
+from jscopes_tl.views import (
+    attention_comparison_view,
+    compare_view,
+    faithfulness_table_html,
+    patching_comparison_html,
+    scopes_page,
+    token_view,
+)
+from jscopes_tl.views.components import component_comparison_view, component_view
 
 from conftest import MODEL_SPECS, PROMPT, build
 from model_state import ModelState
@@ -168,6 +176,14 @@ MISUSES: dict[str, Misuse] = {
     "token view prompt": Misuse("token_view", lambda c: token_view(c.result, prompt=3), ValueError, "prompt"),
     "token view values": Misuse("token_view", lambda c: token_view(c.result, values="gradients"), ValueError, "values must be"),
     "compare nothing": Misuse("compare_view", lambda c: compare_view([]), ValueError, "results is empty"),
+    "compare one result": Misuse("compare_view", lambda c: compare_view(c.result), TypeError, r"results must be a list .* pass \[result\]"),
+    "compare a non-result": Misuse("compare_view", lambda c: compare_view([c.result, 3]), TypeError, r"results\[1\] must be a ScopeResult"),
+    "token view of a list": Misuse("token_view", lambda c: token_view([c.result]), TypeError, "result must be a ScopeResult"),
+    "scopes page of one result": Misuse("scopes_page", lambda c: scopes_page(c.result), TypeError, "results must be a list"),
+    "patching html of nothing": Misuse("patching_comparison_html", lambda c: patching_comparison_html(None), TypeError, "comparison must be a PatchingComparison"),
+    "faithfulness html of a result": Misuse("faithfulness_table_html", lambda c: faithfulness_table_html(c.result), TypeError, "report must be a FaithfulnessReport"),
+    "component view of a token scope": Misuse("component_view", lambda c: component_view(c.result), TypeError, "result must be a ComponentScopeResult"),
+    "component comparison of nothing": Misuse("component_comparison_view", lambda c: component_comparison_view(None), TypeError, "comparison must be a ComponentPatchingComparison"),
     "report into a directory": Misuse("report", lambda c: report(c.model, PROMPT, path=c.tmp_path), ScopeInputError, "path .* is a directory"),
     "report into a missing directory": Misuse("report", lambda c: report(c.model, PROMPT, path=c.tmp_path / "no" / "r.html"), ScopeInputError, "does not exist"),
     "report matrix scope": Misuse("report", lambda c: report(c.model, PROMPT, matrix_scope="entropy"), ValueError, "matrix_scope"),

@@ -17,7 +17,7 @@ from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.attention import HeadCorrelation, correlate_with_heads, scope_matrix
 from jscopes_tl.export import str_tokens_per_prompt
 from jscopes_tl.result import ScopeResult
-from jscopes_tl.views.html import Component, Page, text
+from jscopes_tl.views.html import Component, Page, check_type, text
 
 
 def row_normalized(matrix: Float[torch.Tensor, "pos pos"]) -> Float[torch.Tensor, "pos pos"]:
@@ -59,6 +59,7 @@ def attention_comparison_view(
         >>> attention_comparison_view(model, fisher_scope(model, text, position="all"), layer=1).save_html("cmp.html")
     """
     adapter = ModelAdapter(model)
+    check_type(result, ScopeResult, "result", "a ScopeResult of position='all' (e.g. fisher_scope(model, text, position='all'))")
     if not isinstance(layer, int) or not 0 <= layer < adapter.n_layers:
         raise ValueError(f"layer must be an attention layer in [0, {adapter.n_layers}); got {layer!r}.")
     matrix = scope_matrix(result, prompt=prompt)

@@ -22,7 +22,7 @@ from jaxtyping import Float
 
 from jscopes_tl.components import ComponentScopeResult
 from jscopes_tl.patching import ComponentPatchingComparison
-from jscopes_tl.views.html import Page, text, token_text
+from jscopes_tl.views.html import Page, check_type, text, token_text
 
 HeadIndex = tuple[int, int]
 
@@ -141,6 +141,7 @@ def component_heatmaps_html(
 ) -> str:
     """The layer × head map (MLPs as the last column) and the head × token map of ``heads``
     (default: the ``k`` heads with the largest totals), as an HTML fragment."""
+    check_type(result, ComponentScopeResult, "result", "a ComponentScopeResult (from component_scope)")
     head_scores, mlp_scores, str_tokens, position = _single(result, prompt, position)
     totals = _totals(head_scores, result.squared)
     grid = torch.cat([totals, _totals(mlp_scores, result.squared)[:, None]], dim=1)
@@ -185,6 +186,7 @@ def component_view(
     Example:
         >>> component_view(component_scope(model, prompt)).save_html("components.html")
     """
+    check_type(result, ComponentScopeResult, "result", "a ComponentScopeResult (from component_scope)")
     _, _, str_tokens, chosen_position = _single(result, prompt, position)
     title = title or f"{result.kind.capitalize()} component scope"
     note = _prediction_note(result, chosen_position) if result.tokens.ndim == 1 and result.position.ndim == 0 else ""
@@ -206,6 +208,10 @@ def component_comparison_view(
     ``|all-position patching effect|``), with each map's largest cell outlined; ★ marks the
     prediction position.
     """
+    check_type(
+        comparison, ComponentPatchingComparison, "comparison",
+        "a ComponentPatchingComparison (from compare_components_with_patching)",
+    )
     patching, estimate, scope = comparison.activation_patching, comparison.attribution_patching, comparison.scope
     n_layers, n_heads, _ = patching.heads.shape
     rows, columns = _layer_head_labels(n_layers, n_heads)

@@ -343,3 +343,23 @@ def text(value: Any) -> str:
 def token_text(token: str) -> str:
     """A token shown readably in HTML text: its ``repr`` (quotes, ``\\n`` visible), escaped."""
     return html.escape(repr(token), quote=True)
+
+
+def check_type(value: Any, expected: type, argument: str, what: str) -> None:
+    """A view's argument is the object it draws (``what`` names it and where it comes from)."""
+    if not isinstance(value, expected):
+        raise TypeError(f"{argument} must be {what}; got {type(value).__name__}.")
+
+
+def check_list_of(values: Any, expected: type, argument: str, what: str) -> list[Any]:
+    """A view's list argument holds the objects it draws (one of them alone is refused, with a hint)."""
+    if isinstance(values, expected):
+        raise TypeError(f"{argument} must be a list of {what}s; got one {type(values).__name__}: pass [{argument[:-1] or 'it'}].")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or not hasattr(values, "__iter__"):
+        raise TypeError(f"{argument} must be a list of {what}s; got {type(values).__name__}.")
+    values = list(values)
+    for index, value in enumerate(values):
+        if not isinstance(value, expected):
+            raise TypeError(f"{argument}[{index}] must be a {what}; got {type(value).__name__}.")
+    return values
+

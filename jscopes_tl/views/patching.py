@@ -18,6 +18,7 @@ from jaxtyping import Float
 
 from jscopes_tl.faithfulness import FaithfulnessReport
 from jscopes_tl.patching import PatchingComparison
+from jscopes_tl.views.html import check_type
 
 _STYLE = (
     "<style>.jscopes-heatmaps{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}"
@@ -72,6 +73,7 @@ def heatmap_table(
 def patching_comparison_html(comparison: PatchingComparison) -> str:
     """Activation patching effect, attribution patching and the layer-resolved scope side by side,
     with their rank correlations (an HTML fragment)."""
+    check_type(comparison, PatchingComparison, "comparison", "a PatchingComparison (from compare_with_patching)")
     patching = comparison.activation_patching
     differs = [a != b for a, b in zip(comparison.clean_str_tokens, comparison.corrupted_str_tokens)]
     corrupted_labels = [token if changed else "" for token, changed in zip(comparison.corrupted_str_tokens, differs)]
@@ -97,6 +99,7 @@ def patching_comparison_html(comparison: PatchingComparison) -> str:
 
 def faithfulness_table_html(report: FaithfulnessReport, *, per_prompt: bool = False) -> str:
     """The faithfulness summary (mean over prompts per scorer), or every row, as an HTML table."""
+    check_type(report, FaithfulnessReport, "report", "a FaithfulnessReport (from evaluate_faithfulness)")
     rows: list[dict[str, Any]] = report.rows if per_prompt else report.summary()
     if not rows:
         return "<p>no rows</p>"

@@ -33,7 +33,7 @@ from jaxtyping import Float
 
 from jscopes_tl.export import layer_list, result_axes, str_tokens_per_prompt, word_starts_per_prompt
 from jscopes_tl.result import ScopeResult
-from jscopes_tl.views.html import Block, Component, Page, Tabs, text, token_text
+from jscopes_tl.views.html import Block, Component, Page, Tabs, check_list_of, check_type, text, token_text
 from jscopes_tl.words import Reduction, aggregate_words
 
 ValueField = Literal["scores", "gradient_x_input"]
@@ -379,6 +379,7 @@ def token_view(
     Example:
         >>> token_view(fisher_scope(model, "The cat sat on the"), log_scale=True).save_html("fisher.html")
     """
+    check_type(result, ScopeResult, "result", "a ScopeResult (from semantic_scope, fisher_scope, temperature_scope or jacobian_scope)")
     columns = select_columns(result, prompt=prompt, position=position, layer=layer, values=values)
     title = _title(result, values)
     blocks: list[Block] = [f"<h2>{text(title)}</h2>"]
@@ -402,6 +403,7 @@ def compare_view(
     Example:
         >>> compare_view([semantic_scope(model, text), fisher_scope(model, text), temperature_scope(model, text)])
     """
+    results = check_list_of(results, ScopeResult, "results", "ScopeResult")
     if len(results) == 0:
         raise ValueError("results is empty; pass the scope results to compare.")
     labels = [r.kind.capitalize() for r in results] if labels is None else list(labels)
@@ -449,6 +451,7 @@ def scopes_page(
     Example:
         >>> scopes_page([semantic_scope(model, text, position="all"), fisher_scope(model, text, position="all")])
     """
+    results = check_list_of(results, ScopeResult, "results", "ScopeResult")
     if len(results) == 0:
         raise ValueError("results is empty; pass the scope results to show.")
     options: dict[str, Any] = dict(prompt=prompt, words=words, log_scale=log_scale)
