@@ -10,7 +10,9 @@ another point, or scales differently, shows up). Load modes where TransformerLen
 weights (HookedTransformer's default ``fold_ln`` / centring, the bridge's compatibility mode) fold
 the final norm into ``W_U`` and centre it: there single-logit Semantic and Temperature are different
 quantities by design (documented; Temperature must warn and vanish), so those rows check contrast,
-Fisher and Temperature's warning.
+Fisher and Temperature's warning. Fisher rank 1 of a folded model reads the top eigenvector of
+``diag(g) F diag(g)`` (``g``: the final norm's gain, now in ``W_U``) and is checked against the
+oracle in that folded basis (``Oracle.fisher(..., folded=True)``).
 
 Used by ``scripts/architecture_matrix.py`` (the full matrix, printed) and by
 ``tests/test_architecture_matrix.py`` (the fast part).
@@ -116,13 +118,11 @@ class Row:
         return self.status == "ok" or self.status.startswith(("unsupported", "warned"))
 
 
-def fisher_rank_one_tolerance(reference: Any, p: int) -> float:
-    """Rank-1 Fisher reads the top eigenvector of F, which rounding moves by about ``δF / (λ1 − λ2)``:
-    the tolerance grows with the inverse relative eigengap (13 on the random Llama, whose
-    λ1 = 0.955, λ2 = 0.884)."""
-    W, probabilities = reference.W[p], torch.softmax(reference.logits[p], -1)
-    centred = (W - (W @ probabilities)[:, None]) * probabilities.sqrt()[None, :]
-    top, second = torch.linalg.eigvalsh(centred @ centred.T)[-2:].flip(0).tolist()
+def fisher_rank_one_tolerance(reference: Any, p: int, folded: bool = False) -> float:
+    """Rank-1 Fisher reads the top eigenvector of F (of ``diag(g) F diag(g)`` when folded), which
+    rounding moves by about ``δF / (λ1 − λ2)``: the tolerance grows with the inverse relative
+    eigengap (13 on the random Llama, whose λ1 = 0.955, λ2 = 0.884)."""
+    top, second = torch.linalg.eigvalsh(reference.fisher_matrix(p, folded))[-2:].flip(0).tolist()
     return TOLERANCE * max(1.0, top / max(top - second, 1e-300))
 
 
@@ -140,9 +140,13 @@ def _scope_errors(model: Any, hf64: torch.nn.Module, ids: torch.Tensor, fast: bo
     errors["contrast"] = relative_error(semantic_scope(model, ids, target=CONTRAST).scores, reference.semantic(last, CONTRAST))
     if fast:
         return errors, tolerances
-    if not folded:  # folding the final norm's gain into W_U changes F's eigenvectors (exact F is invariant)
-        errors["fisher-1"] = relative_error(fisher_scope(model, ids, rank=1, tail_tolerance=0.0).scores, reference.fisher(last, 1))
-        tolerances["fisher-1"] = fisher_rank_one_tolerance(reference, last)
+    # Folding the final norm's gain into W_U changes F's eigenvectors (exact F is invariant): a folded
+    # model's rank 1 is checked in the folded basis.
+    rank_one = "fisher-1 (folded)" if folded else "fisher-1"
+    errors[rank_one] = relative_error(
+        fisher_scope(model, ids, rank=1, tail_tolerance=0.0).scores, reference.fisher(last, 1, folded=folded)
+    )
+    tolerances[rank_one] = fisher_rank_one_tolerance(reference, last, folded)
     errors["fisher-exact"] = relative_error(
         fisher_scope(model, ids, rank=None, tail_tolerance=0.0).scores, reference.fisher(last, None)
     )
@@ -272,13 +276,17 @@ def format_matrix(rows: list[Row]) -> str:
         text = "inf" if math.isinf(value) else f"{value:.0e}"
         return f"**{text}**" if flag else text
 
+    def cell(row: Row, column: str) -> str:
+        folded = f"{column} (folded)"  # Fisher rank 1 of a folded model, in the folded basis
+        return number(row.errors[folded]) + " (folded)" if folded in row.errors else number(row.errors.get(column))
+
     for row in rows:
         status = row.status if len(row.status) <= 110 else row.status[:107] + "..."
         worst = max(row.errors.values()) if row.errors else None
         flags = half_flags(row)
         cells = [
             row.family, row.mode, status.replace("|", "/"), number(worst),
-            *[number(row.errors.get(column)) for column in COLUMNS],
+            *[cell(row, column) for column in COLUMNS],
             number(row.half.get("bf16"), "bf16" in flags), number(row.half.get("fp16"), "fp16" in flags),
             row.perturbed or "–", f"{row.seconds:.1f}",
         ]
