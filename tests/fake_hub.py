@@ -4,9 +4,10 @@
 ``load_pretrained("gpt2")`` resolve a hub name to files through ``huggingface_hub``: with
 ``HF_HUB_OFFLINE=1`` and a cache that holds ``models--gpt2/snapshots/<commit>/…`` and
 ``refs/main``, every file is served from the cache, and the loaders' own code runs — config
-conversion (TransformerLens 2.18 reads GPT-2's sizes from the cached ``config.json``; it hard-codes
-configs only for Llama-1/2, CodeLlama and Gemma names), weight conversion, tokenizer loading, weight
-processing — up to the one thing that is missing here: the download of a file not in the cache.
+conversion (TransformerLens 2.18 reads GPT-2's sizes from the cached ``config.json``: only names
+containing "llama" or "gemma" get hard-coded configs instead), weight conversion, tokenizer loading,
+weight processing — up to the one thing missing here: the download of a file not in the cache
+(with an empty cache the same calls stop there: ``tests/test_readme.py``).
 
 The cached model is a 2-layer GPT-2 built from ``transformers.GPT2Config`` with random weights and
 random final-norm gains (:func:`jscopes_tl.families.toy_hf_model`), with the BPE tokenizer of the
