@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,14 @@ def _scope_errors(model: Any, hf64: torch.nn.Module, ids: torch.Tensor, fast: bo
     return errors, tolerances
 
 
+def failure(error: BaseException) -> str:
+    """An exception as ``Type: first line (at file:line)``, the innermost frame's file relative to
+    its package directory."""
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" (at {frame.filename.split('site-packages/')[-1]}:{frame.lineno})" if frame else ""
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}{where}"
+
+
 def _half_errors(family: str, mode: str, model32: Any, ids: torch.Tensor) -> dict[str, float | str]:
     """bf16 / fp16 scores against float32 (Semantic on the float32 top-1 token, and Temperature or,
     where the final norm is folded, Fisher rank 1): the error, or the exception's text."""
@@ -190,12 +199,12 @@ def _half_errors(family: str, mode: str, model32: Any, ids: torch.Tensor) -> dic
             with torch.no_grad():
                 model(ids[None])
         except Exception as error:  # noqa: BLE001 - TransformerLens's own forward pass fails: recorded
-            errors[name] = f"{TL_FAILS}{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+            errors[name] = TL_FAILS + failure(error)
             continue
         try:
             half = scores(model)
         except Exception as error:  # noqa: BLE001 - recorded in the matrix
-            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+            errors[name] = failure(error)
             continue
         finite = all(bool(torch.isfinite(s).all()) for s in half)
         errors[name] = max(relative_error(h, r) for h, r in zip(half, reference)) if finite else math.inf
@@ -206,7 +215,8 @@ def check(family: str, mode: str, *, fast: bool = False, half: bool = True) -> R
     """One cell of the matrix. ``fast``: logits, Semantic top-1 and contrast, and the model-state
     check only. A model jscopes_tl refuses (``UnsupportedModelError``) is listed with the reason.
     Half precision above :data:`HALF_TOLERANCE` is flagged (``half_flags``); a half-precision
-    model that fails or gives non-finite scores fails the cell."""
+    model that fails or gives non-finite scores fails the cell, unless the failure is
+    TransformerLens's own one that the family table records (:func:`known_upstream_failure`)."""
     row = Row(family, mode)
     start = time.perf_counter()
     try:
@@ -239,7 +249,7 @@ def check(family: str, mode: str, *, fast: bool = False, half: bool = True) -> R
         bad = [name for name, value in row.errors.items() if not value <= tolerances.get(name, TOLERANCE)]
         bad += [
             name for name, value in row.half.items()
-            if (isinstance(value, str) and not value.startswith(TL_FAILS)) or (isinstance(value, float) and math.isinf(value))
+            if (isinstance(value, str) and not known_upstream_failure(family, value)) or (isinstance(value, float) and math.isinf(value))
         ]
         if bad and row.status == "ok":
             row.status = "MISMATCH: " + ", ".join(bad)
@@ -252,6 +262,13 @@ def check(family: str, mode: str, *, fast: bool = False, half: bool = True) -> R
     finally:
         row.seconds = time.perf_counter() - start
     return row
+
+
+def known_upstream_failure(family: str, value: float | str) -> bool:
+    """A half-precision failure inside TransformerLens's own forward pass that the family table
+    records (``Family.half_precision_error``); any other failure fails the cell."""
+    recorded = FAMILIES[family].half_precision_error
+    return isinstance(value, str) and recorded is not None and value.startswith(TL_FAILS + recorded)
 
 
 def half_flags(row: Row) -> list[str]:
@@ -272,7 +289,7 @@ def format_matrix(rows: list[Row]) -> str:
         if value is None:
             return "–"
         if isinstance(value, str):
-            return "TL error" if value.startswith(TL_FAILS) else "error"
+            return "error"
         text = "inf" if math.isinf(value) else f"{value:.0e}"
         return f"**{text}**" if flag else text
 
@@ -287,7 +304,10 @@ def format_matrix(rows: list[Row]) -> str:
         cells = [
             row.family, row.mode, status.replace("|", "/"), number(worst),
             *[cell(row, column) for column in COLUMNS],
-            number(row.half.get("bf16"), "bf16" in flags), number(row.half.get("fp16"), "fp16" in flags),
+            *[
+                "TL error (known)" if known_upstream_failure(row.family, row.half.get(name, 0.0)) else number(row.half.get(name), name in flags)
+                for name in ("bf16", "fp16")
+            ],
             row.perturbed or "–", f"{row.seconds:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
