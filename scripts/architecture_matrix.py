@@ -11,6 +11,8 @@ cannot load are listed as unsupported, with the reason). See tests/architecture_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import sys
 import time
@@ -38,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     start = time.perf_counter()
-    rows = [
-        matrix.check(family, mode, fast=arguments.fast, half=not arguments.no_half)
-        for family in families
-        for mode in modes
-    ]
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens 2.x prints as it casts a model
+        rows = [
+            matrix.check(family, mode, fast=arguments.fast, half=not arguments.no_half)
+            for family in families
+            for mode in modes
+        ]
     print(f"## {matrix.generation()}, torch {__import__('torch').__version__}, "
           f"transformers {__import__('transformers').__version__}\n")
     print(matrix.format_matrix(rows))
