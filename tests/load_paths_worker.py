@@ -90,7 +90,8 @@ def main(out: str, saved: str) -> None:
         with torch.no_grad():
             logits = model(tokens)[0]  # also a bridge's first forward pass, which wires some hooks
         state = ModelState.capture(model)
-        record = dict(cls=type(model).__name__, load_seconds=seconds, to_tokens=tokens[0], logits=logits, **scopes(model))
+        sizes = {name: int(getattr(model.cfg, name)) for name in ("n_layers", "d_model", "d_vocab")}
+        record = dict(cls=type(model).__name__, load_seconds=seconds, sizes=sizes, to_tokens=tokens[0], logits=logits, **scopes(model))
         try:
             state.assert_unchanged(model, "the scopes")
             record["left_clean"] = ""

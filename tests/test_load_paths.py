@@ -88,6 +88,12 @@ def test_the_model_is_the_cached_checkpoint_with_its_tokenizer(path: str, hub: f
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_the_config_is_the_cached_one_not_a_hard_coded_gpt2(path: str, hub: fake_hub.FakeHub, records: dict[str, Any]) -> None:
+    config = hub.hf_model.config  # 2 layers of 64, not GPT-2 small's 12 of 768
+    assert records[path]["sizes"] == {"n_layers": config.n_layer, "d_model": config.n_embd, "d_vocab": config.vocab_size}
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_the_numerics_say_whether_the_path_folded_the_final_norm(path: str, records: dict[str, Any]) -> None:
     numerics = records[path]["numerics"]
     folded = path in FOLDED
