@@ -73,7 +73,8 @@ class Oracle:
         return torch.einsum("d,tde->te", w, self.jacobian[p]).norm(dim=-1)
 
     def fisher_matrix(self, p: int, folded: bool = False) -> torch.Tensor:
-        """``F`` w.r.t. ``y`` [d_model, d_model], or ``F' = diag(g) F diag(g)`` w.r.t. ``n`` (folded)."""
+        """``F`` w.r.t. ``y`` [d_model, d_model], or (folded) ``F'`` w.r.t. ``n``: ``diag(g) F diag(g)``,
+        and ``P diag(g) F diag(g) P`` after a LayerNorm."""
         W, probabilities = self.W[p], torch.softmax(self.logits[p], -1)
         if folded:
             W = self.gain()[:, None] * W
