@@ -67,6 +67,10 @@ class Family:
     bridge_architecture: str | None = None
     folds: bool = True
     attention: bool = True
+    # A known failure of TransformerLens's own forward pass in bf16/fp16 (upstream, not ours): the
+    # error's text, and where and why it happens. The architecture matrix tells it from a new one.
+    half_precision_error: str | None = None
+    half_precision_reason: str | None = None
     # TransformerLens 2.x: a full HookedTransformerConfig dictionary from an HF config (where TL
     # hard-codes configs per checkpoint name), or corrections to the one it derives from config.json.
     hooked_config: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
@@ -263,6 +267,11 @@ FAMILIES: dict[str, Family] = {
             "norms after each sublayer (not before), q/k RMSNorm",
             hooked_transformer="TransformerLens 2.18 has no OLMo-2 conversion",
             bridge_architecture="Olmo2ForCausalLM",
+            half_precision_error="RuntimeError: expected scalar type Float but found",
+            half_precision_reason="TransformerLens 4.3's bridge attention (position_embeddings_attention.py, "
+            "`attn_output = torch.matmul(attn_weights, value_states_expanded)`) gets float32 rotary queries and keys "
+            "(hook_rot_q / hook_rot_k) and so a float32 pattern, but bf16/fp16 values: RuntimeError: expected scalar "
+            "type Float but found BFloat16 (Half in fp16). Upstream; float32 works",
         ),
         Family(
             "stablelm", "StableLmConfig", lambda v: _llama_like(v, partial_rotary_factor=0.25),

@@ -17,6 +17,16 @@ model's ``lm_head`` (captured by a forward pre-hook) and ``x_t`` is
 From ``J`` and the logits (``lm_head`` and the config's final soft-cap), the scores of every scope
 follow by their definitions: Semantic ``‖w^T J_t‖`` with ``w = ∂logit/∂y``; Fisher ``Σ λ_i‖u_i^T
 J_t‖²`` over ``eigh`` of the centred ``F = W (diag p − p pᵀ) Wᵀ``; Temperature ``‖ŷ^T J_t‖``.
+
+The folded basis (``folded=True``): a model whose final norm ``y = g ⊙ n + b`` was folded into the
+unembedding (HookedTransformer's default processing, the bridge's compatibility mode) reads ``n``
+instead of ``y`` and has ``W_U' = diag(g) W_U`` (centring its columns adds one constant to every
+logit and changes no ``F``). There ``F' = diag(g) F diag(g)`` and ``J'_t = diag(1/g) J_t``: exact
+Fisher is unchanged, rank-k Fisher reads the top eigenvectors of ``F'``. A LayerNorm's ``n`` has
+mean 0, so folding also centres ``W_U'`` over d_model (TransformerLens does, for every weight reading
+a LayerNorm's output): ``F' = P diag(g) F diag(g) P`` with ``P = I − 11ᵀ/d`` (``P J'_t = J'_t``).
+The gain ``g``, and whether the norm subtracts the mean, are read off the Hugging Face model's final
+norm by probing the module (``1 + w`` or ``w``; ``n(h)`` summing to 0), never assumed.
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ class Oracle:
     logits: dict[int, torch.Tensor]
     W: dict[int, torch.Tensor]
     x: torch.Tensor  # [pos, d_x]
+    final_gain: torch.Tensor | None = None  # [d_model], g of the final norm y = g ⊙ n + b (None: no final norm)
+    final_norm_centres: bool = False  # the final norm subtracts the mean (LayerNorm): n has mean 0
 
     def semantic(self, p: int, target: int | tuple[int, int] | None = None) -> torch.Tensor:
         W = self.W[p]
@@ -60,19 +72,84 @@ class Oracle:
         w = W[:, target[0]] - W[:, target[1]] if isinstance(target, tuple) else W[:, target]
         return torch.einsum("d,tde->te", w, self.jacobian[p]).norm(dim=-1)
 
-    def fisher(self, p: int, rank: int | None) -> torch.Tensor:
+    def fisher_matrix(self, p: int, folded: bool = False) -> torch.Tensor:
+        """``F`` w.r.t. ``y`` [d_model, d_model], or (folded) ``F'`` w.r.t. ``n``: ``diag(g) F diag(g)``,
+        and ``P diag(g) F diag(g) P`` after a LayerNorm."""
         W, probabilities = self.W[p], torch.softmax(self.logits[p], -1)
-        mean = W @ probabilities
-        centred = (W - mean[:, None]) * probabilities.sqrt()[None, :]
-        eigenvalues, eigenvectors = torch.linalg.eigh(centred @ centred.T)
+        if folded:
+            W = self.gain()[:, None] * W
+            if self.final_norm_centres:  # n has mean 0: the folded W_U is centred over d_model
+                W = W - W.mean(0, keepdim=True)
+        centred = (W - (W @ probabilities)[:, None]) * probabilities.sqrt()[None, :]
+        return centred @ centred.T
+
+    def fisher(self, p: int, rank: int | None, folded: bool = False) -> torch.Tensor:
+        eigenvalues, eigenvectors = torch.linalg.eigh(self.fisher_matrix(p, folded))
         if rank is not None:
             eigenvalues, eigenvectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
-        projected = torch.einsum("dk,tde->tke", eigenvectors, self.jacobian[p])
+        jacobian = self.jacobian[p] / self.gain()[None, :, None] if folded else self.jacobian[p]  # J' = ∂n/∂x
+        projected = torch.einsum("dk,tde->tke", eigenvectors, jacobian)
         return (eigenvalues[None, :] * projected.pow(2).sum(-1)).sum(-1)
+
+    def gain(self) -> torch.Tensor:
+        if self.final_gain is None:
+            raise AssertionError("the model has no final norm: there is no folded basis")
+        return self.final_gain
 
     def temperature(self, p: int) -> torch.Tensor:
         y = self.y[p]
         return torch.einsum("d,tde->te", y / y.norm(), self.jacobian[p]).norm(dim=-1)
+
+
+def _final_norm(model: torch.nn.Module, ids: torch.Tensor) -> torch.nn.Module | None:
+    """The norm whose output is the ``lm_head`` input (a module with a 1-D ``weight`` of d_model
+    entries whose output equals it); None when something else feeds ``lm_head`` (OPT-350m's
+    ``project_out``)."""
+    outputs: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    head = model.get_output_embeddings()
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda m, args, output: outputs.append((m, output)))
+        for module in model.modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 1 and module is not head
+    ]
+    handles.append(head.register_forward_pre_hook(lambda m, args: captured.__setitem__("y", args[0])))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    y = captured["y"]
+    producers = [
+        module for module, output in outputs
+        if isinstance(output, torch.Tensor) and module.weight.shape == (y.shape[-1],) and torch.equal(output[:, -y.shape[1]:], y)
+    ]
+    return producers[-1] if producers else None
+
+
+def _gain_of(norm: torch.nn.Module, d_model: int) -> tuple[torch.Tensor, bool]:
+    """``g`` of ``norm(h) = g ⊙ n(h) + b``, probed: with ``weight`` zeroed a norm applying ``w``
+    gives ``b`` (no gain), one applying ``1 + w`` gives ``n(h) + b``. Checked on random inputs.
+    Also whether ``n`` has mean 0 (LayerNorm) or not (RMSNorm)."""
+    h = torch.randn(3, d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def with_weight(value: float) -> torch.Tensor:
+        probe = copy.deepcopy(norm)
+        with torch.no_grad():
+            probe.weight.fill_(value)
+            if getattr(probe, "bias", None) is not None:
+                probe.bias.zero_()
+            return probe(h)
+
+    offset = 0.0 if bool(torch.all(with_weight(0.0) == 0)) else 1.0
+    gain = norm.weight.detach() + offset
+    normalised = with_weight(1.0 - offset)  # gain 1, no bias: n(h)
+    bias = norm.bias.detach() if getattr(norm, "bias", None) is not None else torch.zeros_like(gain)
+    with torch.no_grad():  # Gemma's norms compute in float32 even in a float64 model
+        torch.testing.assert_close(norm(h), gain * normalised + bias, rtol=1e-6, atol=1e-6)
+    centres = bool(normalised.sum(-1).abs().max() < 1e-5 * normalised.abs().sum(-1).max())
+    return gain, centres
 
 
 def float64_copy(hf_model: torch.nn.Module) -> torch.nn.Module:
@@ -161,6 +238,8 @@ def oracle(model: torch.nn.Module, ids: torch.Tensor, positions: list[int], poin
     finally:
         for handle in handles:
             handle.remove()
+    norm = _final_norm(model, ids)
+    final_gain, centres = (None, False) if norm is None else _gain_of(norm, y_all.shape[-1])
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     ys, logits, Ws = {}, {}, {}
@@ -173,4 +252,4 @@ def oracle(model: torch.nn.Module, ids: torch.Tensor, positions: list[int], poin
             z = cap * torch.tanh(z / cap)
             W = W * slope[None, :]
         ys[p], logits[p], Ws[p] = y, z, W
-    return Oracle(jacobians, ys, logits, Ws, x0)
+    return Oracle(jacobians, ys, logits, Ws, x0, final_gain, centres)

@@ -1,5 +1,6 @@
 """The command line never computes on a model or input the user did not mean, and fails before any
-computation when an argument is wrong (exit 2, one line on stderr); checkpoints load unprocessed."""
+computation when an argument is wrong (exit 2, one line on stderr); checkpoints load unprocessed
+(hub names, for real through an offline hub cache: tests/test_load_paths.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from jscopes_tl import cli, models, temperature_scope
-from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available, load_pretrained
+from jscopes_tl.adapter import ModelAdapter, load_pretrained
 
 RECALL = "a=3 b=7 c=1 b="
 
@@ -109,24 +110,6 @@ def test_load_pretrained_keeps_the_final_norm_unfolded_so_temperature_is_meaning
     assert not ModelAdapter(model).final_norm_has_no_gain()
     bundled = temperature_scope(models.load("induction"), "cat sun map cat sun").scores
     torch.testing.assert_close(temperature_scope(model, "cat sun map cat sun").scores, bundled, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.skipif(not hooked_transformer_available(), reason="HookedTransformer hub loading exists on TransformerLens 2.x/3.x")
-def test_hub_names_load_without_processing_on_hooked_transformer(monkeypatch):
-    """Hub checkpoints cannot be downloaded here: check which TransformerLens loader is asked."""
-    from transformer_lens import HookedTransformer
-
-    from jscopes_tl import adapter
-
-    calls = []
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(adapter, "_bridge_builder_available", lambda: False)
-    monkeypatch.setattr(adapter, "hub_reachable", lambda: True)
-    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", lambda name, **kw: calls.append(("unprocessed", name)) or "model")
-    monkeypatch.setattr(HookedTransformer, "from_pretrained", lambda name, **kw: calls.append(("processed", name)) or "model")
-    assert load_pretrained("gpt2") == "model"
-    assert calls == [("unprocessed", "gpt2")]
 
 
 def test_bundled_model_directory_path_is_not_taken_for_a_typo(capsys, tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """The README's code works as written: the first example, every public function, the command line.
 
 * "Use it on your own model": the loading block for the installed TransformerLens runs up to the
-  Hugging Face download (this machine has no hub); then the same blocks run with the loader
-  returning a stand-in GPT-2 built offline (random weights, a BPE tokenizer in which " liberal"
-  and " conservative" are single tokens, as in GPT-2's).
+  Hugging Face download (this machine has no hub); then the block and the example after it run as
+  written, loader unpatched, in a fresh process whose hub cache holds a tiny random "gpt2" with a
+  BPE tokenizer in which " liberal" and " conservative" are single tokens, as in GPT-2's
+  (``tests/fake_hub.py``; every load path against the oracle: ``tests/test_load_paths.py``).
 * "Every public function, one example each": every block, in order, in one namespace.
 * "Command line": every command, minus its ``.venv/bin/jscopes`` prefix, through the CLI's
   ``main`` (``ground-truth`` over 300 prompts is only parsed: it runs in tests/test_cli.py).
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import fake_hub
 from jscopes_tl import adapter, temperature_scope
 from jscopes_tl.cli import build_parser, main
 
@@ -49,34 +51,7 @@ def loading_block() -> str:
     return next(block for block in python_blocks if wanted in block)
 
 
-def stand_in_gpt2() -> Any:
-    """A 2-layer GPT-2 with random weights and a BPE tokenizer trained offline (no hub)."""
-    import transformers
-
-    from jscopes_tl.toy import toy_tokenizer
-
-    tokenizer = toy_tokenizer(vocab_size=1000)
-    if adapter.hooked_transformer_available():
-        config = dict(
-            n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=128, d_vocab=len(tokenizer), n_ctx=256,
-            act_fn="gelu_new", normalization_type="LN", default_prepend_bos=True,
-        )
-        model = adapter.hooked_transformer_from_config(config, tokenizer=tokenizer)
-        final_gain = model.ln_final.w
-    else:
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(
-            vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-        )
-        hf_model = transformers.GPT2LMHeadModel(config)
-        final_gain = hf_model.transformer.ln_f.weight
-        model = adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer, model_name="stand-in gpt2")
-    with torch.no_grad():  # a trained model's final norm has a gain; a gain of exactly 1 fixes ‖y‖
-        final_gain.uniform_(0.5, 1.5)
-    return model
-
-
-def test_the_first_examples_loading_block_reaches_the_hub_download() -> None:
+def test_the_first_examples_loading_block_reaches_the_hub_download(tmp_path: Path) -> None:
     program = (
         "import json, sys\n"
         "try:\n"
@@ -85,7 +60,8 @@ def test_the_first_examples_loading_block_reaches_the_hub_download() -> None:
         "    print(json.dumps([[cls.__name__ for cls in type(error).__mro__], str(error)]))\n"
         "    sys.exit(3)\n"
     )
-    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # an empty hub cache: the same call that loads the cached "gpt2" below must stop at the download
+    environment = dict(os.environ, HF_HOME=str(tmp_path), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment, timeout=300)
     assert completed.returncode == 3, completed.stdout + completed.stderr[-2000:]
     classes, message = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -94,27 +70,15 @@ def test_the_first_examples_loading_block_reaches_the_hub_download() -> None:
     assert "OSError" in classes or "offline" in message.lower() or "connect" in message.lower(), (classes, message)
 
 
-def test_the_first_example_runs_on_a_stand_in_gpt2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    loaded: list[str] = []
-
-    def load(name: str, *args: Any, **kwargs: Any) -> Any:
-        loaded.append(name)
-        return stand_in_gpt2()
-
-    if adapter.hooked_transformer_available():
-        from transformer_lens import HookedTransformer
-
-        monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", staticmethod(load))
-    else:
-        from transformer_lens.model_bridge import TransformerBridge
-
-        monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(load))
-    monkeypatch.chdir(tmp_path)
+def test_the_first_example_runs_as_written_on_a_cached_gpt2(tmp_path: Path) -> None:
+    hub = fake_hub.build(tmp_path / "hf")
     [rest] = [block for block in code_blocks(section("## Use it on your own model"), "python") if "semantic_scope(" in block]
-    namespace: dict[str, Any] = {}
-    exec(loading_block() + "\n" + rest, namespace)
-    assert loaded == ["gpt2"]
-    assert namespace["result"].target.tolist()[-2:] != []  # a contrast pair was scored
+    program = loading_block() + "\n" + rest + "\nprint('contrast', result.target.tolist(), type(model).__name__)\n"
+    completed = fake_hub.run_python(hub, ["-c", program], cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    contrast = [hub.tokenizer(text).input_ids[0] for text in (" liberal", " conservative")]
+    expected_class = "HookedTransformer" if adapter.hooked_transformer_available() else "TransformerBridge"
+    assert f"contrast {contrast} {expected_class}" in completed.stdout  # the loader's own model scored the pair
     assert (tmp_path / "scope.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
