@@ -103,6 +103,18 @@ def test_the_saved_notebook_exported_to_html_draws_every_view(executed: tuple[An
         for tab, component in enumerate(components):
             click_tab(browser, section, tab)
             assert_coloured_by(visible_panel_boxes(browser, section), component.props["values"])
+        # the component scope's heat maps (plain HTML tables): in each, the largest printed score
+        # is the deepest red
+        tables = browser.evaluate(
+            "[...document.querySelectorAll('.jscopes-components .jscopes-heat')].map(t => [...t.querySelectorAll('td')]"
+            ".map(td => [td.innerText.trim(), getComputedStyle(td).backgroundColor]))"
+        )
+        assert len(tables) == 2
+        for cells in tables:
+            greens = [(float(value), int(colour.replace("(", ",").split(",")[2])) for value, colour in cells if value]
+            assert len(greens) >= 3
+            assert min(greens, key=lambda cell: cell[1])[0] == max(value for value, _ in greens)
+            assert max(green for _, green in greens) > min(green for _, green in greens) + 60
 
 
 def test_an_output_shown_before_the_one_with_the_bundle_is_drawn_when_it_arrives(executed: tuple[Any, Path], tmp_path: Path) -> None:
