@@ -3,6 +3,7 @@ mode, each scope's error against a float64 oracle on the Hugging Face model, hal
 
     OMP_NUM_THREADS=1 python scripts/architecture_matrix.py                 # the full matrix
     python scripts/architecture_matrix.py --families gpt2,bloom --no-half   # a subset
+    python scripts/architecture_matrix.py --summary docs/architecture_matrix.md  # the README's table
 
 Exits non-zero when a cell fails (a mismatch or an unexpected error; families TransformerLens
 cannot load are listed as unsupported, with the reason). See tests/architecture_matrix.py.
@@ -22,7 +23,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+GENERATION_COLUMNS = {  # load mode -> the summary's column
+    "bridge": "TL 4.3 bridge",
+    "bridge-compat": "… compatibility mode",
+    "hooked": "TL 2.18 unprocessed",
+    "hooked-processed": "… processed (folded)",
+}
+
+
+def summary(matrix_markdown: str) -> str:
+    """The README's compact table from the measured matrix (docs/architecture_matrix.md): per family
+    and load mode, the status and the largest error of any scope against the float64 oracle."""
+    cells: dict[str, dict[str, str]] = {}
+    for line in matrix_markdown.splitlines():
+        parts = [part.strip() for part in line.strip().strip("|").split("|")]
+        if len(parts) < 4 or parts[1] not in GENERATION_COLUMNS:
+            continue
+        family, mode, status, error = parts[:4]
+        if status == "ok":
+            cell = f"✓ {error}"
+        elif status.startswith("unsupported"):
+            cell = "refused ¹"
+        elif status.startswith("warned"):
+            cell = f"warned ² ({error})"
+        else:
+            cell = f"**{status.split(':')[0]}**"
+        cells.setdefault(family, {})[GENERATION_COLUMNS[mode]] = cell
+    header = ["family", *GENERATION_COLUMNS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for family, row in cells.items():
+        lines.append("| " + " | ".join([family, *(row.get(column, "–") for column in header[1:])]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--summary"]:
+        if len(argv) != 2:
+            raise SystemExit("usage: architecture_matrix.py --summary docs/architecture_matrix.md")
+        print(summary(Path(argv[1]).read_text(encoding="utf-8")))
+        return 0
     import architecture_matrix as matrix
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -152,3 +152,16 @@ def test_the_script_prints_the_matrix_for_a_subset():
     lines = [line for line in completed.stdout.splitlines() if line.startswith("| gpt2") or line.startswith("| opt_350m")]
     assert len(lines) == 4  # two families × two load modes
     assert all("| ok |" in line or "| unsupported" in line for line in lines), lines
+
+
+def test_the_readme_summary_is_the_measured_matrix():
+    """The README's compact matrix is derived from docs/architecture_matrix.md, not typed by hand."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("matrix_script", root / "scripts" / "architecture_matrix.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.summary((root / "docs" / "architecture_matrix.md").read_text(encoding="utf-8"))
+    assert table.count("\n") == 22  # header, rule and the 21 families
+    assert table in (root / "README.md").read_text(encoding="utf-8")
