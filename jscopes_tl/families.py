@@ -329,7 +329,8 @@ def family_of(hf_model: torch.nn.Module) -> Family | None:
 
 def randomise_norms(model: torch.nn.Module, seed: int) -> None:
     """Give every normalisation layer random gains and biases (fresh ones are 1 and 0, which fixes
-    ``‖y‖`` and makes every Temperature score 0). Gemma-style gains ``1 + w`` get ``w`` near 0."""
+    ``‖y‖`` and makes every Temperature score 0). Gemma-style gains ``1 + w`` get ``w`` near 0.
+    Hugging Face models (``weight``, ``bias``) and HookedTransformers (``w``, ``b``) alike."""
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -338,10 +339,10 @@ def randomise_norms(model: torch.nn.Module, seed: int) -> None:
                 continue
             for parameter_name, parameter in module.named_parameters(recurse=False):
                 noise = torch.randn(parameter.shape, generator=generator).to(parameter)
-                if parameter_name == "weight":
+                if parameter_name in ("weight", "w"):
                     offset = 0.0 if bool(torch.all(parameter == 0)) else 1.0  # Gemma stores w of 1 + w
                     parameter.copy_(offset + 0.3 * noise)
-                elif parameter_name == "bias":
+                elif parameter_name in ("bias", "b"):
                     parameter.copy_(0.1 * noise)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from jscopes_tl import adapter
+from jscopes_tl.families import randomise_norms
 
 TOY_CORPUS = (
     "Tom loves Korean food. He grew up in the South and goes to Columbia. He is a liberal. "
@@ -116,25 +117,6 @@ def _hooked_config(architecture: Architecture, vocab_size: int, d_model: int, n_
     raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}.")
 
 
-def _randomise_norm_weights(model: torch.nn.Module, seed: int) -> None:
-    """Give every normalisation layer random gains and biases.
-
-    Freshly initialised norms have gain 1 and bias 0, which makes ``‖y‖`` constant (``√d_model``
-    after a LayerNorm) and every Temperature score exactly zero: a degenerate model to test on.
-    """
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if "norm" not in type(module).__name__.lower() and not type(module).__name__.startswith("LayerNorm"):
-                continue
-            for name, parameter in module.named_parameters(recurse=False):
-                noise = torch.randn(parameter.shape, generator=generator).to(parameter)
-                if name in ("weight", "w"):
-                    parameter.copy_(1.0 + 0.3 * noise)
-                elif name in ("bias", "b"):
-                    parameter.copy_(0.1 * noise)
-
-
 def toy_model(
     architecture: Architecture = "gpt2",
     *,
@@ -159,7 +141,7 @@ def toy_model(
     if family == "hooked":
         config = _hooked_config(architecture, vocab_size, d_model, n_layers, n_heads, init_scale)
         model = adapter.hooked_transformer_from_config(config, tokenizer=tokenizer, seed=seed)
-        _randomise_norm_weights(model, seed)
+        randomise_norms(model, seed)
         if dtype != torch.float32:
             model.cfg.dtype = dtype  # HookedTransformer's norms cast their output to cfg.dtype
             model = model.to(dtype)
@@ -170,7 +152,7 @@ def toy_model(
         torch.manual_seed(seed)
         config = _hf_config(architecture, vocab_size, d_model, n_layers, n_heads, init_scale)
         hf_model = transformers.AutoModelForCausalLM.from_config(config)
-        _randomise_norm_weights(hf_model, seed)
+        randomise_norms(hf_model, seed)
         hf_model = hf_model.to(dtype)
         return adapter.bridge_from_hf_model(hf_model, tokenizer=tokenizer, compatibility_mode=compatibility_mode)
     raise ValueError(f"family must be 'bridge' or 'hooked'; got {family!r}.")
