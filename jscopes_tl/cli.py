@@ -508,7 +508,7 @@ def run_run_command(args: argparse.Namespace) -> int:
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     # A run that cannot resume is refused before the model loads (the model's identity is
     # checked again once it has).
-    check_resumable(out_dir, options, read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
+    check_resumable(out_dir, options.as_manifest(), read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
     model = load_model(args.model)
     _stop_on_sigterm()
     device = distributed.rank_device()

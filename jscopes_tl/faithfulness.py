@@ -424,14 +424,14 @@ class FaithfulnessReport:
         return pd.DataFrame(self.summary() if summary else self.rows)
 
 
-def _delta_column(fraction: float) -> str:
+def delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
 
 
 def row_columns(fractions: Sequence[float], protocol: Protocol) -> list[str]:
     """The columns of a report row, in order (:class:`FaithfulnessReport`)."""
     return [
-        "prompt", "scorer", "n_candidates", *[_delta_column(k) for k in fractions], "aopc", "loo_spearman",
+        "prompt", "scorer", "n_candidates", *[delta_column(k) for k in fractions], "aopc", "loo_spearman",
         "loo_percentile_of_top", *(["loo_rank_percentage"] if protocol == "paper" else []),
         "top_token", "predicted_token", "gold_token",
     ]
@@ -440,7 +440,7 @@ def row_columns(fractions: Sequence[float], protocol: Protocol) -> list[str]:
 def summarise_rows(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
     """Per scorer (in order of first appearance), the mean of every numeric column over its rows,
     NaN skipped: the faithfulness table, from a report's rows or a run's rows read back."""
-    numeric = ["aopc", *[_delta_column(k) for k in fractions], "loo_spearman", "loo_percentile_of_top"]
+    numeric = ["aopc", *[delta_column(k) for k in fractions], "loo_spearman", "loo_percentile_of_top"]
     if rows and "loo_rank_percentage" in rows[0]:
         numeric.append("loo_rank_percentage")
     table = []
@@ -530,16 +530,11 @@ class FaithfulnessSettings:
         return (self.adapter.tokenize_fragment if self.paper else self.adapter.tokenize)(text)
 
 
-def faithfulness_settings(
-    model: Any,
-    scorers: Sequence[str] | Mapping[str, Scorer],
-    fractions: Sequence[float],
-    ablation: Any,
-    protocol: Any,
-    batch_size: Any,
-    seed: Any,
-) -> FaithfulnessSettings:
-    """:func:`evaluate_faithfulness`'s arguments, checked (ScopeInputError naming the argument)."""
+def check_faithfulness_arguments(
+    fractions: Any, ablation: Any, protocol: Any, batch_size: Any, seed: Any
+) -> tuple[tuple[float, ...], int]:
+    """The arguments that need no model, checked (ScopeInputError naming the argument): the
+    fractions as a tuple and the seed (``None``: 42 under the paper protocol, else 0)."""
     if ablation not in ("zero", "pad"):
         raise ScopeInputError(f"ablation must be 'zero' or 'pad'; got {ablation!r}.")
     if protocol not in ("default", "paper"):
@@ -553,6 +548,20 @@ def faithfulness_settings(
         raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
     if seed is None:
         seed = PAPER_SEED if protocol == "paper" else 0
+    return fractions, seed
+
+
+def faithfulness_settings(
+    model: Any,
+    scorers: Sequence[str] | Mapping[str, Scorer],
+    fractions: Sequence[float],
+    ablation: Any,
+    protocol: Any,
+    batch_size: Any,
+    seed: Any,
+) -> FaithfulnessSettings:
+    """:func:`evaluate_faithfulness`'s arguments, checked (ScopeInputError naming the argument)."""
+    fractions, seed = check_faithfulness_arguments(fractions, ablation, protocol, batch_size, seed)
     by_name = not isinstance(scorers, Mapping)
     resolved = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
     return FaithfulnessSettings(ModelAdapter(model), resolved, fractions, ablation, protocol, batch_size, seed)
@@ -639,7 +648,7 @@ def evaluate_prompt(
             "prompt": prompt_id,
             "scorer": name,
             "n_candidates": len(candidates),
-            **{_delta_column(k): delta for k, delta in zip(fractions, deltas)},
+            **{delta_column(k): delta for k, delta in zip(fractions, deltas)},
             "aopc": aopc(deltas, fractions),
             "loo_spearman": spearman(candidate_scores, loo_kl) if len(candidates) > 1 else float("nan"),
             "loo_percentile_of_top": float((loo_kl <= loo_kl[top_index]).double().mean()),
