@@ -25,7 +25,7 @@ from jscopes_tl.runs.prompts import read_prompt_dataset
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demos" / "prompts_recall.jsonl"
 TEXTS = [json.loads(line)["text"] for line in DEMO.read_text().splitlines()]
-N_PROMPTS = 100
+N_PROMPTS = 60
 
 
 @pytest.fixture(scope="module", autouse=True)
