@@ -25,6 +25,10 @@ A run is a loop around the public scopes (:func:`~jscopes_tl.scopes.semantic_sco
 * **One argument set per directory.** The manifest records the run's arguments, the dataset's
   fingerprint and the model's identity (name, dtype, load mode, a hash of its weights); a run with
   other arguments on the same directory is refused unless ``overwrite=True``.
+
+The loop itself (:func:`execute`) knows nothing of scopes: a :class:`RunJob` says what a batch
+computes and the schema of its rows. :func:`run_dataset` is the scopes' job;
+:func:`jscopes_tl.runs.run_faithfulness` (``jscopes eval --out-dir``) is the faithfulness job.
 """
 
 from __future__ import annotations
