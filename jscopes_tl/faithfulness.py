@@ -40,6 +40,12 @@ logit of the gold token; Fisher at rank 1), gradient × input and Integrated Gra
 baseline and ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` for IG), and random scores. All ablated forwards of
 one prompt (every scorer × fraction, every leave-one-out, the original) run as one batch.
 
+Each prompt is evaluated alone (:func:`evaluate_prompt`), and its random draws (the random
+scorer, the paper's random sets) come from a generator seeded from the run's seed and the prompt's
+index (:func:`prompt_seed`): a prompt's rows never depend on the prompts evaluated before it, so
+:func:`jscopes_tl.runs.run_faithfulness` can write them to disk, resume and split them over ranks
+and still give the rows of one uninterrupted in-memory evaluation.
+
 **Two protocols** (``protocol=``). ``"default"`` is the above. ``"paper"`` reproduces the
 authors' benchmark scripts (``paper/benchmarks/AOPC_multi_method_benchmarks.py`` and
 ``LAMBADA_LOO_benchmarks.py`` in their repository) choice by choice, so that numbers can be put

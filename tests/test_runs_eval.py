@@ -214,16 +214,19 @@ def wait_for_shards(out: Path, process: subprocess.Popen, at_least: int = 3, tim
     pytest.fail("no shard appeared")
 
 
-def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_file, reference, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_file, reference, tmp_path, stop):
     out = tmp_path / "eval"
     process = subprocess.Popen(
         [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_for_shards(out, process)
-    process.kill()
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr
+    if stop != signal.SIGKILL:
+        assert "run the same command again to resume" in stderr
     shards = sorted((out / "records").glob("*.parquet"))
     assert all(pq.read_table(shard).num_rows == 6 for shard in shards)  # none torn: six scorers a prompt
     assert 3 <= len(shards) < N_PROMPTS, "the run was not stopped mid-run"
