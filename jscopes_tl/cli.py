@@ -33,8 +33,8 @@ name is taken as a typo. Hub and local checkpoints load unprocessed (see
 prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
 written: the last two checked before a model is loaded, all before any computation), 1 runtime
 failure (e.g. a model that cannot be loaded), 3 a run that finished with failed rows, 130
-interrupted (Ctrl-C, or SIGTERM during ``run`` and ``eval --out-dir``). Errors and warnings go to stderr; results to stdout
-or the files named.
+interrupted (Ctrl-C, or SIGTERM during ``run`` and ``eval --out-dir``). Errors and warnings go to
+stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
@@ -266,9 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path,
         help="write the per-prompt rows as Parquet shards here (resumable; its parent must exist)",
     )
-    evaluate.add_argument("--shard-size", type=_positive, default=8,
-                          help="with --out-dir: prompts per committed shard (the most an interrupted run loses)")
-    evaluate.add_argument("--overwrite", action="store_true", help="with --out-dir: delete the run there and start afresh")
+    evaluate.add_argument(
+        "--shard-size", type=_positive, default=8,
+        help="with --out-dir: prompts per committed shard (the most an interrupted run loses)",
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="with --out-dir: delete the run there and start afresh"
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     run = add_command(
@@ -480,7 +484,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _write_eval_json(args: argparse.Namespace, summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     if args.json_path:
-        payload = {"model": args.model, "ablation": args.ablation, "protocol": args.protocol, "summary": summary, "rows": rows}
+        payload = {
+            "model": args.model, "ablation": args.ablation, "protocol": args.protocol, "summary": summary, "rows": rows,
+        }
         args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
         print(f"wrote {args.json_path}")
 
@@ -494,7 +500,9 @@ def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
     from jscopes_tl.runs.prompts import check_prompt_file, read_prompt_dataset
     from jscopes_tl.runs.runner import check_out_dir, check_resumable, limited
 
-    arguments = faithfulness_run_arguments(scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, args.shard_size)
+    arguments = faithfulness_run_arguments(
+        scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, args.shard_size
+    )
     check_prompt_file(args.prompts, "PROMPTS")
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     data = read_prompt_dataset(args.prompts, argument="PROMPTS")
@@ -506,7 +514,8 @@ def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
         model = model.to(device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
-        _warn_about_implausible_answers(model, [row.text for row in limited(data, args.limit).rows if row.error is None])
+        prompts = [row.text for row in limited(data, args.limit).rows if row.error is None]
+        _warn_about_implausible_answers(model, prompts)
     run = run_faithfulness(
         model, args.prompts, out_dir, scorers, ablation=args.ablation, protocol=args.protocol,
         seed=arguments["seed"], shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,

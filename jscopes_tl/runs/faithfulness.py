@@ -97,10 +97,11 @@ class FaithfulnessRunSummary(RunSummary):
 
     def text(self) -> str:
         failed = f"; {self.prompts_failed} failed (see {self.out_dir / storage.ERRORS})" if self.prompts_failed else ""
+        ranks = f"{self.world_size} rank{'s' if self.world_size > 1 else ''}"
         return (
             f"{self.prompts_done} of {self.prompts} prompts evaluated ({self.records} rows){failed}; "
             f"this run evaluated {self.computed_prompts} prompts in {self.seconds:.1f} s "
-            f"({self.prompts_per_second:.2f} prompts/s on {self.world_size} rank{'s' if self.world_size > 1 else ''})"
+            f"({self.prompts_per_second:.2f} prompts/s on {ranks})"
         )
 
 
@@ -112,11 +113,14 @@ def faithfulness_run_arguments(
     if isinstance(scorers, str) or not isinstance(scorers, Sequence) or not scorers:
         raise ScopeInputError(
             f"scorers must be a non-empty list of names from {list(DEFAULT_SCORERS)}; got {scorers!r}. "
-            "(A run records its arguments, so scorer callables are not accepted here: use evaluate_faithfulness.)"
+            "(A run records its arguments, so scorer callables are not accepted here: "
+            "use evaluate_faithfulness.)"
         )
     unknown = [name for name in scorers if name not in DEFAULT_SCORERS]
     if unknown or len(set(scorers)) != len(scorers):
-        raise ScopeInputError(f"scorers must be distinct names from {list(DEFAULT_SCORERS)}; got {list(scorers)!r}.")
+        raise ScopeInputError(
+            f"scorers must be distinct names from {list(DEFAULT_SCORERS)}; got {list(scorers)!r}."
+        )
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ScopeInputError(f"shard_size must be a positive int; got {shard_size!r}.")
     fractions, seed = check_faithfulness_arguments(fractions, ablation, protocol, batch_size, seed)
@@ -223,7 +227,11 @@ def score_batch(
 
 
 def _stored_rows(
-    report_rows: list[dict[str, Any]], evaluation: PromptEvaluation, tokens: torch.Tensor, text: str | None, batch: int
+    report_rows: list[dict[str, Any]],
+    evaluation: PromptEvaluation,
+    tokens: torch.Tensor,
+    text: str | None,
+    batch: int,
 ) -> list[dict[str, Any]]:
     stored = []
     for row in report_rows:
