@@ -23,7 +23,7 @@ from jscopes_tl.patching import (
 )
 from jscopes_tl.hook_readouts import sae_latent
 from jscopes_tl.result import Prediction, ScopeResult
-from jscopes_tl.runs import RunSummary, run_dataset
+from jscopes_tl.runs import RunSummary, run_dataset, run_faithfulness
 from jscopes_tl.scopes import fisher_scope, jacobian_scope, semantic_scope, temperature_scope
 from jscopes_tl.views.report import report
 
@@ -51,6 +51,7 @@ __all__ = [
     "layer_resolved_scope",
     "report",
     "run_dataset",
+    "run_faithfulness",
     "sae_latent",
     "semantic_scope",
     "temperature_scope",

@@ -548,7 +548,7 @@ class ModelAdapter:
     def tokenize_fragment(self, text: str) -> Int[torch.Tensor, " pos"]:
         """Tokenise a piece of text with no BOS (for targets such as ``" liberal"``)."""
         self.tokenizer  # noqa: B018
-        return self.model.to_tokens(text, prepend_bos=False)[0]
+        return self.model.to_tokens(text, prepend_bos=False, truncate=False)[0]
 
     def str_tokens(self, tokens: Int[torch.Tensor, " pos"]) -> list[str]:
         if getattr(self.model, "tokenizer", None) is None:

@@ -6,12 +6,16 @@
   every position) and scores to files.
 * ``jscopes ground-truth [--models recall induction periodic] [--prompts N]``: how often each
   scope and baseline ranks the known source token first on the bundled models' held-out prompts.
-* ``jscopes eval PROMPTS --model NAME``: the faithfulness table (AOPC under ablation, agreement
-  with leave-one-out; :mod:`jscopes_tl.faithfulness`) over a file of prompts whose *final token is
-  the answer* the model predicts: JSON lines (a string or an object with ``"text"``), CSV (a
-  ``text`` column, else the first) or plain text, one prompt a line (:data:`EVAL_FORMAT`;
-  ``demos/prompts_recall.jsonl`` is an example). When half the prompts or more end with a token
-  the model finds implausible (the answer left out, most often), a warning on stderr names them.
+* ``jscopes eval PROMPTS --model NAME [--out-dir DIR [--shard-size N] [--overwrite]]``: the
+  faithfulness table (AOPC under ablation, agreement with leave-one-out;
+  :mod:`jscopes_tl.faithfulness`) over a file of prompts whose *final token is the answer* the
+  model predicts, read as ``run`` reads its files (:mod:`jscopes_tl.runs.prompts`;
+  :data:`EVAL_FORMAT`; ``demos/prompts_recall.jsonl`` is an example). When half the prompts or
+  more end with a token the model finds implausible (the answer left out, most often), a warning
+  on stderr names them. Without ``--out-dir`` everything stays in memory and a bad row is an
+  error (exit 2); with it the per-prompt rows go to ``DIR/records`` as Parquet shards with a
+  manifest (:func:`jscopes_tl.runs.run_faithfulness`), resumable and data parallel as ``run``,
+  bad rows go to ``DIR/errors`` (exit code 3), and the table is computed from the rows on disk.
 * ``jscopes run PROMPTS --model NAME --out-dir DIR [--kind ...] [--position N|all] [--target T
   [--contrast C]] [--rank K] [--batch-size N] [--overwrite]``: attribution records for every
   prompt of a file (:data:`RUN_FORMAT`) as Parquet shards in ``DIR/records`` with a manifest
@@ -29,8 +33,8 @@ name is taken as a typo. Hub and local checkpoints load unprocessed (see
 prompt longer than the model's context, an unreadable prompt file, an output path that cannot be
 written: the last two checked before a model is loaded, all before any computation), 1 runtime
 failure (e.g. a model that cannot be loaded), 3 a run that finished with failed rows, 130
-interrupted (Ctrl-C, or SIGTERM during ``run``). Errors and warnings go to stderr; results to stdout
-or the files named.
+interrupted (Ctrl-C, or SIGTERM during ``run`` and ``eval --out-dir``). Errors and warnings go to
+stderr; results to stdout or the files named.
 """
 
 from __future__ import annotations
@@ -133,11 +137,16 @@ prompt file format: one prompt a line, each ENDING WITH THE ANSWER the model sho
 eval scores the prediction of every prompt's final token from the tokens before it (the
 paper's protocol), so give "a=3 b=7 c=1 b= 7", not the question "a=3 b=7 c=1 b=".
   .jsonl  one JSON string or object with a "text" field a line:  {"text": "a=3 b=7 c=1 b= 7"}
-  .csv    a "text" column (else the first column)
+  .csv    a "text" column (else a "prompt" column, else the first)
   other   plain text, one prompt a line
-Blank lines are skipped. Example file: demos/prompts_recall.jsonl (for --model recall).
-When half the prompts or more end with a token the model gives probability below 0.001 (a
-question without its answer, most often), a warning on stderr names them."""
+Blank lines are skipped (the same reader as 'jscopes run'). Example file:
+demos/prompts_recall.jsonl (for --model recall). When half the prompts or more end with a token
+the model gives probability below 0.001 (a question without its answer, most often), a warning
+on stderr names them.
+Large runs: with --out-dir DIR the rows (one per prompt and scorer) go to DIR/records/*.parquet
+with DIR/manifest.json, as 'jscopes run' writes records: run the same command again to resume,
+other arguments on DIR are refused unless --overwrite, rows that cannot be evaluated go to
+DIR/errors (exit code 3), and the table is computed from the rows on disk."""
 
 IMPLAUSIBLE_ANSWER_PROBABILITY = 1e-3
 
@@ -253,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
+    evaluate.add_argument(
+        "--out-dir", type=Path,
+        help="write the per-prompt rows as Parquet shards here (resumable; its parent must exist)",
+    )
+    evaluate.add_argument(
+        "--shard-size", type=_positive, default=8,
+        help="with --out-dir: prompts per committed shard (the most an interrupted run loses)",
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="with --out-dir: delete the run there and start afresh"
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     run = add_command(
         "run",
@@ -366,45 +387,24 @@ def run_ground_truth_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a JSON-lines, CSV or plain-text file (one a line; blank lines skipped)."""
-    import csv
+def read_prompts(path: Path, limit: int | None = None, argument: str = "PROMPTS") -> list[str]:
+    """The prompts of a JSON-lines, CSV or plain-text file (:mod:`jscopes_tl.runs.prompts`, the
+    reader ``run`` uses), the first ``limit`` of them; a row that is not a prompt is an error
+    naming the file and its line."""
+    from jscopes_tl.runs.prompts import read_prompt_dataset
+    from jscopes_tl.runs.runner import limited
 
-    if not path.is_file():
-        raise UsageError(f"no such prompts file: {str(path)!r}")
-    content = path.read_bytes()
-    try:
-        text = content.decode("utf-8")
-        bad_byte = content.find(b"\0")  # NUL is valid UTF-8 but no text file holds it
-    except UnicodeDecodeError as error:
-        bad_byte = error.start
-    if bad_byte >= 0:
-        raise UsageError(
-            f"{str(path)!r} is not a UTF-8 text file (unexpected byte at offset {bad_byte}); "
-            "prompts go in a .jsonl, .csv or plain-text file"
-        )
-    lines = [line for line in text.splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(lines, 1):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}:{number}: not JSON ({error.msg})") from None
-            text = value if isinstance(value, str) else value.get("text") if isinstance(value, dict) else None
-            if not isinstance(text, str):
-                raise UsageError(f'{path}:{number}: expected a string or an object with "text"')
-            prompts.append(text)
-    elif path.suffix == ".csv":
-        rows = list(csv.reader(lines))
-        column = rows[0].index("text") if "text" in rows[0] else 0
-        body = rows[1:] if "text" in rows[0] or "prompt" in rows[0] else rows
-        prompts = [row[column] for row in body if len(row) > column and row[column]]
-    else:
-        prompts = lines
-    if not prompts:
-        raise UsageError(f"{str(path)!r} holds no prompts")
-    return prompts
+    data = limited(read_prompt_dataset(path, argument=argument), limit)
+    for row in data.rows:
+        if row.error is None:
+            continue
+        if row.error.startswith(("not UTF-8", "not text")):
+            raise UsageError(
+                f"{argument} {str(path)!r} is not a UTF-8 text file (line {row.line}: {row.error}); "
+                "prompts go in a .jsonl, .csv or plain-text file"
+            )
+        raise UsageError(f"{argument} {str(path)!r} line {row.line}: {row.error} (see 'jscopes eval --help')")
+    return [row.text for row in data.rows]
 
 
 def implausible_answers(model: Any, prompts: Sequence[str]) -> list[tuple[int, str, float]]:
@@ -436,7 +436,7 @@ def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
     """Warn when at least half the prompts look like questions without their answer (a few
     unlikely final tokens are normal on natural text)."""
     flagged = implausible_answers(model, prompts)
-    if 2 * len(flagged) < len(prompts):
+    if not prompts or 2 * len(flagged) < len(prompts):
         return
     examples = "; ".join(f"prompt {index} ends with {token!r} (p={p:.1e})" for index, token, p in flagged[:3])
     print(
@@ -448,35 +448,87 @@ def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
     )
 
 
+def summary_table(summary: Sequence[dict[str, Any]]) -> str:
+    """The faithfulness table as Markdown (floats to 3 decimals)."""
+    columns = list(summary[0])
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    for row in summary:
+        cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
     from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
 
     _check_writable(args.json_path, "--json")
-    prompts = read_prompts(args.prompts)[: args.limit]
     scorers = args.scorers or list(DEFAULT_SCORERS)
     unknown = [name for name in scorers if name not in DEFAULT_SCORERS]
     if unknown:
         raise UsageError(f"unknown scorer(s) {unknown}; choose from {list(DEFAULT_SCORERS)}")
+    if args.out_dir is not None:
+        return _run_eval_to_directory(args, scorers)
+    if args.overwrite:
+        raise UsageError("--overwrite applies with --out-dir (a run directory to replace)")
+    prompts = read_prompts(args.prompts, args.limit)
     model = load_model(args.model)
     _warn_about_implausible_answers(model, prompts)
     report = evaluate_faithfulness(
-        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=True
+        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=not args.no_progress
     )
     summary = report.summary()
-    columns = list(summary[0])
-    print("| " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * (len(columns) - 1))
-    for row in summary:
-        cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
-        print("| " + " | ".join(cells) + " |")
+    print(summary_table(summary))
+    _write_eval_json(args, summary, report.rows)
+    return 0
+
+
+def _write_eval_json(args: argparse.Namespace, summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     if args.json_path:
         payload = {
-            "model": args.model, "ablation": args.ablation, "protocol": args.protocol,
-            "summary": summary, "rows": report.rows,
+            "model": args.model, "ablation": args.ablation, "protocol": args.protocol, "summary": summary, "rows": rows,
         }
         args.json_path.write_text(json.dumps(payload, default=float), encoding="utf-8")
         print(f"wrote {args.json_path}")
-    return 0
+
+
+def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
+    """``eval --out-dir``: the rows as Parquet shards (:func:`jscopes_tl.runs.run_faithfulness`),
+    refused before the model loads when the directory holds another run; the table read back."""
+    from jscopes_tl.faithfulness import DEFAULT_FRACTIONS
+    from jscopes_tl.runs import distributed
+    from jscopes_tl.runs.faithfulness import faithfulness_run_arguments, run_faithfulness
+    from jscopes_tl.runs.prompts import check_prompt_file, read_prompt_dataset
+    from jscopes_tl.runs.runner import check_out_dir, check_resumable, limited
+
+    arguments = faithfulness_run_arguments(
+        scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, args.shard_size
+    )
+    check_prompt_file(args.prompts, "PROMPTS")
+    out_dir = check_out_dir(args.out_dir, "--out-dir")
+    data = read_prompt_dataset(args.prompts, argument="PROMPTS")
+    check_resumable(out_dir, arguments, data, args.limit, args.overwrite)
+    model = load_model(args.model)
+    _stop_on_sigterm()
+    device = distributed.rank_device()
+    if distributed.launched_distributed() and device.type != "cpu":
+        model = model.to(device)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        prompts = [row.text for row in limited(data, args.limit).rows if row.error is None]
+        _warn_about_implausible_answers(model, prompts)
+    run = run_faithfulness(
+        model, args.prompts, out_dir, scorers, ablation=args.ablation, protocol=args.protocol,
+        seed=arguments["seed"], shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
+        progress=not args.no_progress, model_name=args.model,
+    )
+    if main_rank:
+        summary = run.summary()
+        if summary:
+            print(summary_table(summary))
+        print(run.text())
+        print(f"wrote {out_dir / 'records'}")
+        _write_eval_json(args, summary, run.report_rows())
+    return 0 if run.ok else 3
 
 
 def _stop_on_sigterm() -> None:
@@ -508,7 +560,7 @@ def run_run_command(args: argparse.Namespace) -> int:
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     # A run that cannot resume is refused before the model loads (the model's identity is
     # checked again once it has).
-    check_resumable(out_dir, options, read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
+    check_resumable(out_dir, options.as_manifest(), read_prompt_dataset(args.prompts, argument="PROMPTS"), args.limit, args.overwrite)
     model = load_model(args.model)
     _stop_on_sigterm()
     device = distributed.rank_device()
@@ -573,7 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        resume = " (finished batches are kept: run the same command again to resume)" if args.command == "run" else ""
+        resumable = args.command == "run" or args.command == "eval" and args.out_dir is not None
+        resume = " (finished batches are kept: run the same command again to resume)" if resumable else ""
         print(f"jscopes: interrupted{resume}", file=sys.stderr)
         return 130
     except (UsageError, ScopeInputError) as error:

@@ -40,6 +40,12 @@ logit of the gold token; Fisher at rank 1), gradient × input and Integrated Gra
 baseline and ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` for IG), and random scores. All ablated forwards of
 one prompt (every scorer × fraction, every leave-one-out, the original) run as one batch.
 
+Each prompt is evaluated alone (:func:`evaluate_prompt`), and its random draws (the random
+scorer, the paper's random sets) come from a generator seeded from the run's seed and the prompt's
+index (:func:`prompt_seed`): a prompt's rows never depend on the prompts evaluated before it, so
+:func:`jscopes_tl.runs.run_faithfulness` can write them to disk, resume and split them over ranks
+and still give the rows of one uninterrupted in-memory evaluation.
+
 **Two protocols** (``protocol=``). ``"default"`` is the above. ``"paper"`` reproduces the
 authors' benchmark scripts (``paper/benchmarks/AOPC_multi_method_benchmarks.py`` and
 ``LAMBADA_LOO_benchmarks.py`` in their repository) choice by choice, so that numbers can be put
@@ -52,8 +58,10 @@ next to the paper's table:
   ablated, ties broken in reversed-argsort order (the later token first);
 * ablation zeroes the token embedding (position embeddings kept), as by default;
 * the random baseline draws a fresh random set for each fraction from all ``L`` tokens
-  (``numpy.random.RandomState(seed).choice``, one generator for the run, seed 42 by default as
-  in the scripts, so their sets are reproduced exactly);
+  (``numpy.random.RandomState.choice`` as in the scripts, seed 42 by default); unlike the scripts,
+  whose one generator for the run made each passage's sets depend on every earlier passage's
+  length, each passage draws from its own generator (:func:`prompt_seed`), so that a resumed or
+  data-parallel run (:func:`jscopes_tl.runs.run_faithfulness`) draws what an uninterrupted one does;
 * gradient × input multiplies by the *token* embedding only, and "Integrated Gradients" adds the
   perturbation before the ``α`` scaling of the token embeddings, i.e. averages ``α·∇f(αx)`` over
   ``α ∈ {0.2, …, 1.0}`` (``f = log p(gold)``), times the token embedding;
@@ -142,14 +150,33 @@ def integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], 
     return (torch.stack(gradients).mean(0) * _input_embeddings(model, context)).norm(dim=-1)
 
 
-def random_scorer(seed: int = 0) -> Scorer:
-    """Uniform random scores (a fresh draw per prompt, reproducible from ``seed``): the baseline."""
-    generator = torch.Generator().manual_seed(seed)
+def prompt_seed(seed: int, prompt_id: int) -> int:
+    """The seed of one prompt's random draws, a function of the run's ``seed`` and the prompt's
+    index only (``numpy.random.SeedSequence([seed, prompt_id])``): a prompt draws the same whichever
+    prompts ran before it in this process, so resumed and data-parallel runs draw what one
+    uninterrupted run does."""
+    import numpy as np
 
-    def random_scores(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
+    return int(np.random.SeedSequence([seed, prompt_id]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class RandomScorer:
+    """Uniform random scores, the baseline: a fresh draw per prompt, reproducible from ``seed``
+    and the prompt's index (:func:`prompt_seed`; :func:`evaluate_faithfulness` passes the index)."""
+
+    seed: int = 0
+
+    def __call__(
+        self, model: Any, context: Int[torch.Tensor, " pos"], gold: int, prompt_id: int = 0
+    ) -> Float[torch.Tensor, " pos"]:
+        generator = torch.Generator().manual_seed(prompt_seed(self.seed, prompt_id))
         return torch.rand(len(context), generator=generator)
 
-    return random_scores
+
+def random_scorer(seed: int = 0) -> RandomScorer:
+    """Uniform random scores (a fresh draw per prompt, reproducible from ``seed``): the baseline."""
+    return RandomScorer(seed)
 
 
 # ------------------------------------------------------------------ the authors' scorer variants
@@ -392,18 +419,7 @@ class FaithfulnessReport:
 
     def summary(self) -> list[dict[str, Any]]:
         """Per scorer, the mean of every numeric column over prompts (NaN correlations skipped)."""
-        numeric = ["aopc", *[_delta_column(k) for k in self.fractions], "loo_spearman", "loo_percentile_of_top"]
-        if self.rows and "loo_rank_percentage" in self.rows[0]:
-            numeric.append("loo_rank_percentage")
-        table = []
-        for scorer in dict.fromkeys(row["scorer"] for row in self.rows):
-            rows = [row for row in self.rows if row["scorer"] == scorer]
-            means = {}
-            for column in numeric:
-                values = torch.tensor([row[column] for row in rows], dtype=torch.float64)
-                means[column] = float(values.nanmean())
-            table.append({"scorer": scorer, "n_prompts": len(rows), **means})
-        return table
+        return summarise_rows(self.rows, self.fractions)
 
     def to_dataframe(self, summary: bool = False) -> Any:
         """The rows (or :meth:`summary`) as a pandas DataFrame."""
@@ -414,8 +430,34 @@ class FaithfulnessReport:
         return pd.DataFrame(self.summary() if summary else self.rows)
 
 
-def _delta_column(fraction: float) -> str:
+def delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
+
+
+def row_columns(fractions: Sequence[float], protocol: Protocol) -> list[str]:
+    """The columns of a report row, in order (:class:`FaithfulnessReport`)."""
+    return [
+        "prompt", "scorer", "n_candidates", *[delta_column(k) for k in fractions], "aopc", "loo_spearman",
+        "loo_percentile_of_top", *(["loo_rank_percentage"] if protocol == "paper" else []),
+        "top_token", "predicted_token", "gold_token",
+    ]
+
+
+def summarise_rows(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
+    """Per scorer (in order of first appearance), the mean of every numeric column over its rows,
+    NaN skipped: the faithfulness table, from a report's rows or a run's rows read back."""
+    numeric = ["aopc", *[delta_column(k) for k in fractions], "loo_spearman", "loo_percentile_of_top"]
+    if rows and "loo_rank_percentage" in rows[0]:
+        numeric.append("loo_rank_percentage")
+    table = []
+    for scorer in dict.fromkeys(row["scorer"] for row in rows):
+        scorer_rows = [row for row in rows if row["scorer"] == scorer]
+        means = {}
+        for column in numeric:
+            values = torch.tensor([row[column] for row in scorer_rows], dtype=torch.float64)
+            means[column] = float(values.nanmean())
+        table.append({"scorer": scorer, "n_prompts": len(scorer_rows), **means})
+    return table
 
 
 def _prompt_list(
@@ -473,6 +515,168 @@ def _ablated_sets(
     return [order[:count] for count in counts]
 
 
+@dataclass(frozen=True)
+class FaithfulnessSettings:
+    """Everything one prompt's evaluation needs besides its tokens: checked arguments, resolved scorers."""
+
+    adapter: ModelAdapter
+    scorers: dict[str, _ProtocolScorer]
+    fractions: tuple[float, ...]
+    ablation: Ablation
+    protocol: Protocol
+    batch_size: int
+    seed: int
+
+    @property
+    def paper(self) -> bool:
+        return self.protocol == "paper"
+
+    def tokenize(self, text: str) -> Int[torch.Tensor, " pos"]:
+        """A text prompt's tokens as this protocol reads them (the scripts tokenise without BOS)."""
+        return (self.adapter.tokenize_fragment if self.paper else self.adapter.tokenize)(text)
+
+
+def check_faithfulness_arguments(
+    fractions: Any, ablation: Any, protocol: Any, batch_size: Any, seed: Any
+) -> tuple[tuple[float, ...], int]:
+    """The arguments that need no model, checked (ScopeInputError naming the argument): the
+    fractions as a tuple and the seed (``None``: 42 under the paper protocol, else 0)."""
+    if ablation not in ("zero", "pad"):
+        raise ScopeInputError(f"ablation must be 'zero' or 'pad'; got {ablation!r}.")
+    if protocol not in ("default", "paper"):
+        raise ScopeInputError(f"protocol must be 'default' or 'paper'; got {protocol!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ScopeInputError(f"seed must be a non-negative int or None; got {seed!r}.")
+    fractions = tuple(float(k) for k in fractions)
+    if len(fractions) < 2 or not all(0 < k <= 1 for k in fractions) or list(fractions) != sorted(set(fractions)):
+        raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
+    if seed is None:
+        seed = PAPER_SEED if protocol == "paper" else 0
+    return fractions, seed
+
+
+def faithfulness_settings(
+    model: Any,
+    scorers: Sequence[str] | Mapping[str, Scorer],
+    fractions: Sequence[float],
+    ablation: Any,
+    protocol: Any,
+    batch_size: Any,
+    seed: Any,
+) -> FaithfulnessSettings:
+    """:func:`evaluate_faithfulness`'s arguments, checked (ScopeInputError naming the argument)."""
+    fractions, seed = check_faithfulness_arguments(fractions, ablation, protocol, batch_size, seed)
+    by_name = not isinstance(scorers, Mapping)
+    resolved = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
+    return FaithfulnessSettings(ModelAdapter(model), resolved, fractions, ablation, protocol, batch_size, seed)
+
+
+def check_prompt_tokens(settings: FaithfulnessSettings, tokens: torch.Tensor, argument: str) -> None:
+    """A prompt needs a context token (besides BOS, by default) before its final, predicted one."""
+    if len(tokens) < 2 or not settings.paper and len(_candidates(settings.adapter, tokens[:-1])) == 0:
+        raise ScopeInputError(
+            f"{argument} has {len(tokens)} token(s): it needs at least one context token "
+            f"{'' if settings.paper else '(besides BOS) '}before its final, predicted token."
+        )
+
+
+def evaluate_prompt(
+    settings: FaithfulnessSettings, tokens: Int[torch.Tensor, " pos"], prompt_id: int
+) -> tuple[list[dict[str, Any]], PromptEvaluation]:
+    """One prompt's report rows (one per scorer) and measurements. Its random draws depend on
+    ``settings.seed`` and ``prompt_id`` only (:func:`prompt_seed`)."""
+    import numpy as np
+
+    adapter, paper, fractions = settings.adapter, settings.paper, settings.fractions
+    model = adapter.model
+    context, gold = tokens[:-1], int(tokens[-1])
+    # The paper ranks the whole passage; its final token, which the prediction cannot see,
+    # gets the score 0 any gradient gives it.
+    ranked = tokens if paper else context
+    candidates = torch.arange(len(tokens)) if paper else _candidates(adapter, context)
+    rng = np.random.RandomState(prompt_seed(settings.seed, prompt_id))  # as the scripts' np.random.choice
+
+    def score(name: str, scorer: Scorer) -> torch.Tensor:
+        if isinstance(scorer, RandomScorer):
+            values = scorer(model, context, gold, prompt_id=prompt_id)
+        else:
+            values = scorer(model, context, gold)
+        values = _checked_scores(name, values, len(context))
+        return torch.cat([values, torch.zeros(1)]) if paper else values
+
+    scores = {name: score(name, scorer.aopc) for name, scorer in settings.scorers.items()}
+    loo_scores = {
+        name: scores[name] if scorer.loo is scorer.aopc else score(name, scorer.loo)
+        for name, scorer in settings.scorers.items()
+    }
+    ablated = {
+        name: _ablated_sets(scorer, scores[name], candidates, fractions, settings.protocol, rng)
+        for name, scorer in settings.scorers.items()
+    }
+
+    # One batch: the original, each scorer's ablated set for every fraction, each
+    # leave-one-out. Ablating the final token (paper) changes nothing at the prediction, so
+    # every forward runs on the context.
+    def mask_of(positions: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(len(ranked), dtype=torch.bool)
+        mask[positions] = True
+        return mask[: len(context)]
+
+    variants = [torch.zeros(len(context), dtype=torch.bool)]
+    variants += [mask_of(positions) for sets in ablated.values() for positions in sets]
+    variants += [mask_of(position) for position in candidates]
+    log_probabilities = _ablated_log_probabilities(
+        adapter, context, torch.stack(variants), settings.ablation, settings.batch_size
+    )
+
+    original = log_probabilities[0]
+    predicted = int(original.argmax())
+    n_ablations = len(scores) * len(fractions)
+    top_k_rows = log_probabilities[1 : 1 + n_ablations].reshape(len(scores), len(fractions), -1)
+    leave_one_out = log_probabilities[1 + n_ablations :]
+    if paper:
+        loo_kl = paper_kl(original, leave_one_out)
+        loo_order = paper_ranking(loo_kl)
+    else:
+        loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
+    str_tokens = adapter.str_tokens(tokens)
+    predicted_token = adapter.str_tokens(torch.tensor([predicted]))[0]
+    rows = []
+    for scorer_index, name in enumerate(scores):
+        deltas = (top_k_rows[scorer_index, :, predicted] - original[predicted]).tolist()
+        candidate_scores = loo_scores[name][candidates]
+        # The scorer's top candidate: the first of equal maxima (as the scripts' np.argmax).
+        top_index = int(candidate_scores.argmax())
+        top = int(candidates[top_index])
+        row = {
+            "prompt": prompt_id,
+            "scorer": name,
+            "n_candidates": len(candidates),
+            **{delta_column(k): delta for k, delta in zip(fractions, deltas)},
+            "aopc": aopc(deltas, fractions),
+            "loo_spearman": spearman(candidate_scores, loo_kl) if len(candidates) > 1 else float("nan"),
+            "loo_percentile_of_top": float((loo_kl <= loo_kl[top_index]).double().mean()),
+        }
+        if paper:
+            rank = int((loo_order == top_index).nonzero()[0, 0])
+            row["loo_rank_percentage"] = 100.0 * rank / len(candidates)
+        row.update(top_token=str_tokens[top], predicted_token=predicted_token, gold_token=str_tokens[-1])
+        rows.append(row)
+    evaluation = PromptEvaluation(
+        str_tokens=str_tokens[: len(ranked)],
+        candidates=candidates,
+        gold_token=str_tokens[-1],
+        predicted_token=predicted_token,
+        scores=scores,
+        leave_one_out_kl=loo_kl,
+        loo_scores=loo_scores,
+        ablated=ablated,
+    )
+    return rows, evaluation
+
+
 def evaluate_faithfulness(
     model: Any,
     prompts: Prompts,
@@ -488,6 +692,11 @@ def evaluate_faithfulness(
 ) -> FaithfulnessReport:
     """AOPC and leave-one-out agreement of each scorer over a list of prompts (module docstring).
 
+    Prompts are evaluated one at a time and independently: prompt ``i``'s rows depend on its
+    tokens, the arguments and ``i`` (its random draws, :func:`prompt_seed`), not on the other
+    prompts, which is what lets :func:`jscopes_tl.runs.run_faithfulness` write the same rows to
+    disk resumably.
+
     Args:
         model: a HookedTransformer or TransformerBridge.
         prompts: prompts whose *final token* is the one predicted (text, or token ids ``[pos]``
@@ -501,7 +710,8 @@ def evaluate_faithfulness(
         batch_size: ablated forwards per batch.
         progress: show a tqdm progress bar over prompts.
         seed: seed of the random scorer (default 0), and under ``protocol="paper"`` of the
-            random ablation sets (default 42, the scripts').
+            random ablation sets (default 42, the scripts'); each prompt draws from its own
+            generator seeded from ``seed`` and its index.
         attention_mask: with prompts as a padded token tensor ``[batch, pos]``, 1 for real tokens
             (see :mod:`jscopes_tl.inputs`); each prompt is its real tokens.
 
@@ -509,116 +719,20 @@ def evaluate_faithfulness(
         >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
         >>> report.to_dataframe(summary=True)[["scorer", "aopc", "loo_spearman"]]
     """
-    import numpy as np
     from tqdm.auto import tqdm
 
-    if ablation not in ("zero", "pad"):
-        raise ScopeInputError(f"ablation must be 'zero' or 'pad'; got {ablation!r}.")
-    if protocol not in ("default", "paper"):
-        raise ScopeInputError(f"protocol must be 'default' or 'paper'; got {protocol!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ScopeInputError(f"batch_size must be a positive int; got {batch_size!r}.")
-    fractions = tuple(float(k) for k in fractions)
-    if len(fractions) < 2 or not all(0 < k <= 1 for k in fractions) or list(fractions) != sorted(set(fractions)):
-        raise ScopeInputError(f"fractions must be at least 2 increasing values in (0, 1]; got {fractions}.")
-    paper = protocol == "paper"
-    if seed is None:
-        seed = PAPER_SEED if paper else 0
-    adapter = ModelAdapter(model)
-    by_name = not isinstance(scorers, Mapping)
-    scorer_functions = _protocol_scorers(_resolve_scorers(scorers, seed), protocol, by_name=by_name)
-    rng = np.random.RandomState(seed)  # the scripts' np.random.seed(seed) + np.random.choice
-    token_lists = _prompt_list(adapter, prompts, protocol, attention_mask)
+    settings = faithfulness_settings(model, scorers, fractions, ablation, protocol, batch_size, seed)
+    token_lists = _prompt_list(settings.adapter, prompts, settings.protocol, attention_mask)
     for index, tokens in enumerate(token_lists):
-        if len(tokens) < 2 or not paper and len(_candidates(adapter, tokens[:-1])) == 0:
-            raise ScopeInputError(
-                f"prompts[{index}] has {len(tokens)} token(s): it needs at least one context token "
-                f"{'' if paper else '(besides BOS) '}before its final, predicted token."
-            )
+        check_prompt_tokens(settings, tokens, f"prompts[{index}]")
 
     rows: list[dict[str, Any]] = []
     evaluations: list[PromptEvaluation] = []
     for index, tokens in enumerate(tqdm(token_lists, desc="faithfulness", disable=not progress)):
-        context, gold = tokens[:-1], int(tokens[-1])
-        # The paper ranks the whole passage; its final token, which the prediction cannot see,
-        # gets the score 0 any gradient gives it.
-        ranked = tokens if paper else context
-        candidates = torch.arange(len(tokens)) if paper else _candidates(adapter, context)
-
-        def score(name: str, scorer: Scorer) -> torch.Tensor:
-            values = _checked_scores(name, scorer(model, context, gold), len(context))
-            return torch.cat([values, torch.zeros(1)]) if paper else values
-
-        scores = {name: score(name, scorer.aopc) for name, scorer in scorer_functions.items()}
-        loo_scores = {
-            name: scores[name] if scorer.loo is scorer.aopc else score(name, scorer.loo)
-            for name, scorer in scorer_functions.items()
-        }
-        ablated = {
-            name: _ablated_sets(scorer, scores[name], candidates, fractions, protocol, rng)
-            for name, scorer in scorer_functions.items()
-        }
-
-        # One batch: the original, each scorer's ablated set for every fraction, each
-        # leave-one-out. Ablating the final token (paper) changes nothing at the prediction, so
-        # every forward runs on the context.
-        def mask_of(positions: torch.Tensor) -> torch.Tensor:
-            mask = torch.zeros(len(ranked), dtype=torch.bool)
-            mask[positions] = True
-            return mask[: len(context)]
-
-        variants = [torch.zeros(len(context), dtype=torch.bool)]
-        variants += [mask_of(positions) for sets in ablated.values() for positions in sets]
-        variants += [mask_of(position) for position in candidates]
-        log_probabilities = _ablated_log_probabilities(adapter, context, torch.stack(variants), ablation, batch_size)
-
-        original = log_probabilities[0]
-        predicted = int(original.argmax())
-        n_ablations = len(scores) * len(fractions)
-        top_k_rows = log_probabilities[1 : 1 + n_ablations].reshape(len(scores), len(fractions), -1)
-        leave_one_out = log_probabilities[1 + n_ablations :]
-        if paper:
-            loo_kl = paper_kl(original, leave_one_out)
-            loo_order = paper_ranking(loo_kl)
-        else:
-            loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
-        str_tokens = adapter.str_tokens(tokens)
-        for scorer_index, name in enumerate(scores):
-            deltas = (top_k_rows[scorer_index, :, predicted] - original[predicted]).tolist()
-            candidate_scores = loo_scores[name][candidates]
-            # The scorer's top candidate: the first of equal maxima (as the scripts' np.argmax).
-            top_index = int(candidate_scores.argmax())
-            top = int(candidates[top_index])
-            row = {
-                "prompt": index,
-                "scorer": name,
-                "n_candidates": len(candidates),
-                **{_delta_column(k): delta for k, delta in zip(fractions, deltas)},
-                "aopc": aopc(deltas, fractions),
-                "loo_spearman": spearman(candidate_scores, loo_kl) if len(candidates) > 1 else float("nan"),
-                "loo_percentile_of_top": float((loo_kl <= loo_kl[top_index]).double().mean()),
-            }
-            if paper:
-                rank = int((loo_order == top_index).nonzero()[0, 0])
-                row["loo_rank_percentage"] = 100.0 * rank / len(candidates)
-            row.update(
-                top_token=str_tokens[top],
-                predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
-                gold_token=str_tokens[-1],
-            )
-            rows.append(row)
-        evaluations.append(
-            PromptEvaluation(
-                str_tokens=str_tokens[: len(ranked)],
-                candidates=candidates,
-                gold_token=str_tokens[-1],
-                predicted_token=adapter.str_tokens(torch.tensor([predicted]))[0],
-                scores=scores,
-                leave_one_out_kl=loo_kl,
-                loo_scores=loo_scores,
-                ablated=ablated,
-            )
-        )
+        prompt_rows, evaluation = evaluate_prompt(settings, tokens, index)
+        rows.extend(prompt_rows)
+        evaluations.append(evaluation)
     return FaithfulnessReport(
-        rows=rows, prompts=evaluations, fractions=fractions, ablation=ablation, protocol=protocol
+        rows=rows, prompts=evaluations, fractions=settings.fractions, ablation=settings.ablation,
+        protocol=settings.protocol,
     )

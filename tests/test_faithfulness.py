@@ -14,6 +14,7 @@ from jscopes_tl.faithfulness import (
     evaluate_faithfulness,
     gradient_x_input_scorer,
     integrated_gradients_scorer,
+    prompt_seed,
     top_k_counts,
 )
 from jscopes_tl.stats import average_ranks, spearman
@@ -155,6 +156,15 @@ def test_random_scorer_is_reproducible_from_its_seed(any_model):
     scores = [[evaluation.scores["random"] for evaluation in run.prompts] for run in runs]
     assert all(torch.equal(a, b) for a, b in zip(scores[0], scores[1]))
     assert not torch.equal(scores[0][0], scores[2][0])
+
+
+def test_random_scores_of_a_prompt_depend_on_the_seed_and_its_index_not_on_earlier_prompts(any_model):
+    report = evaluate_faithfulness(any_model, PROMPTS, ["random"], progress=False, seed=3)
+    swapped = evaluate_faithfulness(any_model, [PROMPTS[1], PROMPTS[1]], ["random"], progress=False, seed=3)
+    assert torch.equal(report.prompts[1].scores["random"], swapped.prompts[1].scores["random"])
+    for index, tokens in enumerate(PROMPTS):
+        generator = torch.Generator().manual_seed(prompt_seed(3, index))
+        assert torch.equal(report.prompts[index].scores["random"], torch.rand(len(tokens) - 1, generator=generator))
 
 
 # --------------------------------------------------------------------------------- the planted model

@@ -19,6 +19,7 @@ from jscopes_tl.faithfulness import (
     paper_gradient_x_input_scorer,
     paper_integrated_gradients_scorer,
     paper_top_k_counts,
+    prompt_seed,
     top_k_counts,
 )
 from jscopes_tl.stats import spearman
@@ -113,20 +114,34 @@ def test_which_tokens_are_ablated_ties_go_to_the_later_token_and_the_final_token
         assert row[column] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-def test_random_baseline_is_a_fresh_set_per_fraction_from_one_seeded_generator(any_model):
+def test_random_baseline_is_a_fresh_set_per_fraction_from_each_prompts_seeded_generator(any_model):
+    # The scripts draw every passage's sets from one np.random.seed(42) generator, so a passage's
+    # sets depend on every earlier passage's length; here each passage has its own generator
+    # (seeded from the seed and its index), so a resumed run draws what an uninterrupted one does.
     prompts = [PASSAGE, SHORT_PASSAGE, PASSAGE[5:]]
 
-    def draws(seed):
-        generator = np.random.RandomState(seed)  # the scripts: np.random.seed(42), then np.random.choice
+    def draws(seed, tokens_list):
         return [
-            [generator.choice(len(tokens), size=count, replace=False).tolist() for count in paper_top_k_counts(len(tokens), (0.05, 0.1, 0.2))]
-            for tokens in prompts
+            [
+                generator.choice(len(tokens), size=count, replace=False).tolist()
+                for count in paper_top_k_counts(len(tokens), (0.05, 0.1, 0.2))
+            ]
+            for index, tokens in enumerate(tokens_list)
+            for generator in [np.random.RandomState(prompt_seed(seed, index))]
         ]
 
-    for seed, expected in ((None, draws(42)), (7, draws(7))):
+    for seed, expected in ((None, draws(42, prompts)), (7, draws(7, prompts))):
         report = evaluate_faithfulness(any_model, prompts, ["random"], protocol="paper", seed=seed, progress=False)
         assert [[p.tolist() for p in evaluation.ablated["random"]] for evaluation in report.prompts] == expected
-    assert draws(42) != draws(7)
+    assert draws(42, prompts) != draws(7, prompts)
+    # A different first passage (another length) leaves the later passages' draws unchanged.
+    other = evaluate_faithfulness(any_model, [PASSAGE[3:], *prompts[1:]], ["random"], protocol="paper", progress=False)
+    assert [[p.tolist() for p in evaluation.ablated["random"]] for evaluation in other.prompts][1:] == draws(42, prompts)[1:]
+
+
+def test_prompt_seed_depends_on_the_seed_and_the_prompt_index_only():
+    assert prompt_seed(42, 3) == prompt_seed(42, 3) == int(np.random.SeedSequence([42, 3]).generate_state(1)[0])
+    assert len({prompt_seed(seed, index) for seed in (0, 42) for index in range(50)}) == 100
 
 
 # --------------------------------------------------------------------------------- the scripts' baselines

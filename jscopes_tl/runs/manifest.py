@@ -88,12 +88,18 @@ def conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between two manifests' identifying parts, as ``"run.batch_size: 16 → 8"``."""
     if previous.get("format") != FORMAT_NAME:
         return [f"manifest.json is not a {FORMAT_NAME} manifest"]
+    # A directory of `jscopes run` records is not one of `jscopes eval` rows: say only that.
+    commands = [(manifest.get("run") or {}).get("command", "run") for manifest in (previous, current)]
+    if commands[0] != commands[1]:
+        return [f"run.command: {commands[0]!r} → {commands[1]!r}"]
     differences = []
     for part in IDENTIFYING:
         old, new = previous.get(part) or {}, current.get(part) or {}
         for key in sorted(set(old) | set(new)):
             if part == "dataset" and key == "source":
                 continue  # the same content under another path resumes
+            if part == "run" and key == "command":
+                continue  # compared above (manifests written before it existed are `run`s)
             if _normalise(old.get(key)) != _normalise(new.get(key)):
                 differences.append(f"{part}.{key}: {_short(old.get(key))} → {_short(new.get(key))}")
     return differences

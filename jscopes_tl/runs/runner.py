@@ -25,6 +25,10 @@ A run is a loop around the public scopes (:func:`~jscopes_tl.scopes.semantic_sco
 * **One argument set per directory.** The manifest records the run's arguments, the dataset's
   fingerprint and the model's identity (name, dtype, load mode, a hash of its weights); a run with
   other arguments on the same directory is refused unless ``overwrite=True``.
+
+The loop itself (:func:`execute`) knows nothing of scopes: a :class:`RunJob` says what a batch
+computes and the schema of its rows. :func:`run_dataset` is the scopes' job;
+:func:`jscopes_tl.runs.run_faithfulness` (``jscopes eval --out-dir``) is the faithfulness job.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from jscopes_tl.adapter import ModelAdapter
@@ -53,7 +58,7 @@ KINDS = ("semantic", "fisher", "temperature")
 _PROMPT_METADATA = ("text", "word_starts", "target_str_tokens", "input_columns", "model_name")
 # A scope call that fails for a prompt (its position out of range, non-finite scores, out of
 # memory) makes an error row; anything else (a bug, an interrupt) stops the run.
-_ROW_ERRORS = (ScopeInputError, NonFiniteScoresError, NonFiniteLogitsError, RuntimeError, ValueError)
+ROW_ERRORS = (ScopeInputError, NonFiniteScoresError, NonFiniteLogitsError, RuntimeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,26 @@ class PlannedBatch:
 
 
 @dataclass(frozen=True)
+class RunJob:
+    """What a run computes, for the loop that plans, shares, commits and resumes it (:func:`execute`).
+
+    Attributes:
+        arguments: the run's identifying arguments (``manifest["run"]``; ``"command"`` names the job).
+        schema: the schema of its rows (one shard per batch).
+        tokenize: a prompt's text → its token ids (the plan groups prompts by length).
+        score_batch: a planned batch and the prompts' texts → its rows and its error rows; a
+            prompt that fails is an error row, anything raised stops the run.
+        description: the progress bar's label.
+    """
+
+    arguments: dict[str, Any]
+    schema: pa.Schema
+    tokenize: Callable[[str], torch.Tensor]
+    score_batch: Callable[["PlannedBatch", dict[int, str | None]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+    description: str
+
+
+@dataclass(frozen=True)
 class RunOptions:
     kinds: tuple[str, ...]
     position: int | list[int] | str
@@ -142,7 +167,7 @@ class RunOptions:
 
     def as_manifest(self) -> dict[str, Any]:
         return {
-            "kinds": list(self.kinds), "position": self.position,
+            "command": "run", "kinds": list(self.kinds), "position": self.position,
             "target": list(self.target) if isinstance(self.target, tuple) else self.target,
             "fisher_rank": self.rank, "batch_size": self.batch_size, "top_k": self.top_k,
         }
@@ -269,9 +294,22 @@ def run_dataset(
     path = check_out_dir(out_dir)
     adapter = ModelAdapter(model)
     data = limited(read_prompt_dataset(dataset, text_column=text_column), limit)
+    job = RunJob(
+        arguments=options.as_manifest(), schema=storage.RECORD_SCHEMA, tokenize=adapter.tokenize,
+        score_batch=lambda batch, texts: score_batch(model, batch, texts, options), description="jscopes run",
+    )
+    return execute(model, data, path, job, options.batch_size, overwrite, progress, model_name)
+
+
+def execute(
+    model: Any, data: PromptDataset, out_dir: Path, job: RunJob, batch_size: int, overwrite: bool, progress: bool,
+    model_name: str | None,
+) -> RunSummary:
+    """Run ``job`` over ``data`` into ``out_dir`` on every rank (module docstring): refuse another
+    run's directory, plan, skip the committed batches, share the rest, commit each by rename."""
     info = distributed.setup()
     try:
-        return _run(model, adapter, data, path, options, info, overwrite, progress, model_name)
+        return _run(model, ModelAdapter(model), data, out_dir, job, batch_size, info, overwrite, progress, model_name)
     finally:
         distributed.teardown(info)
 
@@ -283,9 +321,12 @@ def limited(data: PromptDataset, limit: int | None) -> PromptDataset:
     return PromptDataset(data.rows[:limit], data.source, f"{data.fingerprint}[:{limit}]")
 
 
-def check_resumable(out_dir: Path, options: RunOptions, data: PromptDataset, limit: int | None, overwrite: bool) -> None:
-    """Refuse at once (before a model loads) a run whose arguments or dataset differ from the run
-    already in ``out_dir``; the model's identity is compared by :func:`run_dataset`."""
+def check_resumable(
+    out_dir: Path, arguments: dict[str, Any], data: PromptDataset, limit: int | None, overwrite: bool
+) -> None:
+    """Refuse at once (before a model loads) a run whose arguments (``RunJob.arguments``) or
+    dataset differ from the run already in ``out_dir``; the model's identity is compared by
+    :func:`execute`."""
     if overwrite:
         return
     previous = storage.read_json(out_dir / storage.MANIFEST)
@@ -293,7 +334,7 @@ def check_resumable(out_dir: Path, options: RunOptions, data: PromptDataset, lim
         if storage.committed_batches(out_dir):
             raise _stale_records_error(out_dir)
         return
-    current = build_manifest(options.as_manifest(), limited(data, limit), previous.get("model") or {}, 1)
+    current = build_manifest(arguments, limited(data, limit), previous.get("model") or {}, 1)
     differences = conflicts(previous, current)
     if differences:
         raise _conflict_error(out_dir, differences)
@@ -315,11 +356,11 @@ def _conflict_error(out_dir: Path, differences: list[str]) -> RunConflictError:
 
 
 def _run(
-    model: Any, adapter: ModelAdapter, data: PromptDataset, out_dir: Path, options: RunOptions,
+    model: Any, adapter: ModelAdapter, data: PromptDataset, out_dir: Path, job: RunJob, batch_size: int,
     info: distributed.RankInfo, overwrite: bool, progress: bool, model_name: str | None,
 ) -> RunSummary:
     start = time.perf_counter()
-    manifest = build_manifest(options.as_manifest(), data, model_identity(model, model_name), info.world_size)
+    manifest = build_manifest(job.arguments, data, model_identity(model, model_name), info.world_size)
     previous = storage.read_json(out_dir / storage.MANIFEST)
     stale_records = previous is None and bool(storage.committed_batches(out_dir))
     differences = conflicts(previous, manifest) if previous is not None else []
@@ -329,7 +370,7 @@ def _run(
             raise _stale_records_error(out_dir)
         raise _conflict_error(out_dir, differences or ["seen by another rank"])
     distributed.barrier(info)  # every rank has read the old manifest before rank 0 replaces it
-    plan, input_errors = plan_batches(adapter, data, options.batch_size)
+    plan, input_errors = plan_batches(adapter, data, batch_size, job.tokenize)
     if info.is_main:
         out_dir.mkdir(exist_ok=True)
         if overwrite:
@@ -351,16 +392,16 @@ def _run(
 
     bar = tqdm(
         total=sum(len(batch.prompt_ids) for batch in mine),
-        desc=f"rank {info.rank}/{info.world_size}" if info.distributed else "jscopes run",
+        desc=f"rank {info.rank}/{info.world_size}" if info.distributed else job.description,
         unit="prompt", position=info.rank, file=sys.stderr, disable=not progress, dynamic_ncols=True,
     )
     computed = 0
     with bar:
         for batch in mine:
-            records, errors = score_batch(model, batch, texts, options)
+            records, errors = job.score_batch(batch, texts)
             if errors:
                 storage.write_table(out_dir / storage.ERRORS / storage.part_name(batch.batch), errors, storage.ERROR_SCHEMA)
-            storage.write_table(out_dir / storage.RECORDS / storage.part_name(batch.batch), records, storage.RECORD_SCHEMA)
+            storage.write_table(out_dir / storage.RECORDS / storage.part_name(batch.batch), records, job.schema)
             computed += len(batch.prompt_ids)
             bar.update(len(batch.prompt_ids))
     elapsed = time.perf_counter() - start
@@ -395,22 +436,26 @@ def _summarise(out_dir: Path, n_rows: int, computed: int, seconds: float, world_
 
 
 # ------------------------------------------------------------------------------------ plan
-def plan_batches(adapter: ModelAdapter, data: PromptDataset, batch_size: int) -> tuple[list[PlannedBatch], list[dict[str, Any]]]:
-    """Batches of equal-length prompts (by length, then prompt id) and the rows that are no prompt."""
+def plan_batches(
+    adapter: ModelAdapter, data: PromptDataset, batch_size: int, tokenize: Callable[[str], torch.Tensor] | None = None
+) -> tuple[list[PlannedBatch], list[dict[str, Any]]]:
+    """Batches of equal-length prompts (by length, then prompt id) and the rows that are no prompt.
+    ``tokenize`` defaults to the model's own tokenisation (BOS convention included)."""
+    tokenize = tokenize or adapter.tokenize
     errors: list[dict[str, Any]] = []
     by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for row in data.rows:
         if row.error is not None:
-            errors.append(_error_row(row.prompt_id, "read", row.error, row.text, row.line, None))
+            errors.append(error_row(row.prompt_id, "read", row.error, row.text, row.line, None))
             continue
         try:
-            tokens = adapter.tokenize(row.text).cpu()
+            tokens = tokenize(row.text).cpu()
         except Exception as error:  # a tokenizer's failure on one row must not stop the run
-            errors.append(_error_row(row.prompt_id, "tokenize", f"{type(error).__name__}: {error}", row.text, row.line, None))
+            errors.append(error_row(row.prompt_id, "tokenize", f"{type(error).__name__}: {error}", row.text, row.line, None))
             continue
         if len(tokens) > adapter.n_ctx:
             message = f"too long: {len(tokens)} tokens, the model's context is n_ctx={adapter.n_ctx}"
-            errors.append(_error_row(row.prompt_id, "tokenize", message, row.text, row.line, None))
+            errors.append(error_row(row.prompt_id, "tokenize", message, row.text, row.line, None))
             continue
         by_length.setdefault(len(tokens), []).append((row.prompt_id, tokens))
     plan = []
@@ -422,7 +467,7 @@ def plan_batches(adapter: ModelAdapter, data: PromptDataset, batch_size: int) ->
     return plan, errors
 
 
-def _error_row(prompt_id: int, stage: str, error: str, text: str | None, line: int | None, batch: int | None) -> dict[str, Any]:
+def error_row(prompt_id: int, stage: str, error: str, text: str | None, line: int | None, batch: int | None) -> dict[str, Any]:
     return {"prompt_id": prompt_id, "stage": stage, "error": error, "text": text, "line": line, "batch": batch}
 
 
@@ -443,22 +488,22 @@ def score_batch(
     try:
         results = [_scope(model, kind, batch.tokens, options) for kind in options.kinds]
         return _records(batch.batch, batch.prompt_ids, texts, results), []
-    except _ROW_ERRORS as batch_error:
+    except ROW_ERRORS as batch_error:
         if len(batch.prompt_ids) == 1:
-            error = _error_row(batch.prompt_ids[0], "scope", _describe(batch_error), texts[batch.prompt_ids[0]], None, batch.batch)
+            error = error_row(batch.prompt_ids[0], "scope", describe(batch_error), texts[batch.prompt_ids[0]], None, batch.batch)
             return [], [error]
     records, errors = [], []
     for index, prompt_id in enumerate(batch.prompt_ids):
         try:
             results = [_scope(model, kind, batch.tokens[index : index + 1], options) for kind in options.kinds]
-        except _ROW_ERRORS as error:
-            errors.append(_error_row(prompt_id, "scope", _describe(error), texts[prompt_id], None, batch.batch))
+        except ROW_ERRORS as error:
+            errors.append(error_row(prompt_id, "scope", describe(error), texts[prompt_id], None, batch.batch))
             continue
         records.extend(_records(batch.batch, [prompt_id], texts, results))
     return records, errors
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 

@@ -3,7 +3,8 @@
 Layout of a run directory::
 
     manifest.json            run arguments, dataset fingerprint, model identity, library versions
-    records/part-NNNNNN.parquet   one per committed batch (possibly empty: every prompt failed)
+    records/part-NNNNNN.parquet   one per committed batch (possibly empty: every prompt failed);
+                                  attribution records (jscopes run) or faithfulness rows (jscopes eval)
     errors/part-NNNNNN.parquet    rows that failed in that batch (only when some did)
     errors/part-input.parquet     rows that were never prompts (not UTF-8, empty, too long)
     summary.json             written by rank 0 when every rank has finished
@@ -54,9 +55,37 @@ RECORD_SCHEMA = pa.schema([
     pa.field("batch", pa.int64(), nullable=False),
 ])
 
+def faithfulness_schema(delta_columns: list[str], paper: bool) -> pa.Schema:
+    """One row per (prompt, scorer) of ``jscopes eval``: the columns of a
+    :class:`~jscopes_tl.faithfulness.FaithfulnessReport` row (``prompt`` named ``prompt_id``), then
+    the prompt and the scorer's measurements (:class:`~jscopes_tl.faithfulness.PromptEvaluation`)."""
+    return pa.schema([
+        pa.field("prompt_id", pa.int64(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("n_candidates", pa.int64()),
+        *[pa.field(column, pa.float64()) for column in delta_columns],
+        pa.field("aopc", pa.float64()),
+        pa.field("loo_spearman", pa.float64()),
+        pa.field("loo_percentile_of_top", pa.float64()),
+        *([pa.field("loo_rank_percentage", pa.float64())] if paper else []),
+        pa.field("top_token", pa.string()),
+        pa.field("predicted_token", pa.string()),
+        pa.field("gold_token", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("tokens", pa.list_(pa.int64())),  # the prompt, its final (gold) token included
+        pa.field("str_tokens", pa.list_(pa.string())),  # the scored tokens
+        pa.field("candidates", pa.list_(pa.int64())),
+        pa.field("scores", pa.list_(pa.float32())),
+        pa.field("loo_scores", pa.list_(pa.float32())),
+        pa.field("ablated", pa.list_(pa.list_(pa.int64()))),  # positions ablated at each fraction
+        pa.field("leave_one_out_kl", pa.list_(pa.float32())),  # per candidate
+        pa.field("batch", pa.int64(), nullable=False),
+    ])
+
+
 ERROR_SCHEMA = pa.schema([
     pa.field("prompt_id", pa.int64(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),  # "read", "tokenize" or "scope"
+    pa.field("stage", pa.string(), nullable=False),  # "read", "tokenize", "scope" or "eval"
     pa.field("error", pa.string(), nullable=False),
     pa.field("text", pa.string()),
     pa.field("line", pa.int64()),
