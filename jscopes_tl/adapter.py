@@ -224,15 +224,71 @@ def _release_call_graph(before: list[tuple[torch.nn.Module, tuple[str, ...], tup
                 setattr(module, name, earlier)
 
 
-def _check_differentiable(tensors: Iterable[torch.Tensor], name_of: Callable[[torch.Tensor], str]) -> None:
-    """Refuse weights autograd cannot use (``name_of`` names the first one, in the message).
+def _offloaded_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules whose weights Accelerate offloaded (a ``device_map`` with ``"cpu"`` or ``"disk"``
+    entries): outside the module's own forward pass their parameters are ``meta`` placeholders, and
+    the module's ``AlignDevicesHook`` loads them onto its execution device for each call."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:  # without Accelerate nothing can be offloaded
+        return []
+    return [module for module in _all_modules(model) if has_offloaded_params(module)]
+
+
+def _offloaded_tensor_ids(model: torch.nn.Module) -> set[int]:
+    return {
+        id(tensor)
+        for module in _offloaded_modules(model)
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    }
+
+
+@contextlib.contextmanager
+def _offloaded_weights_loaded(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, the offloaded weights of ``module``'s subtree hold their values (Accelerate's
+    own pre-forward hook loads them; its post-forward hook puts the placeholders back on exit).
+    A no-op for a model that was not dispatched with offloading."""
+    with contextlib.ExitStack() as stack:
+        offloaded = _offloaded_modules(module)
+        if offloaded:
+            from accelerate.utils import align_module_device
+
+            for submodule in offloaded:
+                stack.enter_context(align_module_device(submodule))
+        yield
+
+
+def _execution_device(module: torch.nn.Module, weight: torch.Tensor) -> torch.device:
+    """Where ``module`` computes: its weight's device, or for an offloaded weight (a ``meta``
+    placeholder) the device its Accelerate hook loads it to."""
+    if not weight.is_meta:
+        return weight.device
+    for submodule in _offloaded_modules(module):
+        device = getattr(submodule._hf_hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    return weight.device  # never loaded: _check_differentiable refuses it
+
+
+def _check_differentiable(
+    tensors: Iterable[torch.Tensor], name_of: Callable[[torch.Tensor], str], model: torch.nn.Module | None = None
+) -> bool:
+    """Refuse weights autograd cannot use (``name_of`` names the first one, in the message); return
+    whether some are offloaded.
 
     Tensors created under ``torch.inference_mode()`` are *inference tensors*: autograd cannot record
     through them, and their ``requires_grad`` cannot be set outside that mode. ``meta`` tensors have
-    no values at all (a model built on the ``meta`` device and never loaded).
+    no values at all (a model built on the ``meta`` device and never loaded), unless Accelerate
+    offloaded them from ``model`` (see :func:`_offloaded_modules`): those are loaded for each forward
+    pass, and autograd records through the loaded values.
     """
+    offloaded: set[int] | None = None
     for tensor in tensors:
         if tensor.is_meta:
+            if offloaded is None:
+                offloaded = set() if model is None else _offloaded_tensor_ids(model)
+            if id(tensor) in offloaded:
+                continue
             raise UnsupportedModelError(
                 f"model has weights on the meta device (e.g. {name_of(tensor)!r}): they were never loaded. Load "
                 "real weights (e.g. model.to_empty(device='cpu') and load a state dict) first."
@@ -243,6 +299,20 @@ def _check_differentiable(tensors: Iterable[torch.Tensor], name_of: Callable[[to
                 "inference tensors, which autograd cannot differentiate through. Create or load the model "
                 "outside the inference_mode() block (no_grad() is fine)."
             )
+    return offloaded is not None
+
+
+def _offloaded_parameter_slots(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """(module, name) of every offloaded parameter that requires grad. Accelerate replaces an
+    offloaded parameter by a new object on each forward pass (the loaded copy, then a new
+    placeholder), each taking ``requires_grad`` from the one before: freezing the placeholder freezes
+    the call's copies, and the flag is given back to whatever placeholder holds the name at the end."""
+    return [
+        (module, name)
+        for module in _offloaded_modules(model)
+        for name, parameter in module._parameters.items()
+        if parameter is not None and parameter.requires_grad
+    ]
 
 
 def _weight_name(model: torch.nn.Module, tensor: torch.Tensor) -> str:
@@ -334,8 +404,11 @@ class ModelAdapter:
         self.cfg = model.cfg
         # The unembedding alone here (a call builds several adapters; a full pass over the weights
         # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
-        # tokenising. prepared_for_scopes checks every weight before it changes anything.
-        _check_differentiable([self.W_U], lambda _: "W_U")
+        # tokenising. prepared_for_scopes checks every weight before it changes anything. (An
+        # offloaded W_U is a view of a meta placeholder, loaded for each use.)
+        W_U = model.W_U
+        if not (W_U.is_meta and _offloaded_modules(model.unembed)):
+            _check_differentiable([W_U], lambda _: "W_U")
         if self.family == HOOKED_TRANSFORMER:
             self._check_weight_processing()
 
@@ -377,11 +450,17 @@ class ModelAdapter:
 
     @property
     def d_vocab(self) -> int:
-        return int(self.W_U.shape[-1])
+        return int(self.model.W_U.shape[-1])
 
     @property
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
-        return self.model.W_U
+        """The unembedding matrix; an offloaded one (a ``device_map`` with ``"cpu"``/``"disk"``
+        entries) is loaded onto its execution device for each access, as its forward pass would."""
+        W_U = self.model.W_U
+        if not W_U.is_meta:
+            return W_U
+        with _offloaded_weights_loaded(self.model.unembed):
+            return self.model.W_U
 
     @property
     def unembed_statistics(self) -> UnembedStatistics:
@@ -406,11 +485,21 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return self.W_U.device
+        """Where the unembedding computes: the logits, ``W_U`` products and readout directions live
+        there. On a model split across devices (a ``device_map``, ``n_devices > 1``) it is the last
+        one, not where the tokens go (:attr:`input_device`)."""
+        return _execution_device(self.model.unembed, self.model.W_U)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where the token embedding computes, so where the tokens go (the first block's side of
+        a split model)."""
+        W_E = getattr(self.model, "W_E", None)
+        return self.device if W_E is None else _execution_device(self.model.embed, W_E)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.W_U.dtype
+        return self.model.W_U.dtype
 
     # ----------------------------------------------------------------------------- hook names
     @functools.cached_property
@@ -541,14 +630,15 @@ class ModelAdapter:
 
     def tokenize(self, text: str) -> Int[torch.Tensor, " pos"]:
         """Tokenise a prompt with the model's own tokenizer and BOS convention, never truncated
-        (TransformerLens cuts at ``n_ctx`` by default; the caller checks the length)."""
+        (TransformerLens cuts at ``n_ctx`` by default; the caller checks the length), on the CPU:
+        :meth:`forward` places them (``cfg.device`` is ``meta`` on a bridge whose embedding is offloaded)."""
         self.tokenizer  # noqa: B018 - raises the clear error when there is no tokenizer
-        return self.model.to_tokens(text, truncate=False)[0]
+        return self.model.to_tokens(text, truncate=False, move_to_device=False)[0]
 
     def tokenize_fragment(self, text: str) -> Int[torch.Tensor, " pos"]:
         """Tokenise a piece of text with no BOS (for targets such as ``" liberal"``)."""
         self.tokenizer  # noqa: B018
-        return self.model.to_tokens(text, prepend_bos=False, truncate=False)[0]
+        return self.model.to_tokens(text, prepend_bos=False, truncate=False, move_to_device=False)[0]
 
     def str_tokens(self, tokens: Int[torch.Tensor, " pos"]) -> list[str]:
         if getattr(self.model, "tokenizer", None) is None:
@@ -638,11 +728,14 @@ class ModelAdapter:
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
         """The model on a batch whose every token is real (right padding only ever follows them).
 
-        Tokens go positionally: HookedTransformer and the bridge name the argument differently. A
+        Tokens go positionally, to the token embedding's device (:attr:`input_device`; a
+        HookedTransformer moves them only when their device *type* differs from ``cfg.device``'s):
+        HookedTransformer and the bridge name the argument differently. A
         HookedTransformer whose tokenizer pads on the left would build an attention mask from the
         tokens themselves and hide leading pad-id tokens (a BOS that doubles as the pad token), so
         it is told the batch is right-padded; a bridge never masks a token tensor by itself.
         """
+        tokens = tokens.to(self.input_device)
         if self.family == HOOKED_TRANSFORMER:
             return self.model(tokens, padding_side="right")
         return self.model(tokens)
@@ -676,9 +769,10 @@ class ModelAdapter:
                     yield
                 return
             modules, weights, tree = _model_tree(self.model)
-            _check_differentiable(weights, lambda tensor: _weight_name(self.model, tensor))
+            offloaded = _check_differentiable(weights, lambda tensor: _weight_name(self.model, tensor), self.model)
             before = _cached_tensors(tree)
             frozen = [weight for weight in weights if weight.requires_grad]
+            offloaded_slots = _offloaded_parameter_slots(self.model) if offloaded else []
             try:
                 for weight in frozen:
                     weight.requires_grad_(False)
@@ -686,6 +780,10 @@ class ModelAdapter:
                     yield
             finally:
                 restores = [lambda weight=weight: weight.requires_grad_(True) for weight in frozen]
+                restores += [
+                    lambda module=module, name=name: module._parameters[name].requires_grad_(True)
+                    for module, name in offloaded_slots
+                ]
                 _restore_all([*restores, lambda: _release_call_graph(before)])
 
     @contextlib.contextmanager
@@ -720,7 +818,7 @@ class ModelAdapter:
         final_norm = getattr(self.model, "ln_final", None)
         if final_norm is None:
             return False
-        with torch.no_grad():
+        with torch.no_grad(), _offloaded_weights_loaded(final_norm):
             for name, parameter in final_norm.named_parameters():
                 owner = final_norm.get_submodule(name.rpartition(".")[0])
                 is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
@@ -785,7 +883,7 @@ class ModelAdapter:
             return hook
 
         with self.eval_mode(), torch.no_grad(), self.hooks([(name, capture_hook(name)) for name in hook_names]):
-            self.forward(tokens.to(self.device))
+            self.forward(tokens)
         return captured
 
     def transformer_lens_resid_pre_patching(
@@ -796,8 +894,9 @@ class ModelAdapter:
         Available where the installed TransformerLens has ``transformer_lens.patching`` (2.x; 4.x,
         where it also runs on a TransformerBridge) and the model has the hook names it patches,
         ``blocks.L.hook_resid_pre`` (the bridge has them as aliases with or without compatibility
-        mode in 4.x). The returned function maps ``(clean_tokens, corrupted_tokens, metric)`` to
-        the ``[n_layers, pos]`` patched metric; it shows TransformerLens's own progress bar.
+        mode in 4.x), and ``cfg.device`` is a real device (see :meth:`_records_meta_device`). The
+        returned function maps ``(clean_tokens, corrupted_tokens, metric)`` to the ``[n_layers, pos]``
+        patched metric; it shows TransformerLens's own progress bar.
         """
         try:
             from transformer_lens import patching
@@ -805,12 +904,20 @@ class ModelAdapter:
             return None
         if not all(f"blocks.{layer}.hook_resid_pre" in self.hook_names for layer in range(self.n_layers)):
             return None
+        if self._records_meta_device():
+            return None
 
         def patch(clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-            _, clean_cache = self.model.run_with_cache(clean_tokens.to(self.device))
-            return patching.get_act_patch_resid_pre(self.model, corrupted_tokens.to(self.device), clean_cache, metric)
+            _, clean_cache = self.model.run_with_cache(clean_tokens.to(self.input_device))
+            return patching.get_act_patch_resid_pre(self.model, corrupted_tokens.to(self.input_device), clean_cache, metric)
 
         return patch
+
+    def _records_meta_device(self) -> bool:
+        """``cfg.device`` is ``meta``: TransformerLens 4.x's ``boot_transformers`` records the input
+        embedding's parameter device, a placeholder when Accelerate offloaded the embedding, and
+        ``transformer_lens.patching`` creates its result tensors there (no values)."""
+        return str(getattr(self.cfg, "device", None)) == "meta"
 
     # ----------------------------------------------------------------------------- components
     # Hook names of per-component activations. A TransformerBridge has the HookedTransformer names
@@ -874,7 +981,7 @@ class ModelAdapter:
         hooks = [(name, record(name)) for name in hook_names] + [(stop_hook, stop)]
         with self.eval_mode(), torch.no_grad(), self.hooks(hooks):
             try:
-                self.forward(tokens.to(self.device))
+                self.forward(tokens)
             except _Stop:
                 pass
         return set(seen)
@@ -886,8 +993,8 @@ class ModelAdapter:
         get_act_patch_attn_head_out_all_pos, "mlps": get_act_patch_mlp_out}``, each mapping
         ``(corrupted_tokens, clean_cache, metric)`` to TransformerLens's layout (``[n_layers, pos,
         n_heads]``, ``[n_layers, n_heads]``, ``[n_layers, pos]``). Available where
-        ``transformer_lens.patching`` exists (2.x; 4.x, where it also runs on a bridge) and the model
-        has ``blocks.L.attn.hook_z`` and ``blocks.L.hook_mlp_out``.
+        ``transformer_lens.patching`` exists (2.x; 4.x, where it also runs on a bridge), the model
+        has ``blocks.L.attn.hook_z`` and ``blocks.L.hook_mlp_out``, and ``cfg.device`` is a real device.
         """
         try:
             from transformer_lens import patching
@@ -895,6 +1002,8 @@ class ModelAdapter:
             return None
         names = [f"blocks.{layer}.{hook}" for layer in range(self.n_layers) for hook in ("attn.hook_z", "hook_mlp_out")]
         if not all(name in self.hook_names for name in names):
+            return None
+        if self._records_meta_device():
             return None
         return {
             "heads_by_pos": patching.get_act_patch_attn_head_out_by_pos,
@@ -958,8 +1067,16 @@ def bridge_from_hf_model(
             f"TransformerLens {transformer_lens_version()} has no TransformerBridge builder; "
             "TransformerBridge needs TransformerLens 4.x."
         ) from error
+    # cfg.device is where TransformerLens puts the tensors it creates (tokens, patching results). For
+    # a model Accelerate dispatched it is the input embedding's execution device, which for an
+    # offloaded embedding is not its parameter's (meta), the builder's default.
+    placement: dict[str, Any] = {}
+    embedding = hf_model.get_input_embeddings() if getattr(hf_model, "hf_device_map", None) else None
+    if embedding is not None:
+        placement["device"] = _execution_device(embedding, embedding.weight)
     bridge = build_bridge_from_module(
-        hf_model.eval(), type(hf_model).__name__, hf_config=hf_model.config, tokenizer=tokenizer, model_name=model_name
+        hf_model.eval(), type(hf_model).__name__, hf_config=hf_model.config, tokenizer=tokenizer, model_name=model_name,
+        **placement,
     )
     if compatibility_mode:
         bridge.enable_compatibility_mode()

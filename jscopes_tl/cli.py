@@ -425,7 +425,7 @@ def implausible_answers(model: Any, prompts: Sequence[str]) -> list[tuple[int, s
             tokens = adapter.tokenize(prompt)
             if not 2 <= len(tokens) <= adapter.n_ctx:
                 continue  # evaluate_faithfulness rejects it with its own message
-            logits = adapter.forward(tokens[None].to(adapter.device))[0, -2]
+            logits = adapter.forward(tokens[None])[0, -2]
             probability = float(torch.softmax(logits.double(), dim=-1)[int(tokens[-1])])
             if probability < IMPLAUSIBLE_ANSWER_PROBABILITY:
                 flagged.append((index, adapter.str_tokens(tokens[-1:])[0], probability))

@@ -381,7 +381,7 @@ def _run_group(
     valid = positions.valid[:, slot_tensor]
     index = positions.index[:, slot_tensor]
     prefix = int(torch.where(valid, index, -1).max()) + 1
-    tokens = batch.tokens[:, :prefix].to(adapter.device)
+    tokens = batch.tokens[:, :prefix].to(adapter.input_device)
     n_prompts = tokens.shape[0]
     captured: dict[str, torch.Tensor] = {}
     inputs: dict[int, torch.Tensor] = {}
@@ -437,7 +437,7 @@ def _run_group(
             f"a readout needs [batch={n_prompts}, pos={prefix}, ...]."
         )
     state = activation if readout_point.state is None else readout_point.state(activation)
-    y = state[pair_prompt.to(adapter.device), source_position.to(adapter.device)]  # [m, *state_shape]
+    y = state[pair_prompt.to(state.device), source_position.to(state.device)]  # [m, *state_shape]
     logits = None
     if readout_point.unembedding:
         with torch.no_grad():
@@ -477,7 +477,7 @@ def _run_group(
     # One backward vector per (slot, direction); within it, every prompt's own direction.
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
     chunk = _vectors_per_backward(n_prompts, prefix, len(points), adapter, memory_budget_mb, backward_batch)
-    directions = readout.directions.to(y.dtype)
+    directions = readout.directions.to(device=y.device, dtype=y.dtype)
     rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
     for start in range(0, len(vectors), chunk):
         part = vectors[start : start + chunk]
@@ -490,14 +490,15 @@ def _run_group(
             _per_component(point, gradient.to(dtype))
             for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs))
         ]
-        # -> [vector, prompt, row, pos]
-        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3) for g in gradients], dim=2).cpu()
+        # -> [vector, prompt, row, pos], each point's part to the CPU first (on a model split
+        # across devices, the points of different layers live on different devices).
+        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3).cpu() for g in gradients], dim=2)
         products = (
-            torch.cat([(g * x).sum(-1).transpose(2, 3) for g, x in zip(gradients, activations)], dim=2).cpu()
+            torch.cat([(g * x).sum(-1).transpose(2, 3).cpu() for g, x in zip(gradients, activations)], dim=2)
             if signed is not None
             else None
         )
-        full = torch.cat([g.transpose(2, 3) for g in gradients], dim=2).cpu() if kept_gradients is not None else None
+        full = torch.cat([g.transpose(2, 3).cpu() for g in gradients], dim=2) if kept_gradients is not None else None
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot]
             prompts = pair_prompt[rows]

@@ -55,6 +55,9 @@ class SAELatent:
     def value(self, activation: Float[torch.Tensor, "m *shape"]) -> Float[torch.Tensor, " m"]:
         """The latent's pre-activation or activation for each row of ``activation``."""
         sae = self.sae
+        # To the SAE's device (autograd follows): on a model split across devices the hook's
+        # layer need not be where the SAE was put.
+        activation = activation.to(sae.W_enc.device)
         flat = activation.reshape(activation.shape[0], -1)
         if not self.pre_activation and callable(getattr(sae, "encode", None)):
             return sae.encode(activation if _takes_unflattened(sae) else flat)[..., self.index].float()

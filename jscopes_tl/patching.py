@@ -175,7 +175,7 @@ def _prompt_pair(adapter: ModelAdapter, clean: str | torch.Tensor, corrupted: st
 
 def _logits_at(adapter: ModelAdapter, tokens: torch.Tensor, position: int) -> torch.Tensor:
     with adapter.prepared_for_scopes(), torch.no_grad():
-        return adapter.forward(tokens[None].to(adapter.device))[0, position]
+        return adapter.forward(tokens[None])[0, position]
 
 
 def _setup(
@@ -256,13 +256,14 @@ def _patch_with_hooks(adapter: ModelAdapter, setup: _PatchingSetup, batch_size: 
     """Every position of one layer in one batched forward: row ``i`` patches position ``i``."""
     clean_activations = _resid_pre_activations(adapter, setup.clean_tokens)
     width = len(setup.corrupted_tokens)
-    corrupted = setup.corrupted_tokens.to(adapter.device)
+    corrupted = setup.corrupted_tokens.to(adapter.input_device)
     patched = torch.zeros(adapter.n_layers, width)
     with adapter.prepared_for_scopes(), torch.no_grad():
         for layer in range(adapter.n_layers):
             for start in range(0, width, batch_size):
-                positions = torch.arange(start, min(start + batch_size, width), device=adapter.device)
-                rows = torch.arange(len(positions), device=adapter.device)
+                # CPU index tensors index an activation on any device (a split model's layers differ).
+                positions = torch.arange(start, min(start + batch_size, width))
+                rows = torch.arange(len(positions))
 
                 def restore_clean(activation: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:
                     activation = activation.clone()
@@ -546,7 +547,7 @@ def _patched_metric(
         return activation
 
     with adapter.hooks([(hook_name, patch)]):
-        logits = adapter.forward(setup.corrupted_tokens.to(adapter.device).expand(rows, -1))
+        logits = adapter.forward(setup.corrupted_tokens.expand(rows, -1))
     return _metric_values(setup, logits[:, setup.position]).float().cpu()
 
 
@@ -561,19 +562,19 @@ def _component_patch_with_hooks(
     heads = torch.zeros(n_layers, n_heads, width)
     heads_all_pos = torch.zeros(n_layers, n_heads)
     mlps = torch.zeros(n_layers, width)
-    device = adapter.device
+    # Index tensors stay on the CPU: they index an activation on any device (a split model's layers differ).
     with adapter.prepared_for_scopes(), torch.no_grad():
         for layer in range(n_layers):
             z_clean, mlp_clean = clean[head_hooks[layer]][0], clean[mlp_hooks[layer]][0]
-            every_head = torch.arange(n_heads, device=device)
+            every_head = torch.arange(n_heads)
 
             def all_positions(activation: torch.Tensor) -> None:
                 activation[every_head, :, every_head] = z_clean[:, every_head].transpose(0, 1).to(activation.dtype)
 
             heads_all_pos[layer] = _patched_metric(adapter, setup, head_hooks[layer], n_heads, all_positions)
             for start in range(0, width, batch_size):
-                positions = torch.arange(start, min(start + batch_size, width), device=device)
-                rows = torch.arange(len(positions), device=device)
+                positions = torch.arange(start, min(start + batch_size, width))
+                rows = torch.arange(len(positions))
                 for head in range(n_heads):
 
                     def one_head(activation: torch.Tensor, head: int = head) -> None:
@@ -606,9 +607,9 @@ def _component_activation_patching(
         def scalar_metric(logits: torch.Tensor) -> torch.Tensor:
             return _metric_values(setup, logits[:, setup.position]).sum()
 
-        corrupted = setup.corrupted_tokens[None].to(adapter.device)
+        corrupted = setup.corrupted_tokens[None].to(adapter.input_device)
         with adapter.prepared_for_scopes(), torch.no_grad():
-            _, clean_cache = adapter.model.run_with_cache(setup.clean_tokens[None].to(adapter.device))
+            _, clean_cache = adapter.model.run_with_cache(setup.clean_tokens[None].to(adapter.input_device))
             by_position = functions["heads_by_pos"](adapter.model, corrupted, clean_cache, scalar_metric)
             all_positions = functions["heads_all_pos"](adapter.model, corrupted, clean_cache, scalar_metric)
             mlps = functions["mlps"](adapter.model, corrupted, clean_cache, scalar_metric)

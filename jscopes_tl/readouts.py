@@ -171,7 +171,7 @@ def semantic_readout(
         # logits = y W_U + b_U, so the gradient is the W_U columns themselves: no second pass over
         # the whole vocabulary (at GPT-2 size that pass costs as much as the rest of a scope's bookkeeping).
         columns = adapter.W_U.detach()[:, ids.to(adapter.W_U.device)]  # [d_model, m, k]
-        direction = torch.einsum("dmk,mk->md", columns.to(y.dtype), coefficients.to(y))
+        direction = torch.einsum("dmk,mk->md", columns.to(y), coefficients.to(y))
         return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
     model_logits = adapter.logits(y_leaf)
     model_logits = model_logits if model_logits.dtype == torch.float64 else model_logits.float()
@@ -243,9 +243,11 @@ def fisher_readout(
         for i in range(y.shape[0])
     ]
     value_dtype = working_dtype(y.dtype)
-    directions = torch.stack([pair.eigenvectors.T for pair in pairs]).to(y.dtype)
-    weights = torch.stack([pair.eigenvalues for pair in pairs])
-    traces = torch.tensor([pair.trace for pair in pairs], dtype=torch.float64)
+    # On y's device: the eigenpairs live on W_U's (a certain prediction's on the CPU), which on a
+    # model split across devices need not be y's.
+    directions = torch.stack([pair.eigenvectors.T.to(y.device) for pair in pairs]).to(y.dtype)
+    weights = torch.stack([pair.eigenvalues.to(y.device) for pair in pairs])
+    traces = torch.tensor([pair.trace for pair in pairs], dtype=torch.float64, device=y.device)
     if not math.isfinite(float(traces.sum())):
         raise ScopeInputError("the Fisher matrix is not finite; check the model's logits.")
     captured = torch.where(traces > 0, weights.sum(-1) / traces.clamp_min(1e-300), 1.0)  # F = 0: nothing to miss
@@ -266,5 +268,5 @@ def fisher_readout(
         "eigen_solver": sorted({pair.solver for pair in pairs}),
     }
     return Readout(
-        directions.to(y.device), weights.to(y.device), squared=True, per_prediction=per_prediction, metadata=metadata
+        directions, weights, squared=True, per_prediction=per_prediction, metadata=metadata
     )

@@ -29,7 +29,11 @@ _MODULE_HOOK_DICTS = (
 
 def _bytes(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
     """A digest of a tensor's raw bytes, with its dtype and shape (NaN equals the same NaN, -0.0
-    differs from 0.0); hashing reads the bytes in place, where a copy of every tensor costs more."""
+    differs from 0.0); hashing reads the bytes in place, where a copy of every tensor costs more.
+    A ``meta`` tensor (a weight Accelerate offloaded) has no bytes: it digests as ``b"meta"``, so a
+    call that left the loaded weight in its place shows as a change."""
+    if tensor.is_meta:
+        return str(tensor.dtype), tuple(tensor.shape), b"meta"
     data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     return str(tensor.dtype), tuple(tensor.shape), hashlib.blake2b(data).digest()
 

@@ -105,7 +105,7 @@ def ground_truth_accuracy(
         for name, scorer in chosen.items():
             hits[name] += top_source_hits(scorer(model, tokens, answer)[None], [prompt])
         with torch.no_grad():
-            correct += int(adapter.forward(tokens[None].to(adapter.device))[0, -1].argmax()) == answer
+            correct += int(adapter.forward(tokens[None])[0, -1].argmax()) == answer
     chance = sum(
         len(set(p.source_indices) & set(p.candidate_indices)) / len(p.candidate_indices) for p in prompts
     ) / n_prompts
