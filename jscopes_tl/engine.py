@@ -381,7 +381,7 @@ def _run_group(
     valid = positions.valid[:, slot_tensor]
     index = positions.index[:, slot_tensor]
     prefix = int(torch.where(valid, index, -1).max()) + 1
-    tokens = batch.tokens[:, :prefix].to(adapter.input_device)
+    tokens = batch.tokens[:, :prefix]  # adapter.forward places them on the token embedding's device
     n_prompts = tokens.shape[0]
     captured: dict[str, torch.Tensor] = {}
     inputs: dict[int, torch.Tensor] = {}
@@ -490,15 +490,17 @@ def _run_group(
             _per_component(point, gradient.to(dtype))
             for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs))
         ]
-        # -> [vector, prompt, row, pos], each point's part to the CPU first (on a model split
-        # across devices, the points of different layers live on different devices).
-        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3).cpu() for g in gradients], dim=2)
+        # -> [vector, prompt, row, pos], each point's part on y's device first (on a model split
+        # across devices the points of different layers live on different devices; a no-op otherwise).
+        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3).to(y.device) for g in gradients], dim=2).cpu()
         products = (
-            torch.cat([(g * x).sum(-1).transpose(2, 3).cpu() for g, x in zip(gradients, activations)], dim=2)
+            torch.cat([(g * x).sum(-1).transpose(2, 3).to(y.device) for g, x in zip(gradients, activations)], dim=2).cpu()
             if signed is not None
             else None
         )
-        full = torch.cat([g.transpose(2, 3).cpu() for g in gradients], dim=2) if kept_gradients is not None else None
+        full = (
+            torch.cat([g.transpose(2, 3).to(y.device) for g in gradients], dim=2).cpu() if kept_gradients is not None else None
+        )
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot]
             prompts = pair_prompt[rows]
