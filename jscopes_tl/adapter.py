@@ -490,10 +490,10 @@ class ModelAdapter:
         one, not where the tokens go (:attr:`input_device`)."""
         return _execution_device(self.model.unembed, self.model.W_U)
 
-    @property
+    @functools.cached_property
     def input_device(self) -> torch.device:
         """Where the token embedding computes, so where the tokens go (the first block's side of
-        a split model)."""
+        a split model). Read once per adapter (a bridge's ``W_E`` lookup costs tens of µs)."""
         W_E = getattr(self.model, "W_E", None)
         return self.device if W_E is None else _execution_device(self.model.embed, W_E)
 
@@ -818,8 +818,11 @@ class ModelAdapter:
         final_norm = getattr(self.model, "ln_final", None)
         if final_norm is None:
             return False
-        with torch.no_grad(), _offloaded_weights_loaded(final_norm):
-            for name, parameter in final_norm.named_parameters():
+        parameters = list(final_norm.named_parameters())
+        offloaded = any(parameter.is_meta for _, parameter in parameters)
+        with torch.no_grad(), _offloaded_weights_loaded(final_norm) if offloaded else contextlib.nullcontext():
+            # Loading replaces the placeholders: read the parameters again inside.
+            for name, parameter in list(final_norm.named_parameters()) if offloaded else parameters:
                 owner = final_norm.get_submodule(name.rpartition(".")[0])
                 is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
                 # A wrapped Gemma RMSNorm stores w of the gain 1 + w: w = 0 is no gain.
