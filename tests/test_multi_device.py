@@ -36,7 +36,8 @@ from jscopes_tl.adapter import (
     hooked_transformer_from_hf_model,
 )
 from jscopes_tl.errors import UnsupportedModelError
-from jscopes_tl.toy import _hf_config, _randomise_norm_weights, toy_tokenizer
+from jscopes_tl.families import randomise_norms
+from jscopes_tl.toy import _hf_config, toy_tokenizer
 
 accelerate = pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
@@ -96,7 +97,7 @@ def _saved_model(architecture: str, directory: Any) -> torch.nn.Module:
     config = _hf_config(architecture, len(tokenizer), 32, 3, 4, 0.3)
     config.n_ctx = config.max_position_embeddings  # TransformerLens 2.x's GPT-2 conversion reads n_ctx
     hf_model = transformers.AutoModelForCausalLM.from_config(config)
-    _randomise_norm_weights(hf_model, 0)
+    randomise_norms(hf_model, 0)
     hf_model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return hf_model.eval()
