@@ -243,6 +243,27 @@ def _offloaded_tensor_ids(model: torch.nn.Module) -> set[int]:
     }
 
 
+def offloaded_weight_loaders(model: torch.nn.Module) -> dict[int, Callable[[], torch.Tensor]]:
+    """For every weight Accelerate offloaded (a ``meta`` placeholder, by ``id``), a function that
+    returns its value on the CPU, loading one module's weights at a time (reading every weight of
+    an offloaded model, e.g. to hash it, never holds more than one module's in memory)."""
+
+    def load(module: torch.nn.Module, name: str) -> torch.Tensor:
+        from accelerate.utils import align_module_device
+
+        with align_module_device(module):
+            value = module._parameters.get(name)
+            value = module._buffers.get(name) if value is None else value
+            return value.detach().cpu().clone()
+
+    return {
+        id(tensor): functools.partial(load, module, name)
+        for module in _offloaded_modules(model)
+        for name, tensor in (*module._parameters.items(), *module._buffers.items())
+        if tensor is not None and tensor.is_meta
+    }
+
+
 @contextlib.contextmanager
 def _offloaded_weights_loaded(module: torch.nn.Module) -> Iterator[None]:
     """Within the block, the offloaded weights of ``module``'s subtree hold their values (Accelerate's

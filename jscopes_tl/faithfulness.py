@@ -323,14 +323,14 @@ def _ablated_log_probabilities(
     outputs = []
     with adapter.prepared_for_scopes(), torch.no_grad():
         for start in range(0, len(ablated), batch_size):
-            mask = ablated[start : start + batch_size].to(adapter.device)
-            tokens = context.to(adapter.device).expand(len(mask), -1)
+            mask = ablated[start : start + batch_size].to(adapter.input_device)
+            tokens = context.to(adapter.input_device).expand(len(mask), -1)
             if ablation == "pad":
                 logits = adapter.forward(torch.where(mask, adapter.pad_token_id, tokens))
             else:
 
                 def zero_token_embedding(activation: torch.Tensor, hook: Any, mask: torch.Tensor = mask) -> torch.Tensor:
-                    return activation * (~mask)[..., None].to(activation.dtype)
+                    return activation * (~mask)[..., None].to(activation)  # its device and dtype
 
                 with adapter.hooks([(adapter.token_embedding_hook, zero_token_embedding)]):
                     logits = adapter.forward(tokens)

@@ -348,3 +348,29 @@ def test_a_split_across_two_devices_gives_the_undispatched_scores(
     for scope in ("semantic top-1", "fisher exact", "temperature", "fisher all layers", "component heads", "activation patching (hooks)"):
         expected = SCOPES[scope](pair["plain"])
         torch.testing.assert_close(SCOPES[scope](split), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_dataset_runs_and_faithfulness_on_the_dispatched_model_equal_the_undispatched_ones(
+    pair: dict[str, Any], tmp_path: Any
+) -> None:
+    """A run hashes an offloaded model's weights from where Accelerate keeps them (the same hash as
+    undispatched), scores it as the plain model, and faithfulness ablates on the embedding's device."""
+    from jscopes_tl import evaluate_faithfulness
+    from jscopes_tl.runs import run_dataset
+    from jscopes_tl.runs.manifest import weight_hash
+
+    dispatched, plain = pair["dispatched"], pair["plain"]
+    assert _offloaded_names(dispatched)
+    assert weight_hash(dispatched) == weight_hash(plain)
+    prompts = [PROMPT, "He grew up in the South and goes to"]
+    runs = {
+        name: run_dataset(model, prompts, tmp_path / name, kinds=["semantic", "temperature"], progress=False)
+        for name, model in (("plain", plain), ("dispatched", dispatched))
+    }
+    frames = {name: run.records_frame().sort_values(["prompt_id", "kind"]).reset_index(drop=True) for name, run in runs.items()}
+    assert [list(scores) for scores in frames["dispatched"]["scores"]] == [list(scores) for scores in frames["plain"]["scores"]]
+    reports = [
+        evaluate_faithfulness(model, prompts, ["semantic"], progress=False).to_dataframe() for model in (plain, dispatched)
+    ]
+    assert reports[0].equals(reports[1])
+    assert _offloaded_names(dispatched)  # the placeholders are back

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from jscopes_tl.adapter import ModelAdapter, transformer_lens_version
+from jscopes_tl.adapter import ModelAdapter, offloaded_weight_loaders, transformer_lens_version
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.runs.prompts import PromptDataset
 
@@ -29,12 +29,17 @@ class RunConflictError(ScopeInputError):
 
 
 def weight_hash(model: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer: name, dtype, shape and bytes, in name order."""
+    """SHA-256 over every parameter and buffer: name, dtype, shape and bytes, in name order. Weights
+    Accelerate offloaded are read from where it keeps them, one module at a time (the same hash as
+    the model undispatched)."""
     digest = hashlib.sha256()
+    offloaded = offloaded_weight_loaders(model)
     with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
+        for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
             if not isinstance(tensor, torch.Tensor):
                 continue
+            if tensor.is_meta and id(tensor) in offloaded:
+                tensor = offloaded[id(tensor)]()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             flat = tensor.detach().reshape(-1).contiguous().cpu()
             digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
