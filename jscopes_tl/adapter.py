@@ -133,7 +133,14 @@ _registrations = [0]
 
 
 def _count_registration(module: torch.nn.Module, name: str, value: Any) -> None:
-    _registrations[0] += 1
+    # Only registrations on a module of a cached tree count: Hugging Face's Llama slices its
+    # ModuleList of layers on every forward pass, and the slice (a new ModuleList) registers them.
+    if module in _tree_modules:
+        _registrations[0] += 1
+
+
+# Every module of a cached tree (held weakly).
+_tree_modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
@@ -199,6 +206,7 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
             cache_slots.append((weakref.ref(module), names))
     tree = _ModelTree(registrations, [weakref.ref(m) for m in modules], [weakref.ref(w) for w in weights], cache_slots)
     _model_trees[model] = tree
+    _tree_modules.update(modules)
     return modules, weights, tree
 
 
