@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +20,7 @@ import torch
 from jscopes_tl import cli, evaluate_faithfulness, models, run_faithfulness
 from jscopes_tl.runs import RunConflictError
 from jscopes_tl.runs.prompts import read_prompt_dataset
+from run_processes import environment, wait_for_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demos" / "prompts_recall.jsonl"
@@ -194,24 +194,8 @@ def reference(recall, prompt_file, tmp_path_factory) -> list[dict]:
     return records(out)
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
 def command(prompt_file: Path, out: Path) -> list[str]:
     return ["eval", str(prompt_file), "--model", "recall", "--out-dir", str(out), "--shard-size", "1", "--no-progress"]
-
-
-def wait_for_shards(out: Path, process: subprocess.Popen, at_least: int = 3, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        directory = out / "records"
-        if directory.is_dir() and sum(1 for name in os.listdir(directory) if name.endswith(".parquet")) >= at_least:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before it could be killed: {process.stderr.read()}")
-        time.sleep(0.01)
-    pytest.fail("no shard appeared")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,8 +20,8 @@ import pytest
 import torch
 
 from jscopes_tl import models, run_dataset
+from run_processes import environment, wait_for_shards
 
-ROOT = Path(__file__).resolve().parents[1]
 N_PROMPTS = 300
 
 
@@ -64,24 +63,8 @@ def records(out: Path) -> list[dict]:
     return sorted(rows, key=lambda row: (row["prompt_id"], row["kind"], row["position"]))
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
 def command(prompt_file: Path, out: Path) -> list[str]:
     return ["run", str(prompt_file), "--model", "recall", "--out-dir", str(out), "--batch-size", "1", "--no-progress"]
-
-
-def wait_for_shards(out: Path, process: subprocess.Popen, at_least: int = 3, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        directory = out / "records"
-        if directory.is_dir() and sum(1 for name in os.listdir(directory) if name.endswith(".parquet")) >= at_least:
-            return
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before it could be killed: {process.stderr.read()}")
-        time.sleep(0.01)
-    pytest.fail("no shard appeared")
 
 
 def assert_every_shard_reads_whole(out: Path) -> int:
