@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import torch
 from jscopes_tl import cli, evaluate_faithfulness, models, run_faithfulness
 from jscopes_tl.runs import RunConflictError
 from jscopes_tl.runs.prompts import read_prompt_dataset
-from run_processes import environment, wait_for_shards
+from run_processes import assert_no_partial_files, environment, interrupt_run, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demos" / "prompts_recall.jsonl"
@@ -201,16 +200,7 @@ def command(prompt_file: Path, out: Path) -> list[str]:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_file, reference, tmp_path, stop):
     out = tmp_path / "eval"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
-        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for_shards(out, process)
-    process.send_signal(stop)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr
-    if stop != signal.SIGKILL:
-        assert "run the same command again to resume" in stderr
+    interrupt_run(command(prompt_file, out), out, stop)
     shards = sorted((out / "records").glob("*.parquet"))
     assert all(pq.read_table(shard).num_rows == 6 for shard in shards)  # none torn: six scorers a prompt
     assert 3 <= len(shards) < N_PROMPTS, "the run was not stopped mid-run"
@@ -221,15 +211,12 @@ def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_
     assert done.returncode == 0, done.stderr
     assert f"this run evaluated {N_PROMPTS - len(shards)} prompts" in done.stdout
     assert records(out) == reference
-    assert not [name for name in os.listdir(out / "records") if name.endswith(".tmp")]
+    assert_no_partial_files(out)
 
 
 def test_two_ranks_on_gloo_write_exactly_the_single_process_rows(prompt_file, reference, tmp_path):
     out = tmp_path / "eval"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "jscopes_tl"]
-    done = subprocess.run(
-        [*launcher, *command(prompt_file, out)], env=environment(), capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run(torchrun(2, command(prompt_file, out)), env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{N_PROMPTS} of {N_PROMPTS} prompts evaluated" in done.stdout and "on 2 ranks" in done.stdout
     assert done.stdout.count("| random |") == 1  # rank 0 prints the table

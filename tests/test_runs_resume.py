@@ -9,7 +9,6 @@ process's exactly; a rank killed mid-run resumes on another number of ranks.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import torch
 
 from jscopes_tl import models, run_dataset
-from run_processes import environment, wait_for_shards
+from run_processes import assert_no_partial_files, environment, interrupt_run, torchrun, wait_for_shards
 
 N_PROMPTS = 300
 
@@ -78,29 +77,13 @@ def assert_every_shard_reads_whole(out: Path) -> int:
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(recall, prompt_file, reference, tmp_path, stop):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
-        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for_shards(out, process)
-    process.send_signal(stop)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr
-    if stop != signal.SIGKILL:
-        assert "run the same command again to resume" in stderr
+    interrupt_run(command(prompt_file, out), out, stop)
     finished = assert_every_shard_reads_whole(out)
     assert 3 <= finished < N_PROMPTS, "the run was not stopped mid-run"
     summary = run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
     assert summary.ok and summary.computed_prompts == N_PROMPTS - finished
     assert records(out) == reference
-    assert not [name for name in os.listdir(out / "records") if name.endswith(".tmp")]
-
-
-def torchrun(n_processes: int, args: list[str]) -> list[str]:
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n_processes}",
-        "-m", "jscopes_tl", *args,
-    ]
+    assert_no_partial_files(out)
 
 
 def test_two_ranks_on_gloo_write_exactly_the_single_process_records(prompt_file, reference, tmp_path):
