@@ -49,6 +49,7 @@ from jscopes_tl.runs.runner import (
     RunJob,
     RunSummary,
     check_out_dir,
+    check_run_controls,
     describe,
     error_row,
     execute,
@@ -186,11 +187,7 @@ def run_faithfulness(
         >>> run.summary()           # the faithfulness table, read from runs/recall-eval/records
     """
     arguments = faithfulness_run_arguments(scorers, fractions, ablation, protocol, batch_size, seed, shard_size)
-    for name, value in (("overwrite", overwrite), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise ScopeInputError(f"{name} must be True or False; got {value!r}.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ScopeInputError(f"limit must be a positive int or None (every row); got {limit!r}.")
+    check_run_controls(limit, overwrite, progress)
     path = check_out_dir(out_dir)
     data = limited(read_prompt_dataset(dataset, text_column=text_column), limit)
     settings = faithfulness_settings(

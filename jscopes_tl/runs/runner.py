@@ -208,12 +208,17 @@ def check_run_arguments(
     for name, value in (("batch_size", batch_size), ("top_k", top_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ScopeInputError(f"{name} must be a positive int; got {value!r}.")
+    check_run_controls(limit, overwrite, progress)
+    return RunOptions(tuple(kinds), position, target, rank, batch_size, top_k)
+
+
+def check_run_controls(limit: Any, overwrite: Any, progress: Any) -> None:
+    """The arguments every kind of run takes besides what it computes (ScopeInputError)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ScopeInputError(f"limit must be a positive int or None (every row); got {limit!r}.")
     for name, value in (("overwrite", overwrite), ("progress", progress)):
         if not isinstance(value, bool):
             raise ScopeInputError(f"{name} must be True or False; got {value!r}.")
-    return RunOptions(tuple(kinds), position, target, rank, batch_size, top_k)
 
 
 def check_out_dir(out_dir: Any, argument: str = "out_dir") -> Path:
