@@ -35,6 +35,7 @@ import copy
 import functools
 import itertools
 import math
+import operator
 import os
 import tempfile
 import threading
@@ -81,6 +82,74 @@ _model_locks_guard = threading.Lock()
 _own_hook_levels = itertools.count(1 << 40)
 # How many prepared_for_scopes blocks are open on a model (only ever by the thread holding its lock).
 _prepared_depth: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+# Per model, its hook dictionary and the state it was read in (ModelAdapter.hook_points).
+_hook_dicts: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[Any, ...], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _hook_dict_state(model: torch.nn.Module) -> tuple[Any, ...]:
+    """What a model's hook dictionary follows: its module tree (registrations); a HookedTransformer's
+    ``hook_dict`` object (``setup()`` builds a new one); on a TransformerBridge, its aliases, which
+    compatibility mode and TransformerLens's alias rebinds (4.x's alias generation) change without
+    registering a module."""
+    return (
+        _registrations[0],
+        vars(model).get("hook_dict"),
+        getattr(model, "compatibility_mode", None),
+        _alias_generation()(),
+    )
+
+
+@functools.cache
+def _alias_generation() -> Callable[[], Any]:
+    """TransformerLens's count of alias rebinds (4.x bridges), or a constant where there is none."""
+    try:
+        from transformer_lens.model_bridge.generalized_components.base import alias_generation
+    except ImportError:  # TransformerLens 2.x, or a version without alias rebinds
+        return lambda: None
+    return alias_generation
+
+
+# Per model, its final norm's parameters (held weakly, like the module tree) with their neutral
+# values, and the registration count then.
+_final_norms: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, list[tuple[weakref.ref, float]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _neutral_weights(final_norm: torch.nn.Module) -> list[tuple[torch.Tensor, float]]:
+    """Each parameter of a final norm with the value that makes it do nothing (a gain 1, a bias 0)."""
+    from jscopes_tl.families import OFFSET_GAIN_NORMS
+
+    weights = []
+    for name, parameter in final_norm.named_parameters():
+        owner = final_norm.get_submodule(name.rpartition(".")[0])
+        is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
+        # A wrapped Gemma RMSNorm stores w of the gain 1 + w: w = 0 is no gain.
+        weights.append((parameter, 0.0 if is_bias or type(owner).__name__ in OFFSET_GAIN_NORMS else 1.0))
+    return weights
+
+
+def _final_norm_weights(model: torch.nn.Module, final_norm: torch.nn.Module) -> list[tuple[torch.Tensor, float]]:
+    """:func:`_neutral_weights` of the model's final norm, found again only after a registration
+    (or when one of them is gone: Accelerate swaps offloaded placeholders without registering)."""
+    cached = _final_norms.get(model)
+    if cached is not None and cached[0] == _registrations[0]:
+        weights = [(reference(), neutral) for reference, neutral in cached[1]]
+        if all(parameter is not None for parameter, _ in weights):
+            return weights  # type: ignore[return-value]
+    _model_tree(model)  # the norm's registrations count from now on
+    weights = _neutral_weights(final_norm)
+    _final_norms[model] = (_registrations[0], [(weakref.ref(parameter), neutral) for parameter, neutral in weights])
+    return weights
+
+
+# Per tokenizer (held weakly), the string of every token id decoded so far (ModelAdapter.str_tokens).
+_token_strings: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+# The model's cache slots as the outermost open prepared_for_scopes block found them (see
+# ModelAdapter.release_call_graph).
+_call_snapshots: weakref.WeakKeyDictionary[torch.nn.Module, list[Any]] = weakref.WeakKeyDictionary()
 
 
 def _model_lock(model: torch.nn.Module) -> threading.RLock:
@@ -93,14 +162,34 @@ def _model_lock(model: torch.nn.Module) -> threading.RLock:
 
 def _restore_all(restores: list[Callable[[], None]]) -> None:
     """Run every restore even when some fail; then raise the first failure."""
+    _restore_each(restores, lambda restore: restore())
+
+
+def _restore_each(items: Iterable[Any], restore: Callable[[Any], None]) -> None:
+    """``restore(item)`` for every item, even when some fail; then raise the first failure."""
     first_error: BaseException | None = None
-    for restore in restores:
+    for item in items:
         try:
-            restore()
+            restore(item)
         except BaseException as error:  # noqa: BLE001 - re-raised below, after the other restores
             first_error = first_error or error
     if first_error is not None:
         raise first_error
+
+
+_requires_grad = operator.attrgetter("requires_grad")
+_dereference = weakref.ref.__call__  # a weakref's object, or None
+_is_not_none = functools.partial(operator.is_not, None)
+_in_training = operator.attrgetter("training")
+_is_meta = operator.attrgetter("is_meta")
+
+
+def _unfreeze(weight: torch.Tensor) -> None:
+    weight.requires_grad_(True)
+
+
+def _set_training(module: torch.nn.Module) -> None:
+    module.training = True
 
 
 def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -163,11 +252,11 @@ class _ModelTree:
     cache_slots: list[tuple[weakref.ref, tuple[str, ...]]]
 
     def live(self) -> tuple[list[torch.nn.Module], list[torch.Tensor]] | None:
-        modules = [reference() for reference in self.modules]
-        weights = [reference() for reference in self.weights]
-        if any(module is None for module in modules) or any(weight is None for weight in weights):
+        modules = list(map(_dereference, self.modules))
+        weights = list(map(_dereference, self.weights))
+        if not all(map(_is_not_none, modules)) or not all(map(_is_not_none, weights)):
             return None
-        return modules, weights  # type: ignore[return-value]
+        return modules, weights
 
 
 _model_trees: weakref.WeakKeyDictionary[torch.nn.Module, _ModelTree] = weakref.WeakKeyDictionary()
@@ -210,25 +299,31 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
     return modules, weights, tree
 
 
-def _cached_tensors(tree: _ModelTree) -> list[tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]]:
-    """The current value of every cache slot: (module, names, values) per module."""
+# A module's cache slots as a call found them: (module, names, values, the values' ids).
+_SlotValues = tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...], tuple[int, ...]]
+
+
+def _cached_tensors(tree: _ModelTree) -> list[_SlotValues]:
+    """The current value of every cache slot, per module."""
     values = []
     for reference, names in tree.cache_slots:
         module = reference()
         if module is not None:
-            attributes = vars(module)
-            values.append((module, names, tuple(attributes.get(name) for name in names)))
+            current = tuple(map(vars(module).get, names))
+            values.append((module, names, current, tuple(map(id, current))))
     return values
 
 
-def _release_call_graph(before: list[tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]]) -> None:
+def _release_call_graph(before: list[_SlotValues]) -> None:
     """Give back the earlier value of every module tensor attribute that now holds an autograd
     graph it did not hold before (a cache written during this call's forward passes)."""
-    for module, names, earlier_values in before:
+    for module, names, earlier_values, earlier_ids in before:
         attributes = vars(module)
+        if tuple(map(id, map(attributes.get, names))) == earlier_ids:
+            continue  # nothing written (the snapshot keeps the earlier values, so their ids are theirs)
         for name, earlier in zip(names, earlier_values):
             value = attributes.get(name)
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None and value is not earlier:
+            if value is not earlier and isinstance(value, torch.Tensor) and value.grad_fn is not None:
                 setattr(module, name, earlier)
 
 
@@ -311,6 +406,9 @@ def _check_differentiable(
     offloaded them from ``model`` (see :func:`_offloaded_modules`): those are loaded for each forward
     pass, and autograd records through the loaded values.
     """
+    tensors = list(tensors)
+    if not any(map(_is_meta, tensors)) and not any(map(torch.Tensor.is_inference, tensors)):
+        return False  # the usual case, checked in C loops
     offloaded: set[int] | None = None
     for tensor in tensors:
         if tensor.is_meta:
@@ -533,9 +631,19 @@ class ModelAdapter:
     # ----------------------------------------------------------------------------- hook names
     @functools.cached_property
     def hook_points(self) -> dict[str, Any]:
-        """The model's ``hook_dict`` (name → HookPoint, aliases included), read once per adapter: a
-        TransformerBridge builds that dictionary on every access (0.1 ms at GPT-2 size)."""
-        return dict(self.model.hook_dict)
+        """The model's ``hook_dict`` (name → HookPoint, aliases included). A TransformerBridge builds
+        that dictionary on every access (0.1–0.3 ms at GPT-2 size), so it is kept per model and read
+        again only when the model's module tree or its aliases may have changed
+        (:func:`_hook_dict_state`). A stale entry could only name a HookPoint the model no longer
+        calls, and a scope whose hooks did not run raises."""
+        cached = _hook_dicts.get(self.model)
+        if cached is not None and cached[0] == _hook_dict_state(self.model):
+            return cached[1]
+        _model_tree(self.model)  # its modules' registrations count from now on
+        state = _hook_dict_state(self.model)
+        points = dict(self.model.hook_dict)
+        _hook_dicts[self.model] = (state, points)
+        return points
 
     @property
     def hook_names(self) -> Any:
@@ -570,6 +678,11 @@ class ModelAdapter:
         return getattr(self.cfg, "architecture", None) or getattr(self.cfg, "original_architecture", None)
 
     def input_embedding(self) -> InputEmbeddingPoint:
+        """Where layer 0 perturbs (:attr:`_input_embedding`, found once per adapter)."""
+        return self._input_embedding
+
+    @functools.cached_property
+    def _input_embedding(self) -> InputEmbeddingPoint:
         """Where layer 0 perturbs: the paper's ``x_t``, the input embedding, wherever this model exposes it.
 
         Most families start the residual stream with the token embedding plus additive position
@@ -670,9 +783,21 @@ class ModelAdapter:
         return self.model.to_tokens(text, prepend_bos=False, truncate=False, move_to_device=False)[0]
 
     def str_tokens(self, tokens: Int[torch.Tensor, " pos"]) -> list[str]:
-        if getattr(self.model, "tokenizer", None) is None:
-            return [f"<{int(t)}>" for t in tokens]
-        return list(self.model.to_str_tokens(tokens.detach().cpu()))
+        """Each token's string, as ``model.to_str_tokens`` gives it. That decodes one id at a time
+        (TransformerLens 2.x and the bridge alike), so each id's string is kept per tokenizer and
+        only ids not seen before are decoded."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if tokenizer is None:
+            return [f"<{i}>" for i in tokens.detach().cpu().reshape(-1).tolist()]
+        ids = tokens.detach().cpu().reshape(-1).tolist()
+        try:
+            strings = _token_strings.setdefault(tokenizer, {})
+        except TypeError:  # a tokenizer that cannot be held weakly or hashed: decode every time
+            return list(self.model.to_str_tokens(tokens.detach().cpu()))
+        missing = [i for i in dict.fromkeys(ids) if i not in strings]
+        if missing:
+            strings.update(zip(missing, self.model.to_str_tokens(torch.tensor(missing))))
+        return [strings[i] for i in ids]
 
     def text(self, tokens: Int[torch.Tensor, " pos"]) -> str | None:
         """The tokens as the tokenizer writes them out, special tokens left out (None: no tokenizer)."""
@@ -800,20 +925,29 @@ class ModelAdapter:
             modules, weights, tree = _model_tree(self.model)
             offloaded = _check_differentiable(weights, lambda tensor: _weight_name(self.model, tensor), self.model)
             before = _cached_tensors(tree)
-            frozen = [weight for weight in weights if weight.requires_grad]
+            frozen = list(filter(_requires_grad, weights))
             offloaded_slots = _offloaded_parameter_slots(self.model) if offloaded else []
+            _call_snapshots[self.model] = before
             try:
                 for weight in frozen:
                     weight.requires_grad_(False)
                 with self.eval_mode(modules), self._nested(), torch.enable_grad():
                     yield
             finally:
-                restores = [lambda weight=weight: weight.requires_grad_(True) for weight in frozen]
-                restores += [
-                    lambda module=module, name=name: module._parameters[name].requires_grad_(True)
-                    for module, name in offloaded_slots
-                ]
-                _restore_all([*restores, lambda: _release_call_graph(before)])
+                _call_snapshots.pop(self.model, None)
+                _restore_all([
+                    lambda: _restore_each(frozen, _unfreeze),
+                    lambda: _restore_each(offloaded_slots, lambda slot: _unfreeze(slot[0]._parameters[slot[1]])),
+                    lambda: _release_call_graph(before),
+                ])
+
+    def release_call_graph(self) -> None:
+        """Inside :meth:`prepared_for_scopes`: give submodule tensor attributes that now hold an
+        autograd graph their values from the start of the call (it does this on exit too; a scope
+        calls it as soon as a graph's last backward pass is done, so the graph is freed then)."""
+        before = _call_snapshots.get(self.model)
+        if before is not None:
+            _release_call_graph(before)
 
     @contextlib.contextmanager
     def _nested(self) -> Iterator[None]:
@@ -828,13 +962,13 @@ class ModelAdapter:
         """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
         restored on exit. ``modules``: the model's modules (:func:`_model_tree`), when the caller has them."""
         with self.lock():
-            training = [module for module in (modules or _model_tree(self.model)[0]) if module.training]
+            training = list(filter(_in_training, modules or _model_tree(self.model)[0]))
             try:
                 if training:
                     self.model.eval()
                 yield
             finally:
-                _restore_all([lambda module=module: setattr(module, "training", True) for module in training])
+                _restore_each(training, _set_training)
 
     # ----------------------------------------------------------------------------- provenance
     def final_norm_has_no_gain(self) -> bool:
@@ -842,23 +976,15 @@ class ModelAdapter:
         into ``W_U`` (HookedTransformer's default, the bridge's compatibility mode). Then ``‖y‖`` is
         fixed by the normalisation. False when there is no final norm at all (OPT-350m's
         ``project_out`` feeds the unembedding directly): nothing fixes ``‖y‖`` there."""
-        from jscopes_tl.families import OFFSET_GAIN_NORMS
-
         final_norm = getattr(self.model, "ln_final", None)
         if final_norm is None:
             return False
-        parameters = list(final_norm.named_parameters())
-        offloaded = any(parameter.is_meta for _, parameter in parameters)
-        with torch.no_grad(), _offloaded_weights_loaded(final_norm) if offloaded else contextlib.nullcontext():
-            # Loading replaces the placeholders: read the parameters again inside.
-            for name, parameter in list(final_norm.named_parameters()) if offloaded else parameters:
-                owner = final_norm.get_submodule(name.rpartition(".")[0])
-                is_bias = name.rsplit(".", 1)[-1] in ("b", "bias")
-                # A wrapped Gemma RMSNorm stores w of the gain 1 + w: w = 0 is no gain.
-                neutral = 0.0 if is_bias or type(owner).__name__ in OFFSET_GAIN_NORMS else 1.0
-                if not torch.all(parameter == neutral):
-                    return False
-        return True
+        weights = _final_norm_weights(self.model, final_norm)
+        if any(parameter.is_meta for parameter, _ in weights):
+            with torch.no_grad(), _offloaded_weights_loaded(final_norm):
+                # Loading replaces the placeholders: read the parameters again inside.
+                return all(bool((parameter == neutral).all()) for parameter, neutral in _neutral_weights(final_norm))
+        return all(bool((parameter == neutral).all()) for parameter, neutral in weights)
 
     def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
         input_embedding = self.input_embedding()

@@ -232,10 +232,11 @@ def component_scope(
     output = run_scope(
         adapter, batch, positions, build, points=points, readout=readout_point, fwd_hooks=user_hooks,
         n_directions=n_directions, memory_budget_mb=memory_budget_mb, backward_batch=backward_batch,
+        top_k=top_k,
     )
     check_finite(output.scores, f"{kind} component")
     axes = ResultAxes(prompts=not batch.single, positions=not positions.single, layers=True)
-    prediction = prediction_of(adapter, output, axes, top_k, positions.expand)
+    prediction = prediction_of(adapter, output, axes, positions.expand)
     position_index = positions.index
     if positions.expand is not None:
         output = expand_positions(output, positions)

@@ -74,7 +74,8 @@ class ReadoutPoint:
     positions. The forward pass stops there.
 
     ``state`` maps ``a`` to the state the readout directions live in (a HookedTransformer's
-    ``ln_final`` of the last residual stream gives the unembedding input; None: ``a`` itself).
+    ``ln_final`` of the last residual stream gives the unembedding input; None: ``a`` itself). It
+    must work per token: it gets the scored positions only, as ``[m, 1, *rest]``.
     ``unembedding``: the state is the unembedding input, so the model's logits at the scored
     positions are computed and handed to the readout builder.
     """
@@ -113,7 +114,9 @@ class EngineOutput:
     scores: Float[torch.Tensor, "batch n_positions n_rows pos"]
     gradient_x_input: Float[torch.Tensor, "batch n_positions n_rows pos"] | None
     gradients: Float[torch.Tensor, "batch n_positions n_rows pos width"] | None
-    logits: Float[torch.Tensor, "batch n_positions d_vocab"] | None  # None: an internal readout
+    # The model's top_k next tokens at each scored position, most probable first (None: an internal readout).
+    top_ids: Int[torch.Tensor, "batch n_positions k"] | None
+    top_probabilities: Float[torch.Tensor, "batch n_positions k"] | None
     target: torch.Tensor | None  # [batch, n_positions, k]
     per_prediction: dict[str, torch.Tensor]  # readout values, [batch, n_positions, ...]
     metadata: dict[str, Any]
@@ -167,7 +170,8 @@ def _concatenate(outputs: list[EngineOutput]) -> EngineOutput:
         scores=torch.cat([o.scores for o in outputs]),
         gradient_x_input=cat([o.gradient_x_input for o in outputs]),
         gradients=cat([o.gradients for o in outputs]),
-        logits=cat([o.logits for o in outputs]),
+        top_ids=cat([o.top_ids for o in outputs]),
+        top_probabilities=cat([o.top_probabilities for o in outputs]),
         target=cat([o.target for o in outputs]),
         per_prediction={key: torch.cat([o.per_prediction[key] for o in outputs]) for key in first.per_prediction},
         metadata=metadata,
@@ -217,22 +221,33 @@ def _slots_per_group(width: int, n_directions: int, vectors_per_backward: int) -
 
 
 def _vector_jacobian_products(
-    output: torch.Tensor, leaves: list[torch.Tensor], grad_outputs: torch.Tensor
+    output: torch.Tensor, leaves: list[torch.Tensor], grad_outputs: torch.Tensor, retain_graph: bool
 ) -> tuple[torch.Tensor, ...]:
     """``grad_outputs[i]^T ∂output/∂leaf`` for every i and leaf (each ``[vector, *leaf.shape]``),
-    in one batched backward where possible."""
+    in one batched backward where possible. ``retain_graph=False`` for the last backward pass on a
+    graph: autograd frees the activations it saved as it goes."""
     if grad_outputs.shape[0] == 1:
-        gradients = torch.autograd.grad(output, leaves, grad_outputs[0], retain_graph=True)
+        gradients = torch.autograd.grad(output, leaves, grad_outputs[0], retain_graph=retain_graph)
         return tuple(gradient[None] for gradient in gradients)
-    return torch.autograd.grad(output, leaves, grad_outputs, retain_graph=True, is_grads_batched=True)
+    return torch.autograd.grad(output, leaves, grad_outputs, retain_graph=retain_graph, is_grads_batched=True)
+
+
+def _release_graph(adapter: ModelAdapter, holders: list[torch.Tensor]) -> None:
+    """Free a forward pass's autograd graph once its last backward pass is done, not when the call
+    ends: ``holders`` has this call's last references to it (emptied here), and
+    :meth:`ModelAdapter.release_call_graph` drops the model's own (a TransformerBridge attention
+    bridge caches its pattern). What is left to free is the graph's nodes (about a millisecond at
+    GPT-2 size); the activations they saved went during the last backward pass."""
+    holders.clear()
+    adapter.release_call_graph()
 
 
 def _slot_groups(positions: Positions, slots_per_group: int) -> list[list[int]]:
     """Prediction slots grouped by how long a prefix they need (causality: the tokens after the
     last position predicted from are irrelevant), so each group's pass runs on its own prefix."""
-    need = torch.where(positions.valid, positions.index, -1).max(dim=0).values  # [n_positions]
+    need = torch.where(positions.valid, positions.index, -1).max(dim=0).values.tolist()  # per slot
     # Slots no prompt of this batch fills (padding of position="all") are left at zero.
-    order = [slot for slot in torch.argsort(need, stable=True).tolist() if need[slot] >= 0]
+    order = [slot for slot in sorted(range(len(need)), key=need.__getitem__) if need[slot] >= 0]
     return [order[i : i + slots_per_group] for i in range(0, len(order), slots_per_group)]
 
 
@@ -250,6 +265,7 @@ def run_scope(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
     backward_batch: int | None = None,
+    top_k: int = 5,
 ) -> EngineOutput:
     """Forward with zero perturbations, read the directions, and backpropagate them.
 
@@ -266,7 +282,8 @@ def run_scope(
     chunk, prediction positions are processed in groups, each on the shortest prefix that
     contains them, with ``backward_batch`` backward vectors per backward pass (default: one on a
     CPU, as many as ``memory_budget_mb`` allows elsewhere; ``n_directions`` per position is the
-    readout's size, used for that estimate).
+    readout's size, used for that estimate). With an unembedding readout, the model's ``top_k``
+    next tokens at each scored position are kept (not the logits: a vocabulary per position).
     """
     readout = readout or unembedding_readout(adapter)
     chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
@@ -274,6 +291,7 @@ def run_scope(
         options: dict[str, Any] = dict(
             points=points, readout=readout, fwd_hooks=fwd_hooks, n_directions=n_directions, input_scale=input_scale,
             memory_budget_mb=memory_budget_mb, return_gradients=return_gradients, backward_batch=backward_batch,
+            top_k=top_k,
         )
         return _concatenate(
             [run_scope(adapter, batch.rows(rows), positions.rows(rows), build_readout, **options) for rows in chunks]
@@ -287,7 +305,9 @@ def run_scope(
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
     dtype = working_dtype(adapter.dtype)
-    logits_grid = torch.zeros(n_prompts, n_slots, adapter.d_vocab, dtype=dtype) if readout.unembedding else None
+    k = min(top_k, adapter.d_vocab)
+    top_ids = torch.zeros(n_prompts, n_slots, k, dtype=torch.long) if readout.unembedding else None
+    top_probabilities = torch.zeros(n_prompts, n_slots, k, dtype=dtype) if readout.unembedding else None
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
@@ -298,7 +318,7 @@ def run_scope(
         for slots in _slot_groups(positions, slots_per_group):
             group = _run_group(
                 adapter, batch, positions, slots, build_readout, points, readout, fwd_hooks, input_scale,
-                memory_budget_mb, return_gradients, backward_batch,
+                memory_budget_mb, return_gradients, backward_batch, k,
             )
             prompts, slot_index = group.prompts, group.slots
             n_rows, prefix = group.squared_norms.shape[-2:]
@@ -306,8 +326,9 @@ def run_scope(
                 squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width, dtype=dtype)
                 component_shapes = group.component_shapes
             squared_norms[:, slots, :, :prefix] = group.squared_norms
-            if logits_grid is not None:
-                logits_grid[prompts, slot_index] = group.logits
+            if top_ids is not None and top_probabilities is not None:
+                top_ids[prompts, slot_index] = group.top_ids
+                top_probabilities[prompts, slot_index] = group.top_probabilities
             squared = group.readout.squared
             if group.signed is not None:
                 signed = torch.zeros_like(squared_norms) if signed is None else signed
@@ -331,7 +352,8 @@ def run_scope(
         scores=squared_norms if squared else squared_norms.sqrt(),
         gradient_x_input=signed,
         gradients=kept_gradients,
-        logits=logits_grid,
+        top_ids=top_ids,
+        top_probabilities=top_probabilities,
         target=target_grid,
         per_prediction=per_prediction,
         metadata=metadata,
@@ -348,7 +370,8 @@ class _GroupOutput:
     squared_norms: torch.Tensor  # [batch, n_group_slots, n_rows, prefix]
     signed: torch.Tensor | None
     gradients: torch.Tensor | None
-    logits: torch.Tensor | None  # [m, d_vocab]; None for an internal readout
+    top_ids: torch.Tensor | None  # [m, k]; None for an internal readout
+    top_probabilities: torch.Tensor | None  # [m, k]
     readout: Readout
     component_shapes: list[tuple[int, ...]]
 
@@ -374,6 +397,7 @@ def _run_group(
     memory_budget_mb: float,
     return_gradients: bool,
     backward_batch: int | None,
+    top_k: int,
 ) -> _GroupOutput:
     """One forward pass on the prefix these slots need, then their batched backward passes."""
     dtype = working_dtype(adapter.dtype)
@@ -436,18 +460,24 @@ def _run_group(
             f"the activation at readout hook {readout_point.hook!r} has shape {tuple(activation.shape)}; "
             f"a readout needs [batch={n_prompts}, pos={prefix}, ...]."
         )
-    state = activation if readout_point.state is None else readout_point.state(activation)
-    y = state[pair_prompt.to(state.device), source_position.to(state.device)]  # [m, *state_shape]
-    logits = None
+    # The readout state at the scored positions only (a state function such as the final norm
+    # works per token; it gets them as [m, 1, ...], a batch of one-token prompts).
+    selected = activation[pair_prompt.to(activation.device), source_position.to(activation.device)]
+    y = selected if readout_point.state is None else readout_point.state(selected[:, None])[:, 0]  # [m, *state_shape]
+    logits = top_ids = top_probabilities = None
     if readout_point.unembedding:
         with torch.no_grad():
             logits = adapter.logits(y).to(dtype)
-        if not torch.isfinite(logits).all():
+        # A finite sum is the common case (one reduction); an infinite sum of finite logits is not an error.
+        if not torch.isfinite(logits.sum()) and not torch.isfinite(logits).all():
             bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
             raise NonFiniteLogitsError(
                 f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "
                 f"{int(source_position[bad])}; scores would be meaningless. Check the weights and inputs."
             )
+        # softmax's top k, without a vocabulary-sized probability tensor: p = exp(logit − logsumexp).
+        top_logits, top_ids = logits.topk(top_k, dim=-1)
+        top_probabilities = (top_logits - logits.logsumexp(dim=-1, keepdim=True)).exp()
     readout = build_readout(y.detach(), logits)
     if tuple(readout.directions.shape[2:]) != tuple(y.shape[1:]):
         raise ScopeInputError(
@@ -481,6 +511,7 @@ def _run_group(
     rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
     for start in range(0, len(vectors), chunk):
         part = vectors[start : start + chunk]
+        last = start + chunk >= len(vectors)
         grad_outputs = torch.zeros(len(part), *y.shape, dtype=y.dtype, device=y.device)
         for i, (slot, r) in enumerate(part):
             rows = rows_of_slot[slot].to(y.device)
@@ -488,7 +519,7 @@ def _run_group(
         # Per point [vector, prompt, pos, n_components, width], reduced on the model's device.
         gradients = [
             _per_component(point, gradient.to(dtype))
-            for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs))
+            for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs, retain_graph=not last))
         ]
         # -> [vector, prompt, row, pos], each point's part on y's device first (on a model split
         # across devices the points of different layers live on different devices; a no-op otherwise).
@@ -510,6 +541,9 @@ def _run_group(
                 signed[prompts, slot] = products[i, prompts]
             if full is not None:
                 kept_gradients[prompts, slot] = full[i, prompts]
+    graph = [captured.pop("readout"), selected, y]
+    del activation, selected, y
+    _release_graph(adapter, graph)
 
     return _GroupOutput(
         prompts=pair_prompt,
@@ -517,7 +551,8 @@ def _run_group(
         squared_norms=squared_norms,
         signed=signed,
         gradients=kept_gradients,
-        logits=None if logits is None else logits.cpu(),
+        top_ids=None if top_ids is None else top_ids.cpu(),
+        top_probabilities=None if top_probabilities is None else top_probabilities.cpu(),
         readout=readout,
         component_shapes=component_shapes,
     )

@@ -171,7 +171,7 @@ def semantic_readout(
         # logits = y W_U + b_U, so the gradient is the W_U columns themselves: no second pass over
         # the whole vocabulary (at GPT-2 size that pass costs as much as the rest of a scope's bookkeeping).
         columns = adapter.W_U.detach()[:, ids.to(adapter.W_U.device)]  # [d_model, m, k]
-        direction = torch.einsum("dmk,mk->md", columns.to(y), coefficients.to(y))
+        direction = (columns.to(y) * coefficients.to(y)).sum(-1).T  # Σ_k c_mk W_U[:, id_mk]
         return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
     model_logits = adapter.logits(y_leaf)
     model_logits = model_logits if model_logits.dtype == torch.float64 else model_logits.float()

@@ -146,8 +146,8 @@ def check_finite(scores: torch.Tensor, kind: str) -> None:
 
 def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
     """The string of every id in a tensor of any shape, as nested lists (each distinct id decoded once)."""
-    distinct = token_ids.unique()
-    strings = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
+    distinct = list(dict.fromkeys(token_ids.reshape(-1).tolist()))
+    strings = dict(zip(distinct, adapter.str_tokens(torch.tensor(distinct, dtype=torch.long))))
 
     def nested(values: Any) -> Any:
         return [nested(value) for value in values] if isinstance(values, list) else strings[values]
@@ -168,10 +168,8 @@ def _display_metadata(
     texts = [adapter.text(tokens) for tokens in real_tokens]
     word_starts = [adapter.word_starts(tokens, strings) for tokens, strings in zip(real_tokens, str_tokens)]
     target_str_tokens = None
-    if target is not None:  # one decode per distinct id (position="all" repeats the top-1 ids)
-        distinct = target.unique()
-        names = dict(zip(distinct.tolist(), adapter.str_tokens(distinct)))
-        target_str_tokens = [[[names[i] for i in row] for row in prompt] for prompt in target.tolist()]
+    if target is not None:
+        target_str_tokens = _nested_str_tokens(adapter, target)
     return {
         "model_name": adapter.model_name,
         "text": texts[0] if single else texts,
@@ -235,10 +233,11 @@ def jacobian_scope(
         memory_budget_mb=memory_budget_mb,
         return_gradients=return_gradients,
         backward_batch=backward_batch,
+        top_k=top_k,
     )
     check_finite(output.scores, kind)
 
-    prediction = prediction_of(adapter, output, axes, top_k, positions.expand)
+    prediction = prediction_of(adapter, output, axes, positions.expand)
     position_index = positions.index
     if positions.expand is not None:
         output = expand_positions(output, positions)
@@ -512,16 +511,13 @@ def record_readout_and_hooks(metadata: dict[str, Any], output: EngineOutput, use
 
 
 def prediction_of(
-    adapter: ModelAdapter, output: EngineOutput, axes: ResultAxes, top_k: int, expand: torch.Tensor | None = None
+    adapter: ModelAdapter, output: EngineOutput, axes: ResultAxes, expand: torch.Tensor | None = None
 ) -> Prediction | None:
-    """The model's top-k next tokens at each scored position; None for an internal readout.
-    ``expand`` copies the predictions of distinct positions back to repeated ones (top-k first: a
-    long list of repeats times the vocabulary would not fit in memory)."""
-    if output.logits is None:
+    """The model's top-k next tokens at each scored position (the engine keeps them); None for an
+    internal readout. ``expand`` copies the predictions of distinct positions back to repeated ones."""
+    if output.top_ids is None or output.top_probabilities is None:
         return None
-    # softmax's top k, without a vocabulary-sized probability tensor: p = exp(logit − logsumexp).
-    top_logits, top_ids = output.logits.topk(min(top_k, output.logits.shape[-1]), dim=-1)
-    top_probabilities = (top_logits - output.logits.logsumexp(dim=-1, keepdim=True)).exp()
+    top_ids, top_probabilities = output.top_ids, output.top_probabilities
     if expand is not None:
         top_probabilities, top_ids = top_probabilities.index_select(1, expand), top_ids.index_select(1, expand)
     top_ids = axes.squeeze_prediction(top_ids)

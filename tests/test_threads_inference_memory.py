@@ -149,3 +149,30 @@ def test_the_wrapped_hugging_face_model_gets_its_train_mode_back():
     assert all(before)
     semantic_scope(model, PROMPT)
     assert [module.training for module in wrapped.modules()] == before
+
+
+def test_each_forward_passs_graph_is_freed_before_the_next_one_starts(model):
+    """position="all" runs several forward passes (groups of positions); each one's graph (on a bridge
+    also held by the attention bridges' cached patterns) is freed as soon as its last backward pass
+    is done, so a call never holds two graphs."""
+    first_hook = ModelAdapter(model).resid_pre_hook(0)
+    users_own = _graph_holding_values(model)  # e.g. a pattern cached by the user's own forward pass
+    calls_graphs: list[list[str]] = []
+
+    def check(activation: torch.Tensor, hook) -> None:  # runs at the start of every forward pass
+        held = _graph_holding_values(model)
+        calls_graphs.append([name for name, value in held.items() if users_own.get(name) is not value])
+
+    result = semantic_scope(model, "The cat sat on the mat. The cat sat on the", position="all", fwd_hooks=[(first_hook, check)])
+    assert len(calls_graphs) > 1, "one forward pass: the test needs several"
+    assert calls_graphs == [[]] * len(calls_graphs)
+    assert result.scores.shape[0] == len(result.tokens)
+
+
+def _graph_holding_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{attribute}": value
+        for name, module in model.named_modules()
+        for attribute, value in vars(module).items()
+        if isinstance(value, torch.Tensor) and value.grad_fn is not None
+    }
