@@ -200,9 +200,12 @@ def scope_parts(model: Any, tokens: torch.Tensor, repeats: int) -> tuple[float, 
 
 def measure_bookkeeping(row: dict[str, Any], model: Any, tokens: torch.Tensor, repeats: int, rounds: int) -> None:
     """A Semantic Scope's time beyond its own forward pass (the hooked model call), its one row of
-    logits and its backward pass, all timed inside the same call: argument checks, tokens and
-    positions, holding the model (lock, eval mode, frozen weights), adding and removing hooks, the
-    readout, freeing the call's graph, the result. The median over ``rounds × repeats`` calls.
+    logits, its backward pass and freeing that pass's graph, all timed inside the same call:
+    argument checks, tokens and positions, holding the model (lock, eval mode, frozen weights),
+    adding and removing hooks, the readout, the result. The median over ``rounds × repeats``
+    calls; ``graph_release_ms`` is the median time of freeing the graph (its nodes, and a
+    TransformerBridge's cached attention patterns), which ``backward(retain_graph=False)`` does
+    as part of any backward pass.
 
     (Subtracting separately timed parts (:func:`scope_parts`) from the scope's time is no good
     here: the same forward pass timed in two places differs by ±10 ms at GPT-2 size on this CPU,
@@ -210,34 +213,39 @@ def measure_bookkeeping(row: dict[str, Any], model: Any, tokens: torch.Tensor, r
     import jscopes_tl.engine as engine
 
     inside: list[float] = []
+    released: list[float] = []
 
-    def timed(function: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(function: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                inside.append(time.perf_counter() - start)
+                into.append(time.perf_counter() - start)
 
         return run
 
-    originals = (ModelAdapter.forward, ModelAdapter.logits, engine._vector_jacobian_products)
-    ModelAdapter.forward, ModelAdapter.logits = timed(originals[0]), timed(originals[1])
-    engine._vector_jacobian_products = timed(originals[2])
+    originals = (ModelAdapter.forward, ModelAdapter.logits, engine._vector_jacobian_products, engine._release_graph)
+    ModelAdapter.forward, ModelAdapter.logits = timed(originals[0], inside), timed(originals[1], inside)
+    engine._vector_jacobian_products = timed(originals[2], inside)
+    engine._release_graph = timed(originals[3], released)
     try:
         semantic_scope(model, tokens[0])
-        bookkeeping = []
+        bookkeeping, release = [], []
         for _ in range(rounds * repeats):
             inside.clear()
+            released.clear()
             start = time.perf_counter()
             semantic_scope(model, tokens[0])
-            bookkeeping.append(time.perf_counter() - start - sum(inside))
+            bookkeeping.append(time.perf_counter() - start - sum(inside) - sum(released))
+            release.append(sum(released))
     finally:
         ModelAdapter.forward, ModelAdapter.logits = originals[0], originals[1]
-        engine._vector_jacobian_products = originals[2]
+        engine._vector_jacobian_products, engine._release_graph = originals[2], originals[3]
     bookkeeping.sort()
     row["bookkeeping_ms"] = 1000 * bookkeeping[len(bookkeeping) // 2]
     row["bookkeeping_min_ms"] = 1000 * bookkeeping[0]
+    row["graph_release_ms"] = 1000 * sorted(release)[len(release) // 2]
     row["scope_forward_s"], row["scope_backward_vector_s"] = scope_parts(model, tokens, repeats)
 
 
@@ -262,7 +270,7 @@ def measure_speed(architecture: str, args: argparse.Namespace) -> dict[str, Any]
     # positions by more than about (forward + backward) / backward.
     measure_bookkeeping(row, model, tokens, repeats, args.bookkeeping_rounds)
     row["all_speedup_bound"] = (row["scope_forward_s"] + row["scope_backward_vector_s"]) / row["scope_backward_vector_s"]
-    report(row, "scope_forward_s", "scope_backward_vector_s", "bookkeeping_ms", "bookkeeping_min_ms", "all_speedup_bound")
+    report(row, "scope_forward_s", "scope_backward_vector_s", "bookkeeping_ms", "bookkeeping_min_ms", "graph_release_ms", "all_speedup_bound")
 
     scopes: dict[str, Callable[[], Any]] = {
         "semantic": lambda: semantic_scope(model, tokens[0]),
