@@ -299,8 +299,8 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
     return modules, weights, tree
 
 
-# A module's cache slots as a call found them: (module, names, values, the values' ids).
-_SlotValues = tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...], tuple[int, ...]]
+# A module's cache slots as a call found them: (module, names, values).
+_SlotValues = tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]
 
 
 def _cached_tensors(tree: _ModelTree) -> list[_SlotValues]:
@@ -309,18 +309,17 @@ def _cached_tensors(tree: _ModelTree) -> list[_SlotValues]:
     for reference, names in tree.cache_slots:
         module = reference()
         if module is not None:
-            current = tuple(map(vars(module).get, names))
-            values.append((module, names, current, tuple(map(id, current))))
+            values.append((module, names, tuple(map(vars(module).get, names))))
     return values
 
 
 def _release_call_graph(before: list[_SlotValues]) -> None:
     """Give back the earlier value of every module tensor attribute that now holds an autograd
     graph it did not hold before (a cache written during this call's forward passes)."""
-    for module, names, earlier_values, earlier_ids in before:
+    for module, names, earlier_values in before:
         attributes = vars(module)
-        if tuple(map(id, map(attributes.get, names))) == earlier_ids:
-            continue  # nothing written (the snapshot keeps the earlier values, so their ids are theirs)
+        if all(map(operator.is_, map(attributes.get, names), earlier_values)):
+            continue  # nothing written since
         for name, earlier in zip(names, earlier_values):
             value = attributes.get(name)
             if value is not earlier and isinstance(value, torch.Tensor) and value.grad_fn is not None:

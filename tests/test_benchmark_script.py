@@ -36,6 +36,8 @@ def test_benchmark_writes_every_ratio(tmp_path):
     assert figures["machine"]["model_size"] == "tiny"
     # A scope's bookkeeping: its time beyond its own forward, logits and backward, timed inside the same calls.
     assert 0 < speed["bookkeeping_min_ms"] <= speed["bookkeeping_ms"] < 1000 * speed["semantic_s"]
+    # ... and, apart from it, freeing each forward pass's graph after its backward pass.
+    assert 0 < speed["graph_release_ms"] < 1000 * speed["semantic_s"]
     recall, gpt2, growth = figures["dataset"]
     assert [recall["model"], gpt2["model"], growth["model"]] == ["recall (dataset)", "gpt2 (dataset)", "recall (dataset run)"]
     for row in (recall, gpt2):
