@@ -147,9 +147,15 @@ def _final_norm_weights(model: torch.nn.Module, final_norm: torch.nn.Module) -> 
 
 # Per tokenizer (held weakly), the string of every token id decoded so far (ModelAdapter.str_tokens).
 _token_strings: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
-# The model's cache slots as the outermost open prepared_for_scopes block found them (see
-# ModelAdapter.release_call_graph).
-_call_snapshots: weakref.WeakKeyDictionary[torch.nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+# The model's cache slots as the outermost open prepared_for_scopes block found them, and whether
+# they were released after the block's last forward pass (see ModelAdapter.release_call_graph).
+_call_snapshots: weakref.WeakKeyDictionary[torch.nn.Module, _CallSnapshot] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _CallSnapshot:
+    before: list[_SlotValues]
+    released: bool = True
 
 
 def _model_lock(model: torch.nn.Module) -> threading.RLock:
@@ -889,6 +895,9 @@ class ModelAdapter:
         it is told the batch is right-padded; a bridge never masks a token tensor by itself.
         """
         tokens = tokens.to(self.input_device)
+        snapshot = _call_snapshots.get(self.model)
+        if snapshot is not None:
+            snapshot.released = False  # this pass may leave a graph in a cache slot
         if self.family == HOOKED_TRANSFORMER:
             return self.model(tokens, padding_side="right")
         return self.model(tokens)
@@ -926,7 +935,7 @@ class ModelAdapter:
             before = _cached_tensors(tree)
             frozen = list(filter(_requires_grad, weights))
             offloaded_slots = _offloaded_parameter_slots(self.model) if offloaded else []
-            _call_snapshots[self.model] = before
+            snapshot = _call_snapshots[self.model] = _CallSnapshot(before)
             try:
                 for weight in frozen:
                     weight.requires_grad_(False)
@@ -934,19 +943,23 @@ class ModelAdapter:
                     yield
             finally:
                 _call_snapshots.pop(self.model, None)
+                # Forward passes all go through forward(), which marks the snapshot; none since the
+                # last release (the end of a scope's last group) leaves nothing to give back.
+                release = (lambda: None) if snapshot.released else (lambda: _release_call_graph(before))
                 _restore_all([
                     lambda: _restore_each(frozen, _unfreeze),
                     lambda: _restore_each(offloaded_slots, lambda slot: _unfreeze(slot[0]._parameters[slot[1]])),
-                    lambda: _release_call_graph(before),
+                    release,
                 ])
 
     def release_call_graph(self) -> None:
         """Inside :meth:`prepared_for_scopes`: give submodule tensor attributes that now hold an
         autograd graph their values from the start of the call (it does this on exit too; a scope
         calls it as soon as a graph's last backward pass is done, so the graph is freed then)."""
-        before = _call_snapshots.get(self.model)
-        if before is not None:
-            _release_call_graph(before)
+        snapshot = _call_snapshots.get(self.model)
+        if snapshot is not None:
+            _release_call_graph(snapshot.before)
+            snapshot.released = True
 
     @contextlib.contextmanager
     def _nested(self) -> Iterator[None]:

@@ -176,3 +176,15 @@ def _graph_holding_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         for attribute, value in vars(module).items()
         if isinstance(value, torch.Tensor) and value.grad_fn is not None
     }
+
+
+def test_a_call_that_fails_after_its_forward_pass_leaves_no_graph_behind(model):
+    """The graph is normally freed after the last backward pass; a readout that raises comes
+    before it, and the end of the call must still give the model's cache slots back."""
+    from jscopes_tl import ScopeInputError
+
+    users_own = _graph_holding_values(model)
+    with pytest.raises(ScopeInputError, match="NaN or infinite"):
+        semantic_scope(model, PROMPT, target=lambda y: y.sum(-1) * float("nan"))
+    held = _graph_holding_values(model)
+    assert [name for name, value in held.items() if users_own.get(name) is not value] == []
