@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the per-prompt rows as Parquet shards here (resumable; its parent must exist)",
     )
     evaluate.add_argument(
-        "--shard-size", type=_positive, default=8,
-        help="with --out-dir: prompts per committed shard (the most an interrupted run loses)",
+        "--shard-size", type=_positive,
+        help="with --out-dir: prompts per committed shard (the most an interrupted run loses; default 8)",
     )
     evaluate.add_argument(
         "--overwrite", action="store_true", help="with --out-dir: delete the run there and start afresh"
@@ -470,6 +470,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         return _run_eval_to_directory(args, scorers)
     if args.overwrite:
         raise UsageError("--overwrite applies with --out-dir (a run directory to replace)")
+    if args.shard_size is not None:
+        raise UsageError("--shard-size applies with --out-dir (the shards of a run directory)")
     prompts = read_prompts(args.prompts, args.limit)
     model = load_model(args.model)
     _warn_about_implausible_answers(model, prompts)
@@ -496,13 +498,12 @@ def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
     refused before the model loads when the directory holds another run; the table read back."""
     from jscopes_tl.faithfulness import DEFAULT_FRACTIONS
     from jscopes_tl.runs import distributed
-    from jscopes_tl.runs.faithfulness import faithfulness_run_arguments, run_faithfulness
+    from jscopes_tl.runs.faithfulness import DEFAULT_SHARD_SIZE, faithfulness_run_arguments, run_faithfulness
     from jscopes_tl.runs.prompts import check_prompt_file, read_prompt_dataset
     from jscopes_tl.runs.runner import check_out_dir, check_resumable, limited
 
-    arguments = faithfulness_run_arguments(
-        scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, args.shard_size
-    )
+    shard_size = args.shard_size or DEFAULT_SHARD_SIZE
+    arguments = faithfulness_run_arguments(scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, shard_size)
     check_prompt_file(args.prompts, "PROMPTS")
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     data = read_prompt_dataset(args.prompts, argument="PROMPTS")
@@ -518,7 +519,7 @@ def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
         _warn_about_implausible_answers(model, prompts)
     run = run_faithfulness(
         model, args.prompts, out_dir, scorers, ablation=args.ablation, protocol=args.protocol,
-        seed=arguments["seed"], shard_size=args.shard_size, limit=args.limit, overwrite=args.overwrite,
+        seed=arguments["seed"], shard_size=shard_size, limit=args.limit, overwrite=args.overwrite,
         progress=not args.no_progress, model_name=args.model,
     )
     if main_rank:

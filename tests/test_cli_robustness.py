@@ -76,6 +76,14 @@ def test_eval_and_ground_truth_check_json_paths_first(capsys, tmp_path, no_model
     assert code == 2 and "is a directory" in err
 
 
+@pytest.mark.parametrize("option", [["--overwrite"], ["--shard-size", "4"]])
+def test_eval_options_of_a_run_directory_need_out_dir(capsys, tmp_path, no_model_loading, option):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a=3 b=7 b=7\n")
+    code, out, err = run(capsys, "eval", str(prompts), "--model", "recall", *option)
+    assert code == 2 and out == "" and option[0] in err and "--out-dir" in err
+
+
 @pytest.mark.parametrize("content", [b"\x00\x01\x02binary\xff", "caf\u00e9".encode("latin-1")])
 def test_binary_prompt_file_is_a_clear_error(capsys, tmp_path, no_model_loading, content):
     prompts = tmp_path / "prompts.txt"

@@ -57,6 +57,9 @@ from jscopes_tl.runs.runner import (
 )
 
 
+# Prompts per committed shard when the caller does not say (the most an interrupted run loses).
+DEFAULT_SHARD_SIZE = 8
+
 @dataclass(frozen=True)
 class FaithfulnessRunSummary(RunSummary):
     """A :class:`~jscopes_tl.runs.RunSummary` of ``jscopes eval`` rows, with the table read from them.
@@ -142,7 +145,7 @@ def run_faithfulness(
     protocol: str = "default",
     batch_size: int = 64,
     seed: int | None = None,
-    shard_size: int = 8,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     text_column: str = "text",
     limit: int | None = None,
     overwrite: bool = False,
