@@ -287,6 +287,8 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
                 weights.append(tensor)
     from transformer_lens.hook_points import HookPoint
 
+    from jscopes_tl.families import CONFIGURATION_ATTRIBUTES
+
     cache_slots = []
     for module in modules:
         if isinstance(module, HookPoint):  # passes activations through, keeps none (most of a bridge's modules)
@@ -295,6 +297,7 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
             name
             for name, value in vars(module).items()
             if name not in _MODULE_INTERNALS
+            and name not in CONFIGURATION_ATTRIBUTES
             and ((isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)) or value is None)
         )
         if names:

@@ -305,6 +305,16 @@ FAMILIES: dict[str, Family] = {
 EMBEDDING_MAPS: dict[str, InputEmbedding] = {"embed_ln": "embedding_norm", "project_in": "projection"}
 
 
+# Module attributes that configure a module and never hold a forward pass's tensor (TransformerBridge
+# components and Hugging Face models keep them, often as None). A call records the value of every
+# other None or tensor attribute, to give back any that is left holding its autograd graph.
+CONFIGURATION_ATTRIBUTES = frozenset({
+    "config", "conversion_rule", "kernel_config", "loss_type", "processor", "padding_idx", "max_norm",
+    "_tokenizer", "_original_block_forward", "_reference_model", "_uses_rms_norm_override",
+    "_uses_weight_offset_override",
+})
+
+
 # Hugging Face norm classes whose ``weight`` w is applied as the gain ``1 + w`` (w = 0: no gain).
 OFFSET_GAIN_NORMS = frozenset({"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm"})
 
