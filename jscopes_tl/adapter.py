@@ -253,9 +253,13 @@ class _ModelTree:
     the plain attributes that can hold a forward pass's cached tensor (a tensor or None at the walk)."""
 
     registrations: int
-    modules: list[weakref.ref]
+    modules: list[weakref.ref]  # every module but the HookPoints
     weights: list[weakref.ref]
     cache_slots: list[tuple[weakref.ref, tuple[str, ...]]]
+    hook_points: list[weakref.ref]
+
+    def live_hook_points(self) -> list[torch.nn.Module]:
+        return [point for point in map(_dereference, self.hook_points) if point is not None]
 
     def live(self) -> tuple[list[torch.nn.Module], list[torch.Tensor]] | None:
         modules = list(map(_dereference, self.modules))
@@ -289,10 +293,12 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
 
     from jscopes_tl.families import CONFIGURATION_ATTRIBUTES
 
+    # HookPoints pass activations through (most of a bridge's modules): no cache slots, and their
+    # mode changes nothing, so they are listed apart (see ModelAdapter.eval_mode).
+    hook_points = [module for module in modules if isinstance(module, HookPoint)]
+    others = [module for module in modules if not isinstance(module, HookPoint)]
     cache_slots = []
-    for module in modules:
-        if isinstance(module, HookPoint):  # passes activations through, keeps none (most of a bridge's modules)
-            continue
+    for module in others:
         names = tuple(
             name
             for name, value in vars(module).items()
@@ -302,10 +308,13 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
         )
         if names:
             cache_slots.append((weakref.ref(module), names))
-    tree = _ModelTree(registrations, [weakref.ref(m) for m in modules], [weakref.ref(w) for w in weights], cache_slots)
+    tree = _ModelTree(
+        registrations, [weakref.ref(m) for m in others], [weakref.ref(w) for w in weights], cache_slots,
+        [weakref.ref(m) for m in hook_points],
+    )
     _model_trees[model] = tree
     _tree_modules.update(modules)
-    return modules, weights, tree
+    return others, weights, tree
 
 
 # A module's cache slots as a call found them: (module, names, values).
@@ -975,11 +984,15 @@ class ModelAdapter:
     @contextlib.contextmanager
     def eval_mode(self, modules: list[torch.nn.Module] | None = None) -> Iterator[None]:
         """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
-        restored on exit. ``modules``: the model's modules (:func:`_model_tree`), when the caller has them."""
+        restored on exit. ``modules``: the model's modules but its HookPoints (:func:`_model_tree`),
+        when the caller has them. A HookPoint passes its input through in either mode, so the
+        HookPoints' modes are looked at only when another module is in training mode (then the
+        model's ``eval()`` switches them too, and they are given back)."""
         with self.lock():
-            training = list(filter(_in_training, modules or _model_tree(self.model)[0]))
+            training = list(filter(_in_training, _model_tree(self.model)[0] if modules is None else modules))
             try:
                 if training:
+                    training += filter(_in_training, _model_tree(self.model)[2].live_hook_points())
                     self.model.eval()
                 yield
             finally:

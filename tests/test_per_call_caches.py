@@ -94,3 +94,26 @@ def test_nothing_kept_between_calls_keeps_a_model_alive(family):
     del model
     gc.collect()
     assert reference() is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_modes_are_given_back_exactly_including_hook_points_in_a_mode_of_their_own(family):
+    """HookPoints pass activations through in either mode, so a call looks at theirs only when
+    another module is in training mode; every mode is what the user left, before and after."""
+    from transformer_lens.hook_points import HookPoint
+
+    model = _fresh(family)
+    hook_points = [module for module in model.modules() if isinstance(module, HookPoint)]
+    others = [module for module in model.modules() if not isinstance(module, HookPoint)]
+    for training_model in (False, True):
+        model.train(training_model)
+        hook_points[0].train(not training_model)  # one hook point in the other mode
+        before = [module.training for module in model.modules()]
+        seen_during: list[bool] = []
+
+        def record(activation, hook):
+            seen_during.append(any(module.training for module in others))
+
+        semantic_scope(model, PROMPT, fwd_hooks=[(ModelAdapter(model).resid_pre_hook(1), record)])
+        assert seen_during == [False]  # no dropout or other training behaviour during the call
+        assert [module.training for module in model.modules()] == before
