@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="'paper': the authors' benchmark scripts choice by choice (see the README)",
     )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
+    evaluate.add_argument(
+        "--seed", type=int, help="seed of the random baseline's draws (each prompt's own, from this and its index; "
+        "default: the protocol's)",
+    )
     evaluate.add_argument("--json", dest="json_path", type=Path, help="write the per-prompt rows and summary as JSON here")
     evaluate.add_argument(
         "--out-dir", type=Path,
@@ -476,7 +480,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     _warn_about_implausible_answers(model, prompts)
     report = evaluate_faithfulness(
-        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, progress=not args.no_progress
+        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, seed=args.seed,
+        progress=not args.no_progress,
     )
     summary = report.summary()
     print(summary_table(summary))
@@ -503,7 +508,9 @@ def _run_eval_to_directory(args: argparse.Namespace, scorers: list[str]) -> int:
     from jscopes_tl.runs.runner import check_out_dir, check_resumable, limited
 
     shard_size = args.shard_size or DEFAULT_SHARD_SIZE
-    arguments = faithfulness_run_arguments(scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, None, shard_size)
+    arguments = faithfulness_run_arguments(
+        scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, args.seed, shard_size
+    )
     check_prompt_file(args.prompts, "PROMPTS")
     out_dir = check_out_dir(args.out_dir, "--out-dir")
     data = read_prompt_dataset(args.prompts, argument="PROMPTS")

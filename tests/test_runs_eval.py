@@ -221,3 +221,18 @@ def test_two_ranks_on_gloo_write_exactly_the_single_process_rows(prompt_file, re
     assert f"{N_PROMPTS} of {N_PROMPTS} prompts evaluated" in done.stdout and "on 2 ranks" in done.stdout
     assert done.stdout.count("| random |") == 1  # rank 0 prints the table
     assert records(out) == reference
+
+
+def test_the_command_lines_seed_sets_the_random_baseline_in_memory_and_on_disk(tmp_path, capsys):
+    def random_rows(*extra: str) -> list:
+        path = tmp_path / f"rows{len(list(tmp_path.iterdir()))}.json"
+        argv = ["eval", str(DEMO), "--model", "recall", "--scorers", "random", "--no-progress", "--json", str(path), *extra]
+        assert cli.main(argv) == 0
+        capsys.readouterr()
+        return comparable(json.loads(path.read_text())["rows"])
+
+    default, seed_1, seed_1_again = random_rows(), random_rows("--seed", "1"), random_rows("--seed", "1")
+    assert seed_1 == seed_1_again and seed_1 != default
+    assert random_rows("--seed", "1", "--out-dir", str(tmp_path / "eval")) == seed_1  # the same rows, from disk
+    code = cli.main(["eval", str(DEMO), "--model", "recall", "--scorers", "random", "--out-dir", str(tmp_path / "eval"), "--seed", "2"])
+    assert code == 2 and "run.seed: 1 → 2" in capsys.readouterr().err  # a resumed run keeps its seed
