@@ -436,8 +436,13 @@ def _run_group(
     # jscopes_tl's own hooks go straight onto their hook points; the user's through the model's
     # context manager (it resolves filters and aliases).
     perturbations = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
-    user_hooks = adapter.hooks(list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
-    with adapter.own_hooks(perturbations), user_hooks, adapter.own_hooks([(readout_point.hook, capture_readout)]):
+    capture = [(readout_point.hook, capture_readout)]
+    with contextlib.ExitStack() as hooks:
+        if fwd_hooks:
+            for block in (adapter.own_hooks(perturbations), adapter.hooks(list(fwd_hooks)), adapter.own_hooks(capture)):
+                hooks.enter_context(block)
+        else:
+            hooks.enter_context(adapter.own_hooks(perturbations + capture))
         try:
             adapter.forward(tokens)
         except _StopForward:

@@ -160,7 +160,7 @@ def _token_tensor(adapter: ModelAdapter, inputs: torch.Tensor, attention_mask: A
             f"{argument} tensor must have shape [pos] or [batch, pos] with pos >= 1; got {tuple(inputs.shape)}."
         )
     tokens = inputs.detach().cpu().long()
-    low, high = int(tokens.min()), int(tokens.max())
+    low, high = map(int, torch.aminmax(tokens))
     if low < 0 or high >= adapter.d_vocab:
         raise ScopeInputError(f"{argument} holds token ids outside [0, {adapter.d_vocab - 1}] (found {low}..{high}).")
     single = tokens.ndim == 1
@@ -285,8 +285,9 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
     if None in values:
         bad = requested[values.index(None)]
         raise ScopeInputError(f"position must be an int, a non-empty list of ints or 'all'; got the element {bad!r}.")
-    shortest_row = int(lengths.argmin())
-    shortest = int(lengths[shortest_row])
+    length_list = lengths.tolist()
+    shortest = min(length_list)
+    shortest_row = length_list.index(shortest)
     out_of_range = [p for p in values if not -shortest <= p < shortest]
     if out_of_range:
         row = shortest_row if n_prompts > 1 else 0
@@ -294,8 +295,7 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
             f"position {out_of_range[0]} is out of range for prompt {row}, which has {shortest} tokens "
             f"(valid: {-shortest}..{shortest - 1})."
         )
-    relative = torch.tensor(values)
-    index = torch.where(relative[None, :] < 0, relative[None, :] + lengths[:, None], relative[None, :])
+    index = torch.tensor([[p + length if p < 0 else p for p in values] for length in length_list])
     expand = None
     if len(values) > 1:
         unique, inverse = torch.unique(index, dim=1, return_inverse=True)
