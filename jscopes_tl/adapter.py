@@ -249,17 +249,18 @@ _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
 @dataclass
 class _ModelTree:
     """What a call touches on a model, from one walk (:func:`_model_tree`), held weakly so the cache
-    never keeps a model alive: every module, every parameter and buffer (each once), and per module
-    the plain attributes that can hold a forward pass's cached tensor (a tensor or None at the walk)."""
+    never keeps a model alive: every module (those whose mode matters apart), every parameter and
+    buffer (each once), and per module the plain attributes that can hold a forward pass's cached
+    tensor (a tensor or None at the walk)."""
 
     registrations: int
-    modules: list[weakref.ref]  # every module but the HookPoints
+    modules: list[weakref.ref]  # the modules whose mode can change their forward pass
     weights: list[weakref.ref]
     cache_slots: list[tuple[weakref.ref, tuple[str, ...]]]
-    hook_points: list[weakref.ref]
+    mode_free: list[weakref.ref]  # HookPoints and modules of families.MODE_FREE_MODULES
 
-    def live_hook_points(self) -> list[torch.nn.Module]:
-        return [point for point in map(_dereference, self.hook_points) if point is not None]
+    def live_mode_free(self) -> list[torch.nn.Module]:
+        return [module for module in map(_dereference, self.mode_free) if module is not None]
 
     def live(self) -> tuple[list[torch.nn.Module], list[torch.Tensor]] | None:
         modules = list(map(_dereference, self.modules))
@@ -273,8 +274,8 @@ _model_trees: weakref.WeakKeyDictionary[torch.nn.Module, _ModelTree] = weakref.W
 
 
 def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[torch.Tensor], _ModelTree]:
-    """The model's modules and weights, walked again only when some module registered something
-    since the last walk (a walk costs about a millisecond on a GPT-2-size bridge)."""
+    """The model's modules whose mode matters and its weights, walked again only when some module
+    registered something since the last walk (a walk costs about a millisecond on a GPT-2-size bridge)."""
     tree = _model_trees.get(model)
     if tree is not None and tree.registrations == _registrations[0]:
         live = tree.live()
@@ -291,12 +292,18 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
                 weights.append(tensor)
     from transformer_lens.hook_points import HookPoint
 
-    from jscopes_tl.families import CONFIGURATION_ATTRIBUTES
+    from jscopes_tl.families import CONFIGURATION_ATTRIBUTES, MODE_FREE_MODULES
 
     # HookPoints pass activations through (most of a bridge's modules): no cache slots, and their
-    # mode changes nothing, so they are listed apart (see ModelAdapter.eval_mode).
-    hook_points = [module for module in modules if isinstance(module, HookPoint)]
+    # mode changes nothing. Neither does the mode of a MODE_FREE_MODULES class: both are listed
+    # apart (see ModelAdapter.eval_mode).
     others = [module for module in modules if not isinstance(module, HookPoint)]
+    mode_free = [
+        module for module in modules
+        if isinstance(module, HookPoint) or f"{type(module).__module__}.{type(module).__qualname__}" in MODE_FREE_MODULES
+    ]
+    free = set(map(id, mode_free))
+    mode_dependent = [module for module in modules if id(module) not in free]
     cache_slots = []
     for module in others:
         names = tuple(
@@ -309,12 +316,12 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
         if names:
             cache_slots.append((weakref.ref(module), names))
     tree = _ModelTree(
-        registrations, [weakref.ref(m) for m in others], [weakref.ref(w) for w in weights], cache_slots,
-        [weakref.ref(m) for m in hook_points],
+        registrations, [weakref.ref(m) for m in mode_dependent], [weakref.ref(w) for w in weights], cache_slots,
+        [weakref.ref(m) for m in mode_free],
     )
     _model_trees[model] = tree
     _tree_modules.update(modules)
-    return others, weights, tree
+    return mode_dependent, weights, tree
 
 
 # A module's cache slots as a call found them: (module, names, values).
@@ -984,15 +991,16 @@ class ModelAdapter:
     @contextlib.contextmanager
     def eval_mode(self, modules: list[torch.nn.Module] | None = None) -> Iterator[None]:
         """Eval mode (no dropout) for the duration, under the model's lock; every module's own mode
-        restored on exit. ``modules``: the model's modules but its HookPoints (:func:`_model_tree`),
-        when the caller has them. A HookPoint passes its input through in either mode, so the
-        HookPoints' modes are looked at only when another module is in training mode (then the
-        model's ``eval()`` switches them too, and they are given back)."""
+        restored on exit. ``modules``: the model's modules whose mode matters (:func:`_model_tree`),
+        when the caller has them. A HookPoint passes its input through in either mode, and so does a
+        module of a ``families.MODE_FREE_MODULES`` class: their modes are looked at only when another
+        module is in training mode (then the model's ``eval()`` switches them too, and they are given
+        back); otherwise they are left as they are."""
         with self.lock():
             training = list(filter(_in_training, _model_tree(self.model)[0] if modules is None else modules))
             try:
                 if training:
-                    training += filter(_in_training, _model_tree(self.model)[2].live_hook_points())
+                    training += filter(_in_training, _model_tree(self.model)[2].live_mode_free())
                     self.model.eval()
                 yield
             finally:

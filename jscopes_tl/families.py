@@ -315,6 +315,29 @@ CONFIGURATION_ATTRIBUTES = frozenset({
 })
 
 
+# Module classes (exactly these, not subclasses; "module.qualname") whose forward pass is the same in
+# training and eval mode: no dropout, no `self.training` read (tests/test_per_call_caches.py reads
+# each one's forward to check). A call puts the model in eval mode by looking at the other modules;
+# these are looked at, and switched and given back, only when one of those is in training mode.
+# Most of a TransformerBridge's modules are of these classes (GPT-2 size: 234 of 349).
+MODE_FREE_MODULES = frozenset({
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.normalization.LayerNorm",
+    "torch.nn.modules.normalization.RMSNorm",
+    "torch.nn.modules.sparse.Embedding",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.container.ModuleDict",
+    "transformers.pytorch_utils.Conv1D",
+    "transformers.activations.NewGELUActivation",
+    "transformers.activations.GELUActivation",
+    "transformers.activations.SiLUActivation",
+    "transformers.models.llama.modeling_llama.LlamaRMSNorm",
+    "transformer_lens.model_bridge.generalized_components.linear.LinearBridge",
+    "transformer_lens.model_bridge.generalized_components.normalization.NormalizationBridge",
+    "transformer_lens.model_bridge.generalized_components.rms_normalization.RMSNormalizationBridge",
+})
+
+
 # Hugging Face norm classes whose ``weight`` w is applied as the gain ``1 + w`` (w = 0: no gain).
 OFFSET_GAIN_NORMS = frozenset({"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm"})
 

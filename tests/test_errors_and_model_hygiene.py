@@ -156,23 +156,25 @@ def test_a_module_added_between_calls_is_frozen_and_in_eval_mode_during_the_next
     the next call still freezes and switches everything it runs, and restores it afterwards."""
     semantic_scope(model, PROMPT)  # caches the tree
     block = model.blocks[0]
-    late_module, late_parameter = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(3))
-    block.add_module("late_module", late_module)  # registered after the first call, in train mode
+    # A dropout (its mode matters) and a weight, registered after the first call, in train mode.
+    late_module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    late_parameter = torch.nn.Parameter(torch.ones(3))
+    block.add_module("late_module", late_module)
     block.register_parameter("late_parameter", late_parameter)
     seen = {}
 
     def look(activation, hook):
-        seen["module training"] = late_module.training
-        seen["module weight requires_grad"] = late_module.weight.requires_grad
+        seen["dropout training"] = late_module[1].training
+        seen["module weight requires_grad"] = late_module[0].weight.requires_grad
         seen["parameter requires_grad"] = late_parameter.requires_grad
 
     try:
         late_module.train()
         semantic_scope(model, PROMPT, fwd_hooks=[(ModelAdapter(model).resid_pre_hook(1), look)])
         assert seen == {
-            "module training": False, "module weight requires_grad": False, "parameter requires_grad": False,
+            "dropout training": False, "module weight requires_grad": False, "parameter requires_grad": False,
         }
-        assert late_module.training and late_module.weight.requires_grad and late_parameter.requires_grad
+        assert late_module[1].training and late_module[0].weight.requires_grad and late_parameter.requires_grad
     finally:
         del block._modules["late_module"], block._parameters["late_parameter"]
 

@@ -117,3 +117,52 @@ def test_modes_are_given_back_exactly_including_hook_points_in_a_mode_of_their_o
         semantic_scope(model, PROMPT, fwd_hooks=[(ModelAdapter(model).resid_pre_hook(1), record)])
         assert seen_during == [False]  # no dropout or other training behaviour during the call
         assert [module.training for module in model.modules()] == before
+
+
+def test_every_mode_free_class_has_a_forward_pass_that_reads_no_mode():
+    """families.MODE_FREE_MODULES lists classes whose modes a call leaves alone: each forward pass
+    must be the same in training and eval mode (no dropout, no ``self.training``)."""
+    import importlib
+    import inspect
+
+    from jscopes_tl.families import MODE_FREE_MODULES
+
+    checked = []
+    for name in sorted(MODE_FREE_MODULES):
+        module_name, _, class_name = name.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # e.g. TransformerLens 2.x has no TransformerBridge components
+            continue
+        cls = getattr(module, class_name)  # a renamed class would leave a stale entry: fail
+        forward = cls.forward
+        if forward is not torch.nn.Module.forward:  # containers have none of their own
+            source = inspect.getsource(forward)
+            assert "training" not in source and "dropout" not in source.lower(), name
+        checked.append(name)
+    assert "torch.nn.modules.linear.Linear" in checked and "transformers.pytorch_utils.Conv1D" in checked
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_mode_free_module_in_a_mode_of_its_own_is_left_as_it_is_and_changes_nothing(family):
+    from jscopes_tl.families import MODE_FREE_MODULES
+
+    model = _fresh(family).eval()
+    reference = semantic_scope(model, PROMPT).scores
+    free = [
+        module for module in model.modules()
+        if f"{type(module).__module__}.{type(module).__qualname__}" in MODE_FREE_MODULES
+    ]
+    assert free
+    for module in free:
+        module.training = True  # train() would switch its children too
+    modes = [module.training for module in model.modules()]
+    seen_during: list[bool] = []
+
+    def record(activation, hook):
+        seen_during.append(all(module.training for module in free))
+
+    result = semantic_scope(model, PROMPT, fwd_hooks=[(ModelAdapter(model).resid_pre_hook(1), record)])
+    assert seen_during == [True]  # not switched: its forward pass is the same in either mode
+    assert torch.equal(result.scores, reference)
+    assert [module.training for module in model.modules()] == modes
