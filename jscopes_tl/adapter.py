@@ -292,18 +292,16 @@ def _model_tree(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[tor
                 weights.append(tensor)
     from transformer_lens.hook_points import HookPoint
 
-    from jscopes_tl.families import CONFIGURATION_ATTRIBUTES, MODE_FREE_MODULES
+    from jscopes_tl.families import CONFIGURATION_ATTRIBUTES, is_mode_free
 
     # HookPoints pass activations through (most of a bridge's modules): no cache slots, and their
     # mode changes nothing. Neither does the mode of a MODE_FREE_MODULES class: both are listed
     # apart (see ModelAdapter.eval_mode).
     others = [module for module in modules if not isinstance(module, HookPoint)]
-    mode_free = [
-        module for module in modules
-        if isinstance(module, HookPoint) or f"{type(module).__module__}.{type(module).__qualname__}" in MODE_FREE_MODULES
-    ]
-    free = set(map(id, mode_free))
-    mode_dependent = [module for module in modules if id(module) not in free]
+    mode_free: list[torch.nn.Module] = []
+    mode_dependent: list[torch.nn.Module] = []
+    for module in modules:
+        (mode_free if isinstance(module, HookPoint) or is_mode_free(module) else mode_dependent).append(module)
     cache_slots = []
     for module in others:
         names = tuple(

@@ -338,6 +338,12 @@ MODE_FREE_MODULES = frozenset({
 })
 
 
+def is_mode_free(module: Any) -> bool:
+    """Whether ``module``'s class (exactly) is one of :data:`MODE_FREE_MODULES`."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}" in MODE_FREE_MODULES
+
+
 # Hugging Face norm classes whose ``weight`` w is applied as the gain ``1 + w`` (w = 0: no gain).
 OFFSET_GAIN_NORMS = frozenset({"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm", "Gemma3nRMSNorm"})
 
