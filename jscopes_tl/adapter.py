@@ -145,6 +145,20 @@ def _final_norm_weights(model: torch.nn.Module, final_norm: torch.nn.Module) -> 
     return weights
 
 
+# Constant tensors by (value, shape, dtype, device), compared against with one torch.equal.
+_constants: dict[tuple[float, tuple[int, ...], torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _is_everywhere(weight_and_value: tuple[torch.Tensor, float]) -> bool:
+    """Whether every entry of the weight equals the value (one comparison op, not three)."""
+    weight, value = weight_and_value
+    key = (value, tuple(weight.shape), weight.dtype, weight.device)
+    constant = _constants.get(key)
+    if constant is None:
+        constant = _constants[key] = torch.full(key[1], value, dtype=weight.dtype, device=weight.device)
+    return torch.equal(weight, constant)
+
+
 # Per tokenizer (held weakly), the string of every token id decoded so far (ModelAdapter.str_tokens).
 _token_strings: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 # The model's cache slots as the outermost open prepared_for_scopes block found them, and whether
@@ -541,6 +555,9 @@ class InputEmbeddingPoint:
 class ModelAdapter:
     """Uniform access to a HookedTransformer or TransformerBridge.
 
+    An adapter serves one call (each scope builds its own): it reads the unembedding matrix and the
+    devices once. Build a new one after moving the model or replacing its unembedding.
+
     Example:
         >>> adapter = ModelAdapter(model)
         >>> tokens = adapter.tokenize("The cat sat")       # [pos], BOS per the model's convention
@@ -555,7 +572,7 @@ class ModelAdapter:
         # costs milliseconds on a large bridge): it tells a meta or inference-mode model before
         # tokenising. prepared_for_scopes checks every weight before it changes anything. (An
         # offloaded W_U is a view of a meta placeholder, loaded for each use.)
-        W_U = model.W_U
+        W_U = self._unembedding
         if not (W_U.is_meta and _offloaded_modules(model.unembed)):
             _check_differentiable([W_U], lambda _: "W_U")
         if self.family == HOOKED_TRANSFORMER:
@@ -599,13 +616,21 @@ class ModelAdapter:
 
     @property
     def d_vocab(self) -> int:
-        return int(self.model.W_U.shape[-1])
+        return int(self._unembedding.shape[-1])
+
+    @functools.cached_property
+    def _unembedding(self) -> torch.Tensor:
+        """``model.W_U`` as this adapter first reads it. A TransformerBridge builds it on every read
+        (a chain of properties and a transpose, tens of µs with the caches cold after a backward
+        pass) and a call reads it a dozen times; its values are the model's own (a view of the
+        parameter), only replacing the parameter object needs a new adapter."""
+        return self.model.W_U
 
     @property
     def W_U(self) -> Float[torch.Tensor, "d_model d_vocab"]:
         """The unembedding matrix; an offloaded one (a ``device_map`` with ``"cpu"``/``"disk"``
         entries) is loaded onto its execution device for each access, as its forward pass would."""
-        W_U = self.model.W_U
+        W_U = self._unembedding
         if not W_U.is_meta:
             return W_U
         with _offloaded_weights_loaded(self.model.unembed):
@@ -632,12 +657,12 @@ class ModelAdapter:
         _unembed_statistics[self.model] = (key, statistics)
         return statistics
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
         """Where the unembedding computes: the logits, ``W_U`` products and readout directions live
         there. On a model split across devices (a ``device_map``, ``n_devices > 1``) it is the last
-        one, not where the tokens go (:attr:`input_device`)."""
-        return _execution_device(self.model.unembed, self.model.W_U)
+        one, not where the tokens go (:attr:`input_device`). Read once per adapter."""
+        return _execution_device(self.model.unembed, self._unembedding)
 
     @functools.cached_property
     def input_device(self) -> torch.device:
@@ -648,7 +673,7 @@ class ModelAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.W_U.dtype
+        return self._unembedding.dtype
 
     # ----------------------------------------------------------------------------- hook names
     @functools.cached_property
@@ -774,8 +799,33 @@ class ModelAdapter:
 
     @property
     def has_logit_transform(self) -> bool:
+        """Whether :meth:`logit_transform` changes any logit. Read from the configuration when the
+        transform is a soft cap alone (HookedTransformer's, or a bridge architecture adapter that
+        keeps TransformerLens's base transform): on when the cap is positive. Any other transform
+        is probed on logits from -50 to 50."""
+        cfg = self._soft_cap_configuration()
+        if cfg is not None:
+            cap = getattr(cfg, "output_logits_soft_cap", None)
+            return cap is not None and cap > 0
         probe = torch.linspace(-50.0, 50.0, 11, device=self.device)
         return not torch.equal(self.logit_transform(probe), probe)
+
+    def _soft_cap_configuration(self) -> Any:
+        """The configuration whose ``output_logits_soft_cap`` is the whole logit transform, or None
+        when the transform is another one (an architecture adapter's own)."""
+        if self.family != TRANSFORMER_BRIDGE:
+            return self.cfg
+        architecture_adapter = getattr(self.model, "adapter", None)
+        transform = getattr(type(architecture_adapter), "apply_output_logits_transform", None)
+        if transform is None:
+            return self.cfg  # logit_transform applies the model configuration's soft cap
+        try:
+            from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+        except ImportError:
+            return None
+        if transform is not getattr(ArchitectureAdapter, "apply_output_logits_transform", None):
+            return None
+        return getattr(architecture_adapter, "cfg", None)
 
     def logits(self, y: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         """Logits exactly as the model computes them from the unembedding input ``y``."""
@@ -1017,8 +1067,8 @@ class ModelAdapter:
         if any(parameter.is_meta for parameter, _ in weights):
             with torch.no_grad(), _offloaded_weights_loaded(final_norm):
                 # Loading replaces the placeholders: read the parameters again inside.
-                return all(bool((parameter == neutral).all()) for parameter, neutral in _neutral_weights(final_norm))
-        return all(bool((parameter == neutral).all()) for parameter, neutral in weights)
+                return all(map(_is_everywhere, _neutral_weights(final_norm)))
+        return all(map(_is_everywhere, weights))
 
     def numerics(self, perturbation_hook: str | list[str]) -> Numerics:
         input_embedding = self.input_embedding()

@@ -474,7 +474,7 @@ def _run_group(
         with torch.no_grad():
             logits = adapter.logits(y).to(dtype)
         # A finite sum is the common case (one reduction); an infinite sum of finite logits is not an error.
-        if not torch.isfinite(logits.sum()) and not torch.isfinite(logits).all():
+        if not math.isfinite(logits.sum()) and not torch.isfinite(logits).all():
             bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
             raise NonFiniteLogitsError(
                 f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "

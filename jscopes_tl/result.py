@@ -36,17 +36,16 @@ class ResultAxes:
 
     def squeeze_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-prediction tensor ``[batch, n_positions, ...]`` → the kept axes only."""
-        if not self.positions:
-            tensor = tensor.squeeze(1)
-        if not self.prompts:
-            tensor = tensor.squeeze(0)
-        return tensor
+        return self._squeeze(tensor, (self.prompts, self.positions))
 
     def squeeze_score(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-score tensor ``[batch, n_positions, n_layers, pos, ...]`` → the kept axes only."""
-        if not self.layers:
-            tensor = tensor.squeeze(2)
-        return self.squeeze_prediction(tensor)
+        return self._squeeze(tensor, (self.prompts, self.positions, self.layers))
+
+    @staticmethod
+    def _squeeze(tensor: torch.Tensor, kept: tuple[bool, ...]) -> torch.Tensor:
+        dropped = tuple(axis for axis, keep in enumerate(kept) if not keep)
+        return tensor.squeeze(dropped) if dropped else tensor  # one view for all dropped axes
 
     def expand_prediction(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-prediction tensor ``[...]`` → ``[batch, n_positions, ...]``."""

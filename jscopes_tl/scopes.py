@@ -136,7 +136,7 @@ def check_finite(scores: torch.Tensor, kind: str) -> None:
     """NaN or infinite scores are never returned: they come from a readout (e.g. a target callable
     returning NaN) or gradients that are not finite, and would rank tokens arbitrarily."""
     # A finite sum is the common case (one reduction); an infinite sum of finite scores is not an error.
-    if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():
+    if not math.isfinite(scores.sum()) and not torch.isfinite(scores).all():
         first = [int(i) for i in (~torch.isfinite(scores)).nonzero()[0]]
         raise NonFiniteScoresError(
             f"the {kind} scope's scores are NaN or infinite (first at index {first} of scores "

@@ -117,3 +117,45 @@ def test_numerics_report_whether_W_U_is_centred(model):
     assert ModelAdapter(model).numerics("").unembed_centred == independent
     if ModelAdapter(model).family == "HookedTransformer" and ModelAdapter(model).final_norm_has_no_gain():
         assert independent  # process_weights_(center_unembed=True) was applied to this fixture
+
+
+def test_has_logit_transform_follows_the_configured_soft_cap_and_probes_any_other_transform(model, monkeypatch):
+    """A soft cap alone is read from the configuration the transform reads (no probe): switching
+    the cap on or off is seen at once. A bridge architecture adapter with a transform of its own
+    (Granite's division, Cohere's scale) is probed."""
+    adapter = ModelAdapter(model)
+
+    def probed() -> bool:
+        probe = torch.linspace(-50.0, 50.0, 11)
+        return not torch.equal(adapter.logit_transform(probe), probe)
+
+    capped = (getattr(model.cfg, "output_logits_soft_cap", None) or 0) > 0
+    assert adapter.has_logit_transform == probed() == capped
+    architecture_adapter = getattr(model, "adapter", None)
+    config = model.cfg if adapter.family == "HookedTransformer" else architecture_adapter.cfg
+    for cap, expected in [(30.0, True), (0.0, False), (-1.0, False), (None, False), (5.0, True)]:
+        monkeypatch.setattr(config, "output_logits_soft_cap", cap)
+        assert adapter.has_logit_transform == probed() == expected, cap
+    if adapter.family != "HookedTransformer":
+        monkeypatch.setattr(config, "output_logits_soft_cap", -1.0)
+        for transform, expected in [(lambda self, logits: logits / 2.0, True), (lambda self, logits: logits, False)]:
+            monkeypatch.setattr(type(architecture_adapter), "apply_output_logits_transform", transform)
+            assert adapter.has_logit_transform == expected
+
+
+def test_a_replaced_unembedding_parameter_is_read_by_the_next_call(any_model):
+    """An adapter reads W_U once; every scope call builds its own, so replacing the unembedding
+    parameter (not only editing it in place) changes the next call's scores (Semantic is linear in
+    W_U[:, target]: doubling it doubles them)."""
+    model = any_model
+    before = semantic_scope(model, PROMPT, target=7).scores
+    owner = model.unembed if ModelAdapter(model).family == "HookedTransformer" else model.unembed.original_component
+    name = "W_U" if ModelAdapter(model).family == "HookedTransformer" else "weight"
+    original = getattr(owner, name)
+    try:
+        setattr(owner, name, torch.nn.Parameter(original.detach() * 2))
+        after = semantic_scope(model, PROMPT, target=7).scores
+    finally:
+        setattr(owner, name, original)
+    torch.testing.assert_close(after, 2 * before)
+    torch.testing.assert_close(semantic_scope(model, PROMPT, target=7).scores, before)
