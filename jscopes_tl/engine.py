@@ -40,10 +40,9 @@ Mechanics that keep this exact and cheap:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -245,9 +244,9 @@ def _release_graph(adapter: ModelAdapter, holders: list[torch.Tensor]) -> None:
 def _slot_groups(positions: Positions, slots_per_group: int) -> list[list[int]]:
     """Prediction slots grouped by how long a prefix they need (causality: the tokens after the
     last position predicted from are irrelevant), so each group's pass runs on its own prefix."""
-    need = torch.where(positions.valid, positions.index, -1).max(dim=0).values.tolist()  # per slot
+    prefix = positions.prefix
     # Slots no prompt of this batch fills (padding of position="all") are left at zero.
-    order = [slot for slot in sorted(range(len(need)), key=need.__getitem__) if need[slot] >= 0]
+    order = [slot for slot in sorted(range(len(prefix)), key=prefix.__getitem__) if prefix[slot] > 0]
     return [order[i : i + slots_per_group] for i in range(0, len(order), slots_per_group)]
 
 
@@ -304,10 +303,9 @@ def run_scope(
     squared_norms: torch.Tensor | None = None
     signed: torch.Tensor | None = None
     kept_gradients: torch.Tensor | None = None
-    dtype = working_dtype(adapter.dtype)
     k = min(top_k, adapter.d_vocab)
-    top_ids = torch.zeros(n_prompts, n_slots, k, dtype=torch.long) if readout.unembedding else None
-    top_probabilities = torch.zeros(n_prompts, n_slots, k, dtype=dtype) if readout.unembedding else None
+    top_ids: torch.Tensor | None = None
+    top_probabilities: torch.Tensor | None = None
     target_grid: torch.Tensor | None = None
     per_prediction: dict[str, torch.Tensor] = {}
     metadata: dict[str, Any] = {}
@@ -315,36 +313,27 @@ def run_scope(
     squared = False
 
     with adapter.prepared_for_scopes():
-        for slots in _slot_groups(positions, slots_per_group):
+        groups = _slot_groups(positions, slots_per_group)
+        for slots in groups:
             group = _run_group(
                 adapter, batch, positions, slots, build_readout, points, readout, fwd_hooks, input_scale,
                 memory_budget_mb, return_gradients, backward_batch, k,
             )
-            prompts, slot_index = group.prompts, group.slots
-            n_rows, prefix = group.squared_norms.shape[-2:]
-            if squared_norms is None:
-                squared_norms = torch.zeros(n_prompts, n_slots, n_rows, width, dtype=dtype)
-                component_shapes = group.component_shapes
-            squared_norms[:, slots, :, :prefix] = group.squared_norms
-            if top_ids is not None and top_probabilities is not None:
-                top_ids[prompts, slot_index] = group.top_ids
-                top_probabilities[prompts, slot_index] = group.top_probabilities
+            at = _Cells(n_prompts, n_slots, width, slots, group, only_group=len(groups) == 1)
+            squared_norms = at.put_scores(squared_norms, group.squared_norms)
+            component_shapes = group.component_shapes
             squared = group.readout.squared
             if group.signed is not None:
-                signed = torch.zeros_like(squared_norms) if signed is None else signed
-                signed[:, slots, :, :prefix] = group.signed
+                signed = at.put_scores(signed, group.signed)
             if group.gradients is not None:
-                if kept_gradients is None:
-                    kept_gradients = torch.zeros(n_prompts, n_slots, n_rows, width, group.gradients.shape[-1], dtype=dtype)
-                kept_gradients[:, slots, :, :prefix] = group.gradients
+                kept_gradients = at.put_scores(kept_gradients, group.gradients)
+            if group.top_ids is not None and group.top_probabilities is not None:
+                top_ids = at.put_predictions(top_ids, group.top_ids)
+                top_probabilities = at.put_predictions(top_probabilities, group.top_probabilities)
             if group.readout.target is not None:
-                if target_grid is None:
-                    target_grid = torch.zeros(n_prompts, n_slots, group.readout.target.shape[-1], dtype=torch.long)
-                target_grid[prompts, slot_index] = group.readout.target
+                target_grid = at.put_predictions(target_grid, group.readout.target.long())
             for key, values in group.readout.per_prediction.items():
-                if key not in per_prediction:
-                    per_prediction[key] = torch.zeros(n_prompts, n_slots, *values.shape[1:], dtype=values.dtype)
-                per_prediction[key][prompts, slot_index] = values.cpu()
+                per_prediction[key] = at.put_predictions(per_prediction.get(key), values.cpu())
             _merge_metadata(metadata, group.readout.metadata)
     assert squared_norms is not None  # every prompt has at least one valid position
 
@@ -376,6 +365,44 @@ class _GroupOutput:
     component_shapes: list[tuple[int, ...]]
 
 
+@dataclass
+class _Cells:
+    """Where one group's results go in a call's grids: scores ``[batch, n_slots, n_rows, width, ...]``
+    (the group's slots, its prefix), per-prediction values ``[batch, n_slots, ...]`` (its valid
+    (prompt, slot) pairs). A grid is made (zeros where nothing goes) when its first group arrives,
+    unless that group is the call's only one and filled every cell: then its tensors are the grid."""
+
+    n_prompts: int
+    n_slots: int
+    width: int
+    slots: list[int]
+    group: _GroupOutput
+    only_group: bool
+    whole: bool = field(init=False)  # this group's tensors are the grids
+
+    def __post_init__(self) -> None:
+        prefix = self.group.squared_norms.shape[-1]
+        every_pair = len(self.group.prompts) == self.n_prompts * self.n_slots
+        every_slot = self.slots == list(range(self.n_slots))
+        self.whole = self.only_group and prefix == self.width and every_pair and every_slot
+
+    def put_scores(self, grid: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+        if grid is None and self.whole:
+            return values
+        if grid is None:
+            grid = values.new_zeros(self.n_prompts, self.n_slots, values.shape[2], self.width, *values.shape[4:])
+        grid[:, self.slots, :, : values.shape[3]] = values
+        return grid
+
+    def put_predictions(self, grid: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+        if grid is None and self.whole:
+            return values.reshape(self.n_prompts, self.n_slots, *values.shape[1:])  # pairs in row-major order
+        if grid is None:
+            grid = values.new_zeros(self.n_prompts, self.n_slots, *values.shape[1:])
+        grid[self.group.prompts, self.group.slots] = values
+        return grid
+
+
 def _per_component(point: PerturbationPoint, values: torch.Tensor) -> torch.Tensor:
     """``[vector, batch, pos, *rest]`` at one point → ``[vector, batch, pos, n_components, width]``:
     the kept component axes flattened into one, the reduced axes into another."""
@@ -401,10 +428,13 @@ def _run_group(
 ) -> _GroupOutput:
     """One forward pass on the prefix these slots need, then their batched backward passes."""
     dtype = working_dtype(adapter.dtype)
-    slot_tensor = torch.tensor(slots)
-    valid = positions.valid[:, slot_tensor]
-    index = positions.index[:, slot_tensor]
-    prefix = int(torch.where(valid, index, -1).max()) + 1
+    # Consecutive slots (the usual group) as a slice: views, no copies.
+    first = slots[0]
+    columns: slice | torch.Tensor = (
+        slice(first, first + len(slots)) if slots == list(range(first, first + len(slots))) else torch.tensor(slots)
+    )
+    valid, index = positions.valid[:, columns], positions.index[:, columns]
+    prefix = max(positions.prefix[slot] for slot in slots)
     tokens = batch.tokens[:, :prefix]  # adapter.forward places them on the token embedding's device
     n_prompts = tokens.shape[0]
     captured: dict[str, torch.Tensor] = {}
@@ -437,16 +467,19 @@ def _run_group(
     # context manager (it resolves filters and aliases).
     perturbations = [(point.hook, perturbation(i)) for i, point in enumerate(points)]
     capture = [(readout_point.hook, capture_readout)]
-    with contextlib.ExitStack() as hooks:
-        if fwd_hooks:
-            for block in (adapter.own_hooks(perturbations), adapter.hooks(list(fwd_hooks)), adapter.own_hooks(capture)):
-                hooks.enter_context(block)
-        else:
-            hooks.enter_context(adapter.own_hooks(perturbations + capture))
+
+    def run_forward() -> None:
         try:
             adapter.forward(tokens)
         except _StopForward:
             pass
+
+    if fwd_hooks:
+        with adapter.own_hooks(perturbations), adapter.hooks(list(fwd_hooks)), adapter.own_hooks(capture):
+            run_forward()
+    else:
+        with adapter.own_hooks(perturbations + capture):
+            run_forward()
     _check_hooks_ran(points, readout_point, captured, deltas)
     leaves = [deltas[i] for i in range(len(points))]
     for point, leaf in zip(points, leaves):
@@ -513,14 +546,25 @@ def _run_group(
     vectors = [(slot, r) for slot in range(n_group_slots) for r in range(n_directions)]
     chunk = _vectors_per_backward(n_prompts, prefix, len(points), adapter, memory_budget_mb, backward_batch)
     directions = readout.directions.to(device=y.device, dtype=y.dtype)
-    rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
+    # The usual group, one slot that every prompt has (one position per prompt): its pairs are the
+    # prompts in order, so slices stand in for index tensors and the directions are the vectors.
+    one_slot = n_group_slots == 1 and len(pair_prompt) == n_prompts
+    if one_slot:
+        rows_of_slot: list[Any] = [slice(None)]
+        prompts_of_slot: list[Any] = [slice(None)]
+    else:
+        rows_of_slot = [(pair_group_slot == slot).nonzero(as_tuple=True)[0] for slot in range(n_group_slots)]
+        prompts_of_slot = [pair_prompt[rows] for rows in rows_of_slot]
     for start in range(0, len(vectors), chunk):
         part = vectors[start : start + chunk]
         last = start + chunk >= len(vectors)
-        grad_outputs = torch.zeros(len(part), *y.shape, dtype=y.dtype, device=y.device)
-        for i, (slot, r) in enumerate(part):
-            rows = rows_of_slot[slot].to(y.device)
-            grad_outputs[i, rows] = directions[rows, r]
+        if one_slot:
+            grad_outputs = directions[:, start : start + len(part)].movedim(1, 0)  # part's r: start, start + 1, ...
+        else:
+            grad_outputs = torch.zeros(len(part), *y.shape, dtype=y.dtype, device=y.device)
+            for i, (slot, r) in enumerate(part):
+                rows = rows_of_slot[slot].to(y.device)
+                grad_outputs[i, rows] = directions[rows, r]
         # Per point [vector, prompt, pos, n_components, width], reduced on the model's device.
         gradients = [
             _per_component(point, gradient.to(dtype))
@@ -528,18 +572,15 @@ def _run_group(
         ]
         # -> [vector, prompt, row, pos], each point's part on y's device first (on a model split
         # across devices the points of different layers live on different devices; a no-op otherwise).
-        squares = torch.cat([g.pow(2).sum(-1).transpose(2, 3).to(y.device) for g in gradients], dim=2).cpu()
+        squares = _rows([torch.linalg.vecdot(g, g).transpose(2, 3).to(y.device) for g in gradients])
         products = (
-            torch.cat([(g * x).sum(-1).transpose(2, 3).to(y.device) for g, x in zip(gradients, activations)], dim=2).cpu()
+            _rows([torch.linalg.vecdot(g, x).transpose(2, 3).to(y.device) for g, x in zip(gradients, activations)])
             if signed is not None
             else None
         )
-        full = (
-            torch.cat([g.transpose(2, 3).to(y.device) for g in gradients], dim=2).cpu() if kept_gradients is not None else None
-        )
+        full = _rows([g.transpose(2, 3).to(y.device) for g in gradients]) if kept_gradients is not None else None
         for i, (slot, r) in enumerate(part):
-            rows = rows_of_slot[slot]
-            prompts = pair_prompt[rows]
+            rows, prompts = rows_of_slot[slot], prompts_of_slot[slot]
             weight = readout.weights[rows, r].to(dtype).cpu()[:, None, None]
             squared_norms[prompts, slot] += weight * squares[i, prompts]
             if products is not None:
@@ -552,7 +593,7 @@ def _run_group(
 
     return _GroupOutput(
         prompts=pair_prompt,
-        slots=slot_tensor[pair_group_slot],
+        slots=columns[pair_group_slot] if isinstance(columns, torch.Tensor) else pair_group_slot + first,
         squared_norms=squared_norms,
         signed=signed,
         gradients=kept_gradients,
@@ -561,6 +602,12 @@ def _run_group(
         readout=readout,
         component_shapes=component_shapes,
     )
+
+
+def _rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The points' ``[vector, prompt, row, pos, ...]`` parts side by side along rows, on the CPU
+    (one point's part as it is: no copy)."""
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)).cpu()
 
 
 def _check_hooks_ran(

@@ -242,6 +242,8 @@ class Positions:
     index: Int[torch.Tensor, "batch n_positions"]
     valid: Bool[torch.Tensor, "batch n_positions"]  # False only for padding rows of position="all"
     single: bool  # the user passed one int: results drop the positions axis
+    # Per column, the prefix its predictions need: 1 + the largest valid position (0: no prompt has it).
+    prefix: list[int]
     expand: Int[torch.Tensor, " n_requested"] | None = None
 
     @property
@@ -250,7 +252,14 @@ class Positions:
 
     def rows(self, index: slice) -> Positions:
         """The positions of some of the prompts."""
-        return Positions(index=self.index[index], valid=self.valid[index], single=self.single, expand=self.expand)
+        valid, positions = self.valid[index], self.index[index]
+        return Positions(
+            index=positions, valid=valid, single=self.single, prefix=_prefix(positions, valid), expand=self.expand
+        )
+
+
+def _prefix(index: torch.Tensor, valid: torch.Tensor) -> list[int]:
+    return torch.where(valid, index + 1, 0).max(dim=0).values.tolist()
 
 
 def _as_int(value: Any) -> int | None:
@@ -272,7 +281,11 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
             raise ScopeInputError(f"position must be an int, a list of ints or 'all'; got {position!r}.")
         index = torch.arange(width).expand(n_prompts, width).clone()
         valid = index < lengths[:, None]
-        return Positions(index=torch.where(valid, index, 0), valid=valid, single=False)
+        longest = int(lengths.max())
+        return Positions(
+            index=torch.where(valid, index, 0), valid=valid, single=False,
+            prefix=[column + 1 if column < longest else 0 for column in range(width)],
+        )
     single = _as_int(position) is not None
     requested = [position] if single else position
     if isinstance(requested, (torch.Tensor, np.ndarray)):
@@ -295,10 +308,13 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
             f"position {out_of_range[0]} is out of range for prompt {row}, which has {shortest} tokens "
             f"(valid: {-shortest}..{shortest - 1})."
         )
-    index = torch.tensor([[p + length if p < 0 else p for p in values] for length in length_list])
+    rows = [[p + length if p < 0 else p for p in values] for length in length_list]
+    index = torch.tensor(rows)
+    prefix = [max(column) + 1 for column in zip(*rows)]
     expand = None
     if len(values) > 1:
         unique, inverse = torch.unique(index, dim=1, return_inverse=True)
         if unique.shape[1] < index.shape[1]:
-            index, expand = unique, inverse
-    return Positions(index=index, valid=torch.ones_like(index, dtype=torch.bool), single=single, expand=expand)
+            index, expand, prefix = unique, inverse, (unique.max(dim=0).values + 1).tolist()
+    valid = torch.ones_like(index, dtype=torch.bool)
+    return Positions(index=index, valid=valid, single=single, prefix=prefix, expand=expand)

@@ -133,8 +133,8 @@ def semantic_readout(
     if target.kind == "direction":
         direction = target.direction.to(y)
         return Readout(direction.expand(m, 1, -1).clone(), torch.ones(m, 1), squared=False)
-    y_leaf = y.detach().requires_grad_(True)
     if target.kind == "callable":
+        y_leaf = y.detach().requires_grad_(True)
         value = target.function(y_leaf)
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
@@ -161,23 +161,23 @@ def semantic_readout(
     if target.kind == "top1":
         # max's indices are argmax's (the first of equal maxima) at a third of its cost on a CPU.
         ids = logits.max(dim=-1, keepdim=True).indices
-        coefficients = torch.ones(m, 1)
-    elif target.kind == "token":
-        ids = torch.tensor([target.token_ids] * m)
-        coefficients = torch.ones(m, 1)
     else:
         ids = torch.tensor([target.token_ids] * m)
-        coefficients = torch.tensor([[1.0, -1.0]] * m)
+    # One token's logit (coefficient 1), or a contrast's two with coefficients 1 and -1.
+    coefficients = torch.tensor([[1.0, -1.0]] * m) if target.kind == "contrast" else None
     if not adapter.has_logit_transform:
         # logits = y W_U + b_U, so the gradient is the W_U columns themselves: no second pass over
         # the whole vocabulary (at GPT-2 size that pass costs as much as the rest of a scope's bookkeeping).
-        columns = adapter.W_U.detach()[:, ids.to(adapter.W_U.device)]  # [d_model, m, k]
-        direction = (columns.to(y) * coefficients.to(y)).sum(-1).T  # Σ_k c_mk W_U[:, id_mk]
-        return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
+        W_U = adapter.W_U.detach()
+        columns = W_U[:, ids.to(W_U.device)].to(y)  # [d_model, m, k]
+        direction = columns[..., 0] if coefficients is None else (columns * coefficients.to(y)).sum(-1)
+        return Readout(direction.T[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
+    y_leaf = y.detach().requires_grad_(True)
     model_logits = adapter.logits(y_leaf)
     model_logits = model_logits if model_logits.dtype == torch.float64 else model_logits.float()
     selected = model_logits.gather(-1, ids.to(model_logits.device))
-    (direction,) = torch.autograd.grad((selected * coefficients.to(selected)).sum(), y_leaf)
+    value = selected.sum() if coefficients is None else (selected * coefficients.to(selected)).sum()
+    (direction,) = torch.autograd.grad(value, y_leaf)
     return Readout(direction[:, None, :], torch.ones(m, 1), squared=False, target=ids.cpu())
 
 

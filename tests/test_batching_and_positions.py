@@ -237,3 +237,23 @@ def test_list_metadata_of_every_position_group_and_prompt_chunk_is_kept(any_mode
     )
     assert len(calls) > 2  # several groups in each of two prompt chunks
     assert result.metadata["call"] == list(range(len(calls)))
+
+
+@pytest.mark.parametrize("position", [-1, 0, [-1, 1], [2, -1, 2], "all"])
+def test_positions_record_the_prefix_each_column_needs(any_model, position):
+    """The prefix a column's forward pass runs on (Python ints, read without tensor operations) is
+    1 + the largest valid position in it, 0 for a column no prompt has; also for a chunk of prompts."""
+    from jscopes_tl.inputs import prepare_tokens, resolve_positions
+
+    batch = prepare_tokens(ModelAdapter(any_model), PROMPTS, None)
+    positions = resolve_positions(position, batch)
+
+    def independent(index: torch.Tensor, valid: torch.Tensor) -> list[int]:
+        return [max([int(i) + 1 for i, v in zip(column, ok) if v], default=0) for column, ok in zip(index.T, valid.T)]
+
+    assert positions.prefix == independent(positions.index, positions.valid)
+    for rows in (slice(0, 1), slice(1, 3)):
+        chunk = positions.rows(rows)
+        assert chunk.prefix == independent(positions.index[rows], positions.valid[rows])
+    if position == "all":  # the longest prompt's width: every column is someone's
+        assert positions.prefix == list(range(1, batch.tokens.shape[1] + 1))
