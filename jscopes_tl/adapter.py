@@ -858,14 +858,17 @@ class ModelAdapter:
         """Each token's string, as ``model.to_str_tokens`` gives it. That decodes one id at a time
         (TransformerLens 2.x and the bridge alike), so each id's string is kept per tokenizer and
         only ids not seen before are decoded."""
+        return self.id_strings(tokens.reshape(-1).tolist())
+
+    def id_strings(self, ids: list[int]) -> list[str]:
+        """:meth:`str_tokens` of token ids given as a list."""
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None:
-            return [f"<{i}>" for i in tokens.detach().cpu().reshape(-1).tolist()]
-        ids = tokens.detach().cpu().reshape(-1).tolist()
+            return [f"<{i}>" for i in ids]
         try:
             strings = _token_strings.setdefault(tokenizer, {})
         except TypeError:  # a tokenizer that cannot be held weakly or hashed: decode every time
-            return list(self.model.to_str_tokens(tokens.detach().cpu()))
+            return list(self.model.to_str_tokens(torch.tensor(ids, dtype=torch.long)))
         missing = [i for i in dict.fromkeys(ids) if i not in strings]
         if missing:
             strings.update(zip(missing, self.model.to_str_tokens(torch.tensor(missing))))

@@ -148,7 +148,7 @@ def check_finite(scores: torch.Tensor, kind: str) -> None:
 def _nested_str_tokens(adapter: ModelAdapter, token_ids: torch.Tensor) -> list[Any]:
     """The string of every id in a tensor of any shape, as nested lists (each distinct id decoded once)."""
     distinct = list(dict.fromkeys(token_ids.reshape(-1).tolist()))
-    strings = dict(zip(distinct, adapter.str_tokens(torch.tensor(distinct, dtype=torch.long))))
+    strings = dict(zip(distinct, adapter.id_strings(distinct)))
 
     def nested(values: Any) -> Any:
         return [nested(value) for value in values] if isinstance(values, list) else strings[values]
@@ -211,9 +211,10 @@ def jacobian_scope(
     result has no prediction); ``fwd_hooks`` run during the forward pass (see module docs).
     ``attention_mask`` (with a token tensor; 1 = real token) marks padding: each prompt's real
     tokens are scored as if alone, in a right-padded layout, and ``metadata["input_columns"]``
-    maps them back to the tensor's columns (see :mod:`jscopes_tl.inputs`).
+    maps them back to the tensor's columns (see :mod:`jscopes_tl.inputs`). The named scopes pass
+    the call's :class:`ModelAdapter` as ``model``.
     """
-    adapter = ModelAdapter(model)
+    adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
     check_options(top_k, input_scale, memory_budget_mb, return_gradients, backward_batch)
     readout_point = resolve_readout_hook(adapter, readout_hook)
     user_hooks = check_fwd_hooks(adapter, fwd_hooks)
@@ -315,7 +316,7 @@ def semantic_scope(
     adapter = ModelAdapter(model)
     build, readout_hook = semantic_builder(adapter, target, readout_hook)
     return jacobian_scope(
-        model, inputs, build, kind="semantic", position=position, layer=layer, readout_hook=readout_hook, **options
+        adapter, inputs, build, kind="semantic", position=position, layer=layer, readout_hook=readout_hook, **options
     )
 
 
@@ -339,7 +340,7 @@ def temperature_scope(
     """
     adapter = ModelAdapter(model)
     result = jacobian_scope(
-        model, inputs, temperature_builder(adapter, readout_hook), kind="temperature", position=position,
+        adapter, inputs, temperature_builder(adapter, readout_hook), kind="temperature", position=position,
         layer=layer, readout_hook=readout_hook, **options,
     )
     if readout_hook is None:
@@ -397,7 +398,7 @@ def fisher_scope(
         tail_tolerance = 0.0
     build, rank = fisher_builder(adapter, rank, tail_tolerance, eigen_solver, readout_hook)
     result = jacobian_scope(
-        model, inputs, build, kind="fisher", n_directions=rank, position=position, layer=layer, **options
+        adapter, inputs, build, kind="fisher", n_directions=rank, position=position, layer=layer, **options
     )
     warn_if_truncation_is_coarse(result.metadata, tail_tolerance, stacklevel=2)
     return result
