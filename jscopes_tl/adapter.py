@@ -159,6 +159,12 @@ def _is_everywhere(weight_and_value: tuple[torch.Tensor, float]) -> bool:
     return torch.equal(weight, constant)
 
 
+def _active_soft_cap(cfg: Any) -> float | None:
+    """The configuration's logit soft cap when it is on (positive), else None."""
+    cap = getattr(cfg, "output_logits_soft_cap", None)
+    return cap if cap is not None and cap > 0 else None
+
+
 # Per tokenizer (held weakly), the string of every token id decoded so far (ModelAdapter.str_tokens).
 _token_strings: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 # The model's cache slots as the outermost open prepared_for_scopes block found them, and whether
@@ -595,8 +601,7 @@ class ModelAdapter:
                 "cannot fold into experts, so its logits are not the original model's. Load it with "
                 "HookedTransformer.from_pretrained_no_processing(...) instead."
             )
-        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0
-        if cap > 0 and self.unembed_statistics.centred:
+        if _active_soft_cap(self.cfg) is not None and self.unembed_statistics.centred:
             warnings.warn(
                 "this HookedTransformer has logit soft-capping and a centred W_U (center_unembed=True, "
                 "HookedTransformer.from_pretrained's default): centring shifts the logits before the cap, so its "
@@ -792,10 +797,8 @@ class ModelAdapter:
             transform = getattr(architecture_adapter, "apply_output_logits_transform", None)
             if transform is not None:
                 return transform(logits)
-        cap = getattr(self.cfg, "output_logits_soft_cap", None)
-        if cap is not None and cap > 0:
-            return cap * torch.tanh(logits / cap)
-        return logits
+        cap = _active_soft_cap(self.cfg)
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     @property
     def has_logit_transform(self) -> bool:
@@ -805,8 +808,7 @@ class ModelAdapter:
         is probed on logits from -50 to 50."""
         cfg = self._soft_cap_configuration()
         if cfg is not None:
-            cap = getattr(cfg, "output_logits_soft_cap", None)
-            return cap is not None and cap > 0
+            return _active_soft_cap(cfg) is not None
         probe = torch.linspace(-50.0, 50.0, 11, device=self.device)
         return not torch.equal(self.logit_transform(probe), probe)
 

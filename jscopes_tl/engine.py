@@ -506,8 +506,7 @@ def _run_group(
     if readout_point.unembedding:
         with torch.no_grad():
             logits = adapter.logits(y).to(dtype)
-        # A finite sum is the common case (one reduction); an infinite sum of finite logits is not an error.
-        if not math.isfinite(logits.sum()) and not torch.isfinite(logits).all():
+        if not all_finite(logits):
             bad = int((~torch.isfinite(logits)).any(-1).nonzero()[0, 0])
             raise NonFiniteLogitsError(
                 f"the model's logits are NaN or infinite for prompt {int(pair_prompt[bad])} at position "
@@ -602,6 +601,12 @@ def _run_group(
         readout=readout,
         component_shapes=component_shapes,
     )
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether no entry is NaN or infinite. A finite sum is the common case (one reduction, read as a
+    Python float); only an infinite or NaN sum, which finite entries can also give, looks at each entry."""
+    return math.isfinite(tensor.sum()) or bool(torch.isfinite(tensor).all())
 
 
 def _rows(parts: list[torch.Tensor]) -> torch.Tensor:

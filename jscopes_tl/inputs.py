@@ -281,11 +281,8 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
             raise ScopeInputError(f"position must be an int, a list of ints or 'all'; got {position!r}.")
         index = torch.arange(width).expand(n_prompts, width).clone()
         valid = index < lengths[:, None]
-        longest = int(lengths.max())
-        return Positions(
-            index=torch.where(valid, index, 0), valid=valid, single=False,
-            prefix=[column + 1 if column < longest else 0 for column in range(width)],
-        )
+        index = torch.where(valid, index, 0)
+        return Positions(index=index, valid=valid, single=False, prefix=_prefix(index, valid))
     single = _as_int(position) is not None
     requested = [position] if single else position
     if isinstance(requested, (torch.Tensor, np.ndarray)):
@@ -310,11 +307,13 @@ def resolve_positions(position: Position, batch: TokenBatch) -> Positions:
         )
     rows = [[p + length if p < 0 else p for p in values] for length in length_list]
     index = torch.tensor(rows)
-    prefix = [max(column) + 1 for column in zip(*rows)]
+    prefix = [max(column) + 1 for column in zip(*rows)]  # in Python: the usual call's path
     expand = None
     if len(values) > 1:
         unique, inverse = torch.unique(index, dim=1, return_inverse=True)
         if unique.shape[1] < index.shape[1]:
-            index, expand, prefix = unique, inverse, (unique.max(dim=0).values + 1).tolist()
+            index, expand = unique, inverse
     valid = torch.ones_like(index, dtype=torch.bool)
+    if expand is not None:
+        prefix = _prefix(index, valid)
     return Positions(index=index, valid=valid, single=single, prefix=prefix, expand=expand)

@@ -50,6 +50,7 @@ from jscopes_tl.engine import (
     PerturbationPoint,
     ReadoutBuilder,
     ReadoutPoint,
+    all_finite,
     run_scope,
 )
 from jscopes_tl.errors import NonFiniteScoresError, ScopeInputError
@@ -135,8 +136,7 @@ def expand_positions(output: EngineOutput, positions: Positions) -> EngineOutput
 def check_finite(scores: torch.Tensor, kind: str) -> None:
     """NaN or infinite scores are never returned: they come from a readout (e.g. a target callable
     returning NaN) or gradients that are not finite, and would rank tokens arbitrarily."""
-    # A finite sum is the common case (one reduction); an infinite sum of finite scores is not an error.
-    if not math.isfinite(scores.sum()) and not torch.isfinite(scores).all():
+    if not all_finite(scores):
         first = [int(i) for i in (~torch.isfinite(scores)).nonzero()[0]]
         raise NonFiniteScoresError(
             f"the {kind} scope's scores are NaN or infinite (first at index {first} of scores "
