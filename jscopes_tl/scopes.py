@@ -5,16 +5,16 @@ token after the prompt), scoring every source token ``t`` through the Jacobian
 ``J_t = ∂y/∂x_t`` of the final hidden state ``y`` with respect to the residual-stream input
 ``x_t`` (Liu et al., *Jacobian Scopes*, arXiv 2601.16407):
 
-============  ====================================================  ===========================
-scope         score of token t                                      question
-============  ====================================================  ===========================
-Semantic      ``‖w^T J_t‖₂``, ``w = W_U[:, target]``                 how much does t move one logit
-                (``W_U[:, a] - W_U[:, b]`` for a contrast)            (or a logit difference)?
-Fisher        ``tr(J_t^T F J_t)``, ``F = W_U (diag p - p p^T) W_U^T``  how much does t move the whole
-                                                                    predictive distribution?
-Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                           how much does t move the
-                                                                    confidence ``‖y‖``?
-============  ====================================================  ===========================
+============  ========================================================  ===============================
+scope         score of token t                                          question
+============  ========================================================  ===============================
+Semantic      ``‖w^T J_t‖₂``, ``w = W_U[:, target]``                    how much does t move one logit
+              (``W_U[:, a] - W_U[:, b]`` for a contrast)                (or a logit difference)?
+Fisher        ``tr(J_t^T F J_t)``, ``F = W_U (diag p - p p^T) W_U^T``   how much does t move the whole
+                                                                        predictive distribution?
+Temperature   ``‖ŷ^T J_t‖₂``, ``ŷ = y/‖y‖``                             how much does t move the
+                                                                        confidence ``‖y‖``?
+============  ========================================================  ===============================
 
 Arguments are checked before the model runs, each failure a :class:`ScopeInputError` naming the
 argument; the engine runs the model under its lock (:meth:`ModelAdapter.prepared_for_scopes`), so

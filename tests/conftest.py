@@ -3,7 +3,10 @@ brute-force Jacobian reference that shares no code with the scope engine."""
 
 from __future__ import annotations
 
+import json
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +148,33 @@ def hook_fingerprint(model: Any) -> tuple:
     flags = tuple(p.requires_grad for p in model.parameters())
     modes = tuple(m.training for m in model.modules())
     return hooks, hook_point_hooks, flags, modes
+
+
+TUTORIAL = Path(__file__).resolve().parents[1] / "demos" / "tutorial.ipynb"
+CELL_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="session")
+def executed_tutorial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """demos/tutorial.ipynb run top to bottom in a fresh kernel of this interpreter, saved to disk
+    and read back: once per session, for tests/test_notebook.py and the docs build (tests/test_docs.py)."""
+    nbformat = pytest.importorskip("nbformat")  # the notebook extra; scripts/setup.sh installs it
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    directory = tmp_path_factory.mktemp("notebook")
+    # A kernel spec of this very interpreter: a "python3" spec elsewhere on the machine (a user's
+    # ~/.local/share/jupyter) could otherwise run the notebook in another environment.
+    spec = directory / "kernels" / "jscopes-tests"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tests", "language": "python"})
+    )
+    kernel = KernelManager(kernel_name="jscopes-tests", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(directory / "kernels")]))
+    notebook = nbformat.read(TUTORIAL, as_version=4)
+    client = nbclient.NotebookClient(notebook, km=kernel, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(TUTORIAL.parent)}})
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    path = directory / "tutorial.ipynb"
+    nbformat.write(notebook, path)
+    return nbformat.read(path, as_version=4), path

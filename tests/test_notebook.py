@@ -9,8 +9,6 @@ headless Chromium with networking disabled. The circuitsvis bundle must be in ex
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,6 @@ from browser import Browser
 from rendered import rendered_components
 from test_browser import assert_coloured_by, click_tab, visible_panel_boxes
 
-nbformat = pytest.importorskip("nbformat")  # the notebook extra; scripts/setup.sh installs it
-nbclient = pytest.importorskip("nbclient")
-
-TUTORIAL = Path(__file__).resolve().parents[1] / "demos" / "tutorial.ipynb"
-CELL_TIMEOUT_S = 300
 BUNDLE = "var CircuitsVis="
 # Every view handed to circuitsvis, and React has replaced each "not drawn yet" message (render is
 # asynchronous: a view is marked drawn before React commits).
@@ -45,26 +38,10 @@ def html_outputs(notebook: Any) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    """The tutorial after a run in a fresh kernel, saved to disk and read back."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
-    directory = tmp_path_factory.mktemp("notebook")
-    # A kernel spec of this very interpreter: a "python3" spec elsewhere on the machine (a user's
-    # ~/.local/share/jupyter) could otherwise run the notebook in another environment.
-    spec = directory / "kernels" / "jscopes-tests"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tests", "language": "python"})
-    )
-    kernel = KernelManager(kernel_name="jscopes-tests", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(directory / "kernels")]))
-    notebook = nbformat.read(TUTORIAL, as_version=4)
-    client = nbclient.NotebookClient(notebook, km=kernel, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(TUTORIAL.parent)}})
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
-    path = directory / "tutorial.ipynb"
-    nbformat.write(notebook, path)
-    return nbformat.read(path, as_version=4), path
+def executed(executed_tutorial: tuple[Any, Path]) -> tuple[Any, Path]:
+    """The tutorial after a run in a fresh kernel, saved to disk and read back (tests/conftest.py:
+    executed once per test session, for these tests and the docs build of tests/test_docs.py)."""
+    return executed_tutorial
 
 
 def test_tutorial_runs_top_to_bottom_without_errors(executed: tuple[Any, Path]) -> None:

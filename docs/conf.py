@@ -1,0 +1,152 @@
+"""Sphinx configuration of the jscopes_tl documentation (``bash scripts/docs.sh`` builds it).
+
+User-guide pages are MyST Markdown (``docs/*.md``, ``docs/guide``), the API reference is generated
+from the docstrings by autodoc + napoleon (``docs/api``), and the tutorial notebook
+(``docs/tutorial.ipynb``, a link to ``demos/tutorial.ipynb``, stored without outputs) is executed by
+myst-nb on every build, in a kernel of the interpreter that runs the build. Its circuitsvis views
+carry the circuitsvis JavaScript inline (``jscopes_tl.views.html``), so the built pages open
+offline, from ``file://``, and fetch nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+project = "jscopes_tl"
+author = "the jscopes_tl authors"
+copyright = "the jscopes_tl authors"
+release = version = installed_version("jscopes_tl")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # docs/crossref.py
+
+extensions = [
+    "myst_nb",  # Markdown pages (myst-parser) and executed notebooks
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "crossref",  # docs/crossref.py: references by another import path of a documented object
+]
+root_doc = "index"
+exclude_patterns = ["_build"]
+nitpicky = True  # every cross-reference must resolve (scripts/docs.sh builds with -W -n)
+
+# ----------------------------------------------------------------------------------------- MyST
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3  # [text](page.md#a-heading) links to headings are resolved and checked
+
+# ------------------------------------------------------------------------------------- notebooks
+# "force": the tutorial is executed in every build, so its outputs are those of the code being
+# documented (a cache keyed on the notebook alone could show outputs of older code).
+nb_execution_mode = "force"
+# A copy of the tutorial executed moments ago, shown instead of executing it again: tests/test_docs.py
+# passes (-D) the one tests/test_notebook.py executes in the same test session.
+jscopes_executed_tutorial = ""
+nb_execution_timeout = 300
+nb_execution_raise_on_error = True  # a failing cell fails the build
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+
+def _kernel_of_this_interpreter() -> str:
+    """A kernel spec running this very interpreter, so the notebook runs in the build's environment
+    (a "python3" spec elsewhere on the machine could start another one)."""
+    directory = Path(tempfile.mkdtemp(prefix="jscopes-docs-kernel-"))
+    spec = directory / "kernels" / "jscopes-docs"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "jscopes_tl docs", "language": "python"}))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(directory), os.environ.get("JUPYTER_PATH")]))
+    return "jscopes-docs"
+
+
+nb_kernel_rgx_aliases = {".*": _kernel_of_this_interpreter()}
+
+# --------------------------------------------------------------------------------------- autodoc
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+
+# Types of other libraries: there are no intersphinx inventories offline (the build has no
+# network), so references to them stay plain text. Every reference into jscopes_tl must resolve.
+_EXTERNAL = r"(torch|numpy|np|pandas|pd|transformer_lens|transformers|datasets|jaxtyping|pyarrow|circuitsvis|IPython|collections|typing|pathlib|random|os|enum|dataclasses|abc|concurrent|threading)"
+nitpick_ignore_regex = [
+    (r"py:.*", _EXTERNAL + r"(\..*)?"),
+    (r"py:(class|obj)", r"(Float|Int|Bool|Tensor|Any|Callable|Sequence|Mapping|Iterable|Iterator|Literal|Path|DataFrame|ndarray|Module)"),
+    # Not names: the words of jaxtyping shape strings (Float[Tensor, "n_layers pos"]) and of prose
+    # that napoleon reads as a type; a Python name has no quote and no space.
+    (r"py:(class|obj)", r"(.*['\"\s].*|)"),
+    # Private helpers (a leading underscore) are not part of the reference; docstrings that name
+    # them for readers of the code render the name as text.
+    (r"py:.*", r"(.+\.)?_[A-Za-z]\w*"),
+]
+
+
+# --------------------------------------------------------------------------------------- doctest
+# `sphinx-build -b doctest` (the second step of scripts/docs.sh) runs the pages' ```{doctest}
+# blocks, and the `>>>` examples of the docstrings of DOCTESTED_MODULES. Every example starts from
+# this namespace: `model` (the bundled recall model) and `prompt`; it imports what else it needs.
+doctest_global_setup = """
+import torch
+from jscopes_tl import models
+model = models.load("recall")
+prompt = "a=3 b=7 c=1 b="
+"""
+# The docstring pass adds each module whose examples run as written; with every module here it
+# sets doctest_test_doctest_blocks = "default" (every >>> block a test) and drops this list.
+DOCTESTED_MODULES: set[str] = set()
+doctest_test_doctest_blocks = ""
+
+_PROMPT = re.compile(r"^(\s*)>>> ")
+
+
+def _doctest_docstring_examples(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """Turn the ``>>>`` blocks of a DOCTESTED_MODULES docstring into ``.. doctest::`` directives."""
+    module = getattr(obj, "__module__", None) or (name if what == "module" else "")
+    if not any(module == wanted or module.startswith(wanted + ".") for wanted in DOCTESTED_MODULES):
+        return
+    result: list[str] = []
+    index = 0
+    while index < len(lines):
+        match = _PROMPT.match(lines[index])
+        if match is None:
+            result.append(lines[index])
+            index += 1
+            continue
+        indent = match.group(1)
+        result += [f"{indent}.. doctest::", ""]
+        while index < len(lines) and lines[index].strip():
+            result.append("   " + lines[index])
+            index += 1
+        result.append("")
+    lines[:] = result
+
+
+# ------------------------------------------------------------------------------------------ HTML
+html_theme = "furo"
+html_title = f"jscopes_tl {release}"
+
+
+def _use_executed_tutorial(app: Any, config: Any) -> None:
+    if config.jscopes_executed_tutorial:
+        config.nb_execution_mode = "off"
+
+
+def _read_executed_tutorial(app: Any, docname: str, source: list[str]) -> None:
+    if docname == "tutorial" and app.config.jscopes_executed_tutorial:
+        source[0] = Path(app.config.jscopes_executed_tutorial).read_text(encoding="utf-8")
+
+
+def setup(app: Any) -> None:
+    app.add_config_value("jscopes_executed_tutorial", "", "env")
+    app.connect("config-inited", _use_executed_tutorial)
+    app.connect("source-read", _read_executed_tutorial)
+    app.connect("autodoc-process-docstring", _doctest_docstring_examples, priority=600)  # after napoleon
