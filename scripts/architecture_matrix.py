@@ -3,7 +3,7 @@ mode, each scope's error against a float64 oracle on the Hugging Face model, hal
 
     OMP_NUM_THREADS=1 python scripts/architecture_matrix.py                 # the full matrix
     python scripts/architecture_matrix.py --families gpt2,bloom --no-half   # a subset
-    python scripts/architecture_matrix.py --summary docs/architecture_matrix.md  # the README's table
+    python scripts/architecture_matrix.py --summary docs/architecture_matrix.md  # docs/guide/architectures.md's table
 
 Exits non-zero when a cell fails (a mismatch or an unexpected error; families TransformerLens
 cannot load are listed as unsupported, with the reason). See tests/architecture_matrix.py.
@@ -32,7 +32,7 @@ GENERATION_COLUMNS = {  # load mode -> the summary's column
 
 
 def summary(matrix_markdown: str) -> str:
-    """The README's compact table from the measured matrix (docs/architecture_matrix.md): per family
+    """The compact table of docs/guide/architectures.md from the measured matrix (docs/architecture_matrix.md): per family
     and load mode, the status and the largest error of any scope against the float64 oracle."""
     cells: dict[str, dict[str, str]] = {}
     for line in matrix_markdown.splitlines():

@@ -1,4 +1,4 @@
-"""Regenerate the README's pictures: docs/main_job.png and docs/report.png.
+"""Regenerate the pictures of the README and the docs: docs/main_job.png and docs/report.png.
 
 Runs the README's main job (the three scopes of the bundled ``recall`` model) and a report on the
 bundled ``induction`` model, opens both in headless Chromium (tests/browser.py) and saves
