@@ -92,26 +92,30 @@ nitpick_ignore_regex = [
 
 # --------------------------------------------------------------------------------------- doctest
 # `sphinx-build -b doctest` (the second step of scripts/docs.sh) runs the pages' ```{doctest}
-# blocks, and the `>>>` examples of the docstrings of DOCTESTED_MODULES. Every example starts from
-# this namespace: `model` (the bundled recall model) and `prompt`; it imports what else it needs.
+# blocks, and the `>>>` examples of the docstrings of jscopes_doctested_modules. Every example
+# starts from this namespace: `model` (the bundled recall model) and `prompt`; it imports what else
+# it needs.
 doctest_global_setup = """
 import torch
 from jscopes_tl import models
 model = models.load("recall")
 prompt = "a=3 b=7 c=1 b="
 """
-# The docstring pass adds each module whose examples run as written; with every module here it
-# sets doctest_test_doctest_blocks = "default" (every >>> block a test) and drops this list.
-DOCTESTED_MODULES: set[str] = set()
+# The modules (and their submodules) whose docstring examples run: the docstring pass adds each
+# module once its examples run as written (try one first: -D jscopes_doctested_modules=jscopes_tl.words);
+# with every module here it sets doctest_test_doctest_blocks = "default" (every >>> block of every
+# docstring a test) and drops this list and _doctest_docstring_examples.
+jscopes_doctested_modules = ["jscopes_tl.families"]
 doctest_test_doctest_blocks = ""
 
 _PROMPT = re.compile(r"^(\s*)>>> ")
 
 
 def _doctest_docstring_examples(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
-    """Turn the ``>>>`` blocks of a DOCTESTED_MODULES docstring into ``.. doctest::`` directives."""
-    module = getattr(obj, "__module__", None) or (name if what == "module" else "")
-    if not any(module == wanted or module.startswith(wanted + ".") for wanted in DOCTESTED_MODULES):
+    """Turn the ``>>>`` blocks of a docstring of jscopes_doctested_modules into ``.. doctest::``
+    directives, which the doctest builder runs."""
+    module = (name if what == "module" else getattr(obj, "__module__", None)) or ""
+    if not any(module == wanted or module.startswith(wanted + ".") for wanted in app.config.jscopes_doctested_modules):
         return
     result: list[str] = []
     index = 0
@@ -147,6 +151,7 @@ def _read_executed_tutorial(app: Any, docname: str, source: list[str]) -> None:
 
 def setup(app: Any) -> None:
     app.add_config_value("jscopes_executed_tutorial", "", "env")
+    app.add_config_value("jscopes_doctested_modules", [], "env", list)
     app.connect("config-inited", _use_executed_tutorial)
     app.connect("source-read", _read_executed_tutorial)
     app.connect("autodoc-process-docstring", _doctest_docstring_examples, priority=600)  # after napoleon

@@ -12,8 +12,10 @@ neither run nor listed fails, and so does a NOT_RUN entry no page has any more.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from markdown_blocks import code_blocks, command_lines, jscopes_argv, run_python_blocks
 
 from jscopes_tl.cli import build_parser, main
@@ -34,6 +36,24 @@ NOT_RUN = {
 }
 
 
+def examples_keep_their_promises(namespace: dict[str, Any], directory: Path) -> None:
+    """What the comments of "Every public function, one example each" promise."""
+    model, prompt = namespace["model"], namespace["prompt"]
+    top = [(index, token, round(score, 3)) for index, token, score in namespace["result"].top_tokens(2)]
+    assert top == [(2, "b=7", 5.65), (4, "b=", 0.954)]
+    custom = namespace["jacobian_scope"](model, prompt, namespace["unit_hidden_state"], kind="my-temperature")
+    torch.testing.assert_close(custom.scores, namespace["temperature_scope"](model, prompt).scores)
+    assert {"semantic.html", "fisher.html", "report.html"} <= {path.name for path in directory.iterdir()}
+
+
+def scopes_keep_their_promises(namespace: dict[str, Any], directory: Path) -> None:
+    assert namespace["result"].metadata["numerics"]["perturbation_hook"] == "blocks.0.hook_resid_pre"
+    assert [token for _, token, _ in namespace["contrast"].top_tokens(1)] == ["b=7"]
+
+
+PROMISES = {"guide/examples.md": examples_keep_their_promises, "guide/scopes.md": scopes_keep_their_promises}
+
+
 def page_id(path: Path) -> str:
     return path.relative_to(DOCS).as_posix()
 
@@ -47,7 +67,8 @@ def in_empty_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("page", [path for path in PAGES if code_blocks(path.read_text(encoding="utf-8"), "python")], ids=page_id)
 def test_every_python_block_of_the_page_runs_in_order(page: Path, in_empty_directory: Path) -> None:
-    run_python_blocks(page.read_text(encoding="utf-8"))
+    namespace = run_python_blocks(page.read_text(encoding="utf-8"))
+    PROMISES.get(page_id(page), lambda *_: None)(namespace, in_empty_directory)
 
 
 @pytest.mark.parametrize("page", [path for path in PAGES if command_lines(path.read_text(encoding="utf-8"))], ids=page_id)
@@ -67,6 +88,10 @@ def test_every_command_of_the_page_runs(page: Path, in_empty_directory: Path, ca
         captured = capsys.readouterr()
         assert code == 0, (line, captured.err)
         assert "warning" not in captured.err.lower(), (line, captured.err)
+
+
+def test_every_page_with_promises_is_a_page() -> None:
+    assert set(PROMISES) <= {page_id(path) for path in PAGES}
 
 
 def test_every_command_not_run_is_still_on_a_page() -> None:
