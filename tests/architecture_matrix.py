@@ -41,7 +41,7 @@ PROMPT = "Tom loves Korean food. He is a"
 CONTRAST = (11, 42)
 TOLERANCE = 1e-4  # float32 TransformerLens against the float64 oracle, relative to the largest score
 # Half precision against float32, relative to the largest float32 score (measured worst case, with
-# room; see the README's matrix for each family's error).
+# room; see docs/guide/architectures.md's matrix for each family's error).
 HALF_TOLERANCE = {torch.bfloat16: 0.25, torch.float16: 0.05}
 TL_FAILS = "TransformerLens's own forward pass fails: "
 HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -34,7 +34,7 @@ CONTRAST = (" liberal", " conservative")
 
 
 def loaders(saved: str) -> dict[str, Callable[[], Any]]:
-    """The README's load paths for the installed TransformerLens generation."""
+    """The documented load paths (docs/getting-started.md) for the installed TransformerLens generation."""
     paths: dict[str, Callable[[], Any]] = {}
     if hooked_transformer_available():
         from transformer_lens import HookedTransformer

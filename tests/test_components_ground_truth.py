@@ -1,6 +1,6 @@
 """Component-level ground truth on the bundled induction model: heads identified by
 TransformerLens's attention-pattern detectors, and where the component scope and head-level
-activation patching put log p(answer)'s sensitivity — the figures the README reports."""
+activation patching put log p(answer)'s sensitivity — the figures docs/guide/components.md reports."""
 
 from __future__ import annotations
 

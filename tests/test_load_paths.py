@@ -1,6 +1,6 @@
-"""The README's load paths, run for real up to the download boundary.
+"""The documented load paths, run for real up to the download boundary.
 
-Each path in the README's "Which load path, for which scope" table is the user's own call, unpatched,
+Each path in the "Which load path, for which scope" table of docs/getting-started.md is the user's own call, unpatched,
 on a tiny random GPT-2 served by an offline Hugging Face hub cache (``tests/fake_hub.py``) in a
 fresh process (``tests/load_paths_worker.py``): config, weights and tokenizer come from the cache
 and everything TransformerLens does with them runs. Then what the table promises is checked against
@@ -27,7 +27,7 @@ from load_paths_worker import CONTRAST, PROMPT, loaders
 TOLERANCE = 1e-4  # float32 TransformerLens against the float64 oracle, relative to the largest score
 PATHS = list(loaders(""))
 FOLDED = {"HookedTransformer.from_pretrained", "TransformerBridge.boot_transformers + enable_compatibility_mode"}
-README = (fake_hub.REPOSITORY / "README.md").read_text(encoding="utf-8")
+GETTING_STARTED = (fake_hub.REPOSITORY / "docs" / "getting-started.md").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def last(records: dict[str, Any]) -> int:
     return len(records[PATHS[0]]["tokens"]) - 1
 
 
-README_CALLS = {  # the first column of the README's table -> the path run here
+DOCUMENTED_CALLS = {  # the first column of the table -> the path run here
     "TransformerBridge.boot_transformers(name)": "TransformerBridge.boot_transformers",
     "model.enable_compatibility_mode()": "TransformerBridge.boot_transformers + enable_compatibility_mode",
     "HookedTransformer.from_pretrained_no_processing(name)": "HookedTransformer.from_pretrained_no_processing",
@@ -64,12 +64,12 @@ README_CALLS = {  # the first column of the README's table -> the path run here
 }
 
 
-def test_every_load_path_in_the_readme_table_is_one_run_here() -> None:
-    table = README[README.index("### Which load path, for which scope") :].split("\n\n")[1]
+def test_every_load_path_in_the_documented_table_is_one_run_here() -> None:
+    table = GETTING_STARTED[GETTING_STARTED.index("## Which load path, for which scope") :].split("\n\n")[1]
     spans = {re.search(r"`([^`]*\([^`]*)`", line.split("|")[1]).group(1) for line in table.splitlines()[2:]}  # each row's call
-    assert spans == set(README_CALLS), spans
+    assert spans == set(DOCUMENTED_CALLS), spans
     other_generation = "TransformerBridge" if "HookedTransformer.from_pretrained" in PATHS else "HookedTransformer"
-    installed = {path for path in README_CALLS.values() if not path.startswith(other_generation)}
+    installed = {path for path in DOCUMENTED_CALLS.values() if not path.startswith(other_generation)}
     assert installed == set(PATHS) - {"load_pretrained(hub name)"}  # every row this TransformerLens has, and no other
 
 

@@ -13,7 +13,7 @@ from jscopes_tl.adapter import ModelLoadError, load_pretrained
 from jscopes_tl.models.files import MODELS_DIRECTORY, word_tokenizer
 from jscopes_tl.models.ground_truth import prompt_token_ids
 
-# The held-out accuracies stated in the README ("Bundled models"); the tests check them on a
+# The held-out accuracies stated in docs/guide/models.md; the tests check them on a
 # different fixed seed from the one the training script reports.
 STATED_ACCURACY = {"recall": 0.99, "induction": 0.97, "periodic": 0.97}
 _LOADED: dict[str, object] = {}

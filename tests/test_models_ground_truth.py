@@ -28,7 +28,7 @@ def test_a_hit_is_a_true_source_ranked_first_among_the_candidates():
     assert top_source_hits(scores, [prompt]) == [prompt.candidate_indices[0] in prompt.source_indices]
 
 
-# Which scopes find the source clearly better than chance on each task (README, "Bundled models").
+# Which scopes find the source clearly better than chance on each task (docs/guide/models.md).
 # On the periodic series Temperature sits at chance (the latest values move the confidence) and
 # Fisher, above chance over 200 prompts (0.41 vs 0.19), is too close to it for 16.
 SCOPES_ABOVE_CHANCE = {"recall": SCOPES, "induction": SCOPES, "periodic": ("semantic",)}
