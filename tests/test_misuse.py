@@ -133,6 +133,7 @@ MISUSES: dict[str, Misuse] = {
     "callable returning ints": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: (y[:, 0] > 0).long()), ScopeInputError, "float tensor"),
     "callable returning a detached tensor": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: y.sum(-1).detach()), ScopeInputError, "differentiable"),
     "callable returning a float": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: 1.0), ScopeInputError, "got float"),
+    "callable returning a leaf of its own": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: torch.zeros(len(y), requires_grad=True)), ScopeInputError, "no gradient path"),
     "callable returning NaN": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: y.sum(-1) * math.nan), ScopeInputError, "NaN"),
     "callable with a NaN gradient": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: (y[:, 0] - y[:, 0]).sqrt()), NonFiniteScoresError, "NaN or infinite"),
     "custom readout, bad memory budget": Misuse("jacobian_scope", lambda c: jacobian_scope(c.model, PROMPT, lambda y, logits: None, kind="mine", memory_budget_mb=-5), ScopeInputError, "memory_budget_mb"),
