@@ -501,7 +501,37 @@ def check_fwd_hooks(adapter: ModelAdapter, fwd_hooks: FwdHooks | None) -> list[t
                 raise ScopeInputError(f"fwd_hooks[{index}] names {name!r}, which is not a hook point of this model.")
         elif not callable(name):
             raise ScopeInputError(f"fwd_hooks[{index}][0] must be a hook name or a name filter; got {name!r}.")
-        checked.append((name, entry[1]))
+        checked.append((name, _checked_hook(index, name, entry[1])))
+    return checked
+
+
+def _checked_hook(index: int, name: Any, function: Any) -> Any:
+    """The user's hook function, what it returns checked before the forward pass goes on with it:
+    a wrong shape or a detached tensor would otherwise fail deep inside the model or in autograd."""
+
+    def checked(activation: torch.Tensor, hook: Any) -> Any:
+        returned = function(activation, hook=hook)
+        if returned is None:
+            return None
+        where = f"fwd_hooks[{index}] ({name!r})" if isinstance(name, str) else f"fwd_hooks[{index}] at {getattr(hook, 'name', None)!r}"
+        if not isinstance(returned, torch.Tensor):
+            raise ScopeInputError(
+                f"{where} returned {type(returned).__name__}; a hook returns the activation (a tensor of shape "
+                f"{tuple(activation.shape)}) or None to keep it."
+            )
+        if returned.shape != activation.shape:
+            raise ScopeInputError(
+                f"{where} returned a tensor of shape {tuple(returned.shape)} where the activation is "
+                f"{tuple(activation.shape)}; a hook must return a tensor of the activation's shape (or None to keep it)."
+            )
+        if activation.requires_grad and not returned.requires_grad:
+            raise ScopeInputError(
+                f"{where} returned a tensor detached from its input: the perturbation no longer reaches the readout. "
+                "Return a tensor computed from the activation (clone it and set entries, or torch.where), or "
+                "perturb after this hook (a later layer=)."
+            )
+        return returned
+
     return checked
 
 

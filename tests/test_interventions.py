@@ -13,6 +13,7 @@ from jscopes_tl.components import component_scope
 
 from conftest import MODEL_SPECS, PROMPT, build, hook_fingerprint
 from hook_oracle import fresh_model, jacobian, zero_head_output_weights
+from model_state import ModelState
 
 LAYER, HEAD = 0, 1
 CONTRAST = (11, 42)
@@ -127,3 +128,34 @@ def test_bad_fwd_hooks_raise_naming_the_entry(any_model, fwd_hooks, message):
     with pytest.raises(ScopeInputError, match=message):
         semantic_scope(any_model, PROMPT, fwd_hooks=fwd_hooks)
     assert hook_fingerprint(any_model) == before
+
+
+BAD_HOOK_FUNCTIONS = {
+    "detaching the perturbed activation": (lambda a, hook: a.detach(), r"fwd_hooks\[0\] \('blocks.1.hook_resid_pre'\) returned a tensor detached from its input: the perturbation no longer reaches the readout"),
+    "returning fewer positions": (lambda a, hook: a[:, :-1], r"returned a tensor of shape \(1, 16, 32\) where the activation is \(1, 17, 32\)"),
+    "returning a wider tensor": (lambda a, hook: torch.cat([a, a], -1), r"returned a tensor of shape \(1, 17, 64\) where the activation is \(1, 17, 32\)"),
+    "returning a number": (lambda a, hook: 3, r"returned int; a hook returns the activation"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HOOK_FUNCTIONS))
+def test_a_hook_function_that_breaks_the_activation_is_named_and_the_model_left_as_found(model, case):
+    function, message = BAD_HOOK_FUNCTIONS[case]
+    before = ModelState.capture(model)
+    for scope in (semantic_scope, component_scope):
+        with pytest.raises(ScopeInputError, match=message):
+            scope(model, PROMPT, fwd_hooks=[("blocks.1.hook_resid_pre", function)])
+        before.assert_unchanged(model, f"{scope.__name__} with a hook {case}")
+
+
+def test_a_hook_given_by_name_filter_is_named_by_the_hook_it_ran_at(any_model):
+    seen: list[str] = []
+
+    def first_to_run_after_the_embeddings(hook_name: str) -> bool:
+        if hook_name.startswith("blocks.1.") and not seen:
+            seen.append(hook_name)
+        return hook_name in seen
+
+    with pytest.raises(ScopeInputError, match=r"fwd_hooks\[0\] at '(.+)' returned a tensor detached") as raised:
+        semantic_scope(any_model, PROMPT, fwd_hooks=[(first_to_run_after_the_embeddings, lambda a, hook: a.detach())])
+    assert raised.match(rf"at '{seen[0]}'")
