@@ -75,6 +75,32 @@ FISHER_TAIL_WARNING_FRACTION = 0.01
 
 Layer = Union[int, Sequence[int], Literal["all"]]
 
+# Options that belong to one named scope (what they set), and what each scope reads: another
+# scope given one of them says whose it is instead of a TypeError from jacobian_scope.
+_OWN_OPTIONS = {
+    "target": ("semantic_scope", "the token, direction, callable or SAE latent it reads"),
+    "rank": ("fisher_scope", "its number of eigen-directions"),
+    "tail_tolerance": ("fisher_scope", "its truncation of F"),
+    "eigen_solver": ("fisher_scope", "its eigen-solver"),
+    "tail_mass": ("fisher_scope", "its old truncation of F"),
+}
+_READS = {
+    "semantic_scope": "one logit (or a direction of y)",
+    "fisher_scope": "the whole predictive distribution, which no token selects",
+    "temperature_scope": "the model's confidence ‖y‖, which no token selects",
+}
+
+
+def check_own_options(scope: str, options: dict[str, Any]) -> None:
+    """Refuse an option of another named scope (``temperature_scope(target=...)``) by name."""
+    for name in options:
+        owner, sets = _OWN_OPTIONS.get(name, (scope, ""))
+        if owner != scope:
+            raise ScopeInputError(
+                f"{scope} has no {name}: it reads {_READS[scope]}. {name} is {owner}'s ({sets}); call "
+                f"{owner}(model, inputs, {name}=...) for that."
+            )
+
 
 def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool]:
     """Perturbation layers and whether one int was given (``"all"``: 0..n_layers, the last being
@@ -313,6 +339,7 @@ def semantic_scope(
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
         >>> result.top_tokens(3)
     """
+    check_own_options("semantic_scope", options)
     adapter = ModelAdapter(model)
     build, readout_hook = semantic_builder(adapter, target, readout_hook)
     return jacobian_scope(
@@ -338,6 +365,7 @@ def temperature_scope(
     Example:
         >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
     """
+    check_own_options("temperature_scope", options)
     adapter = ModelAdapter(model)
     result = jacobian_scope(
         adapter, inputs, temperature_builder(adapter, readout_hook), kind="temperature", position=position,
@@ -382,6 +410,7 @@ def fisher_scope(
     Example:
         >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
     """
+    check_own_options("fisher_scope", options)
     adapter = ModelAdapter(model)
     if tail_mass is not None:
         if tail_mass != 0:

@@ -73,6 +73,7 @@ class Context:
     recall: Any  # the bundled recall model (word-level tokenizer with an <unk> token, n_ctx 128)
     result: ScopeResult  # a single-position Semantic Scope of the toy model
     matrix: ScopeResult  # a position="all" Fisher Scope of the toy model
+    components: Any  # a single-position component scope of the toy model
     tmp_path: Path
 
 
@@ -121,6 +122,12 @@ MISUSES: dict[str, Misuse] = {
     "tail_tolerance coarse": Misuse("fisher_scope", lambda c: fisher_scope(c.recall, RECALL, tail_tolerance=0.5), match="tail_tolerance=0.5 dropped", warns=True),
     "layer=[]": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, layer=[]), ScopeInputError, "layer must be"),
     "unknown option": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, topk=3), TypeError, "topk"),
+    "temperature with a target": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, target=" liberal"), ScopeInputError, r"temperature_scope has no target: it reads the model's confidence .* semantic_scope\(model, inputs, target=...\)"),
+    "fisher with a target": Misuse("fisher_scope", lambda c: fisher_scope(c.model, PROMPT, target=3), ScopeInputError, "fisher_scope has no target: it reads the whole predictive distribution"),
+    "temperature with a rank": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, rank=4), ScopeInputError, r"temperature_scope has no rank.*fisher_scope's"),
+    "semantic with a rank": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, rank=4), ScopeInputError, r"semantic_scope has no rank.*fisher_scope\(model, inputs, rank=...\)"),
+    "semantic with an eigen_solver": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, eigen_solver="dense"), ScopeInputError, "semantic_scope has no eigen_solver"),
+    "layer-resolved temperature with a target": Misuse("layer_resolved_scope", lambda c: layer_resolved_scope(c.model, PROMPT, "temperature", target=3), ScopeInputError, "temperature_scope has no target"),
     # ------------------------------------------------------------------ scopes: positions
     "position=2**70": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, position=2**70), ScopeInputError, "out of range"),
     "position=[]": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, position=[]), ScopeInputError, "position is an empty list"),
@@ -148,6 +155,8 @@ MISUSES: dict[str, Misuse] = {
     "component memory budget": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, memory_budget_mb=math.nan), ScopeInputError, "memory_budget_mb"),
     "component repeated positions": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, position=[1, 1, 2])),
     "component target with fisher": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, kind="fisher", target=3), ScopeInputError, "target"),
+    "top_cells(-1)": Misuse("ComponentScopeResult.top_cells", lambda c: c.components.top_cells(-1), ScopeInputError, r"top_cells\(k\): k must be a positive int.*got -1"),
+    "top_heads(2.5)": Misuse("ComponentScopeResult.top_heads", lambda c: c.components.top_heads(2.5), ScopeInputError, r"top_heads\(k\): k must be a positive int.*got 2.5"),
     "component comparison lengths": Misuse("compare_components_with_patching", lambda c: compare_components_with_patching(c.model, CLEAN, CORRUPTED[:-1], (5, 6)), ScopeInputError, "same length"),
     # ------------------------------------------------------------------ layer-resolved, patching
     "layer-resolved kind": Misuse("layer_resolved_scope", lambda c: layer_resolved_scope(c.model, PROMPT, "entropy"), ScopeInputError, "kind must be"),
@@ -197,6 +206,8 @@ MISUSES: dict[str, Misuse] = {
     "attention layer": Misuse("attention_comparison_view", lambda c: attention_comparison_view(c.model, c.matrix, layer=9), ValueError, "layer must be"),
     "attention layers": Misuse("attention_correlation", lambda c: attention_correlation(c.model, c.matrix, layers=[9]), ValueError, "layers must be"),
     # ------------------------------------------------------------------ export round trip
+    "top_tokens(-1)": Misuse("ScopeResult.top_tokens", lambda c: c.result.top_tokens(-1), ScopeInputError, r"top_tokens\(k\): k must be a positive int.*got -1"),
+    "top_tokens(True)": Misuse("ScopeResult.top_tokens", lambda c: c.result.top_tokens(True), ScopeInputError, "got True"),
     "round trip": Misuse("ScopeResult.from_dict", lambda c: ScopeResult.from_dict(c.result.to_dict())),
     "from_dict without scores": Misuse("ScopeResult.from_dict", lambda c: ScopeResult.from_dict({**c.result.to_dict(), "scores": None}), ResultFormatError, "scores"),
     "from_json of garbage": Misuse("ScopeResult.from_json", lambda c: ScopeResult.from_json("{]"), ResultFormatError, "not valid JSON"),
@@ -213,11 +224,12 @@ def context(tmp_path_factory) -> Context:
         warnings.simplefilter("ignore")
         result = semantic_scope(model, PROMPT)
         matrix = fisher_scope(model, "The cat sat on", position="all")
+        components = component_scope(model, PROMPT)
     for m in (model, recall):  # a user mid-experiment: train mode, every other parameter frozen
         m.train()
         for index, parameter in enumerate(m.parameters()):
             parameter.requires_grad_(index % 2 == 0)
-    yield Context(model, recall, result, matrix, tmp_path_factory.mktemp("misuse"))
+    yield Context(model, recall, result, matrix, components, tmp_path_factory.mktemp("misuse"))
     for m, (flags, training) in saved.items():
         for parameter, flag in zip(m.parameters(), flags):
             parameter.requires_grad_(flag)
