@@ -59,7 +59,7 @@ def test_model_that_cannot_be_loaded_lists_the_models_that_need_no_download(caps
         ("--out", lambda tmp: tmp, "is a directory"),
         ("--json", lambda tmp: tmp, "is a directory"),
         ("--json", lambda tmp: tmp / "missing" / "x.json", "does not exist"),
-        ("--out", lambda tmp: tmp / "file.txt" / "view.html", "does not exist"),
+        ("--out", lambda tmp: tmp / "file.txt" / "view.html", "file.txt' is a file, not a directory"),
     ],
 )
 def test_output_paths_are_checked_before_any_computation(capsys, tmp_path, no_model_loading, option, make_path, message):

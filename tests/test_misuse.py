@@ -181,6 +181,7 @@ MISUSES: dict[str, Misuse] = {
     "run target with fisher": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r3", kinds="fisher", target="7", progress=False), ScopeInputError, "target applies"),
     "run target callable": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r4", target=print, progress=False), ScopeInputError, "target must be"),
     "run out_dir missing parent": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "no" / "r", progress=False), ScopeInputError, "does not exist"),
+    "run out_dir under a file": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], Path(__file__) / "r", progress=False), ScopeInputError, "test_misuse.py' is a file, not a directory"),
     "run dataset of ints": Misuse("run_dataset", lambda c: run_dataset(c.recall, 3, c.tmp_path / "r5", progress=False), ScopeInputError, "dataset must be"),
     "run empty list": Misuse("run_dataset", lambda c: run_dataset(c.recall, [], c.tmp_path / "r6", progress=False), ScopeInputError, "empty list"),
     "eval run scorer callables": Misuse("run_faithfulness", lambda c: run_faithfulness(c.recall, [RECALL], c.tmp_path / "f1", {"mine": print}, progress=False), ScopeInputError, "callables are not accepted"),

@@ -9,11 +9,13 @@ process's exactly; a rank killed mid-run resumes on another number of ranks.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -138,3 +140,40 @@ def test_a_single_process_run_resumes_on_two_ranks(recall, prompt_file, referenc
     assert done.returncode == 0, done.stderr
     assert f"scored {N_PROMPTS - finished} prompts" in done.stdout
     assert records(out) == reference
+
+
+# A run that dies by SIGKILL halfway through writing its third Parquet file (the input errors,
+# then one shard a batch): the file it was writing is left as it was at that moment.
+KILLED_MID_WRITE = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from jscopes_tl import models, run_dataset
+
+write_table, written = pq.write_table, []
+
+def write_half_then_die(table, where, **options):
+    written.append(where)
+    write_table(table, where, **options)
+    if len(written) == 3:
+        os.truncate(where, os.path.getsize(where) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+pq.write_table = write_half_then_die
+run_dataset(models.load("recall"), sys.argv[1], sys.argv[2], batch_size=1, progress=False)
+"""
+
+
+def test_a_run_killed_mid_write_leaves_the_directory_readable_and_resumes(recall, prompt_file, reference, tmp_path):
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(prompt_file), str(out)], env=environment(), capture_output=True,
+        text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    half_written = [name for name in os.listdir(out / "records") if name.endswith(".tmp")]
+    assert len(half_written) == 1 and half_written[0].startswith(".")  # hidden: readers skip it
+    assert len(pd.read_parquet(out / "records")) == 1  # the one committed shard, nothing of the torn one
+    summary = run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
+    assert summary.ok and summary.computed_prompts == N_PROMPTS - 1
+    assert records(out) == reference
+    assert_no_partial_files(out)

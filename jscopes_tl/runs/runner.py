@@ -46,7 +46,7 @@ import torch
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import NonFiniteLogitsError, NonFiniteScoresError, ScopeInputError
-from jscopes_tl.export import result_axes
+from jscopes_tl.export import missing_directory, result_axes
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.runs import distributed, storage
 from jscopes_tl.runs.manifest import RunConflictError, build_manifest, conflicts, model_identity
@@ -232,7 +232,7 @@ def check_out_dir(out_dir: Any, argument: str = "out_dir") -> Path:
         raise ScopeInputError(f"{argument} {str(out_dir)!r} is a file; a run writes a directory of shards.")
     existing = path if path.is_dir() else path.resolve().parent
     if not existing.is_dir():
-        raise ScopeInputError(f"cannot create {argument} {str(out_dir)!r}: the directory {str(existing)!r} does not exist.")
+        raise ScopeInputError(f"cannot create {argument} {str(out_dir)!r}: {missing_directory(existing)}.")
     if not os.access(existing, os.W_OK):
         raise ScopeInputError(f"cannot write {argument} {str(out_dir)!r}: permission denied.")
     return path
@@ -330,19 +330,32 @@ def check_resumable(
     out_dir: Path, arguments: dict[str, Any], data: PromptDataset, limit: int | None, overwrite: bool
 ) -> None:
     """Refuse at once (before a model loads) a run whose arguments (``RunJob.arguments``) or
-    dataset differ from the run already in ``out_dir``; the model's identity is compared by
-    :func:`execute`."""
+    dataset differ from the run already in ``out_dir``, or whose files are damaged; the model's
+    identity is compared by :func:`execute`."""
+    _, refusal = resume_refusal(out_dir, build_manifest(arguments, limited(data, limit), {}, 1), overwrite, model_known=False)
+    if refusal is not None:
+        raise refusal
+
+
+def resume_refusal(
+    out_dir: Path, manifest: dict[str, Any], overwrite: bool, *, model_known: bool = True
+) -> tuple[dict[str, Any] | None, ScopeInputError | None]:
+    """The manifest already in ``out_dir`` (None: none, or ``overwrite``) and why a run with
+    ``manifest`` cannot resume it (None: it can): damaged files, records without a manifest, other
+    arguments. ``model_known=False``: the model is not loaded yet, its identity is not compared."""
     if overwrite:
-        return
-    previous = storage.read_json(out_dir / storage.MANIFEST)
+        return None, None
+    try:
+        previous = storage.read_json(out_dir / storage.MANIFEST)
+        storage.check_shards_readable(out_dir)
+    except storage.DamagedRunError as error:
+        return None, error
     if previous is None:
-        if storage.committed_batches(out_dir):
-            raise _stale_records_error(out_dir)
-        return
-    current = build_manifest(arguments, limited(data, limit), previous.get("model") or {}, 1)
-    differences = conflicts(previous, current)
-    if differences:
-        raise _conflict_error(out_dir, differences)
+        return None, _stale_records_error(out_dir) if storage.committed_batches(out_dir) else None
+    if not model_known:
+        manifest = {**manifest, "model": previous.get("model") or {}}
+    differences = conflicts(previous, manifest)
+    return previous, _conflict_error(out_dir, differences) if differences else None
 
 
 def _stale_records_error(out_dir: Path) -> RunConflictError:
@@ -366,14 +379,9 @@ def _run(
 ) -> RunSummary:
     start = time.perf_counter()
     manifest = build_manifest(job.arguments, data, model_identity(model, model_name), info.world_size)
-    previous = storage.read_json(out_dir / storage.MANIFEST)
-    stale_records = previous is None and bool(storage.committed_batches(out_dir))
-    differences = conflicts(previous, manifest) if previous is not None else []
-    refused = not overwrite and (differences or stale_records)
-    if not distributed.all_ranks_ok(info, not refused):
-        if stale_records:
-            raise _stale_records_error(out_dir)
-        raise _conflict_error(out_dir, differences or ["seen by another rank"])
+    previous, refusal = resume_refusal(out_dir, manifest, overwrite)
+    if not distributed.all_ranks_ok(info, refusal is None):
+        raise refusal or RunConflictError(f"out_dir {str(out_dir)!r} cannot be resumed: another rank refused it (see its message).")
     distributed.barrier(info)  # every rank has read the old manifest before rank 0 replaces it
     plan, input_errors = plan_batches(adapter, data, batch_size, job.tokenize)
     if info.is_main:

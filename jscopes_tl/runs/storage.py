@@ -14,7 +14,12 @@ into place: a rename within one file system is atomic, so a reader (or a resumed
 whole or not at all, whatever signal stops the writer. The records shard of a batch is renamed
 *last*: its presence is what marks the batch done. Readers skip the hidden temporaries
 (``pandas.read_parquet(dir)`` and pyarrow ignore names starting with ``.`` or ``_``; the
-``*.parquet`` glob of ``datasets.load_dataset`` does not match them).
+``*.parquet`` glob of ``datasets.load_dataset`` does not match them). Every file of a run —
+shards, manifest, summary — is written this way.
+
+A file damaged from outside (a copy cut short, a full disk on a file system without atomic
+rename, an edited manifest) is named by :class:`DamagedRunError` when a run resumes, with what to
+do; nothing is deleted for the user.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from jscopes_tl.errors import ScopeInputError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -134,10 +142,52 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
 
 
+class DamagedRunError(ScopeInputError):
+    """A file of a run directory cannot be read (a shard cut short, a manifest that is not JSON);
+    the message names it and says what to do."""
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A run's JSON file (None if absent); a :class:`DamagedRunError` if it does not parse."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"not valid JSON ({error})"
+    else:
+        if isinstance(payload, dict):
+            return payload
+        problem = f"a JSON {type(payload).__name__}, not an object"
+    raise DamagedRunError(
+        f"{str(path)!r} is damaged: {problem}. The run's arguments cannot be checked against it, so the run "
+        f"cannot be resumed: start afresh with --overwrite (overwrite=True; it deletes the run's records) or "
+        "use another directory."
+    )
+
+
+def check_shards_readable(out_dir: Path) -> None:
+    """Every shard's Parquet footer reads (a file cut short has none), before a resumed run plans
+    from them and reads them back; a :class:`DamagedRunError` naming the first that does not."""
+    for sub in (RECORDS, ERRORS):
+        for path in shard_paths(out_dir, sub):
+            try:
+                pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as error:
+                raise DamagedRunError(_damaged_shard_message(out_dir, path, str(error).splitlines()[0])) from None
+
+
+def _damaged_shard_message(out_dir: Path, path: Path, problem: str) -> str:
+    """What to delete so that a resumed run redoes the shard's batch (or rewrites the input errors)."""
+    if path.name == INPUT_ERRORS:
+        delete, redone = [path], "it is rewritten"
+    else:
+        delete, redone = [path, out_dir / RECORDS / path.name], "its batch is redone"
+    command = "rm -f " + " ".join(shlex.quote(str(item)) for item in dict.fromkeys(delete))
+    return (
+        f"{str(path)!r} is not a readable Parquet shard ({problem}): it was cut short or damaged outside the run. "
+        f"Delete it and resume ({redone}): `{command}`, then run the same command again."
+    )
 
 
 def committed_batches(out_dir: Path) -> set[int]:
