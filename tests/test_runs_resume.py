@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from jscopes_tl import models, run_dataset
+from jscopes_tl.runs import RunInUseError
+from jscopes_tl.runs.storage import lock_directory
 from run_processes import assert_no_partial_files, environment, interrupt_run, torchrun, wait_for_shards
 
 N_PROMPTS = 300
@@ -101,6 +103,7 @@ def test_two_ranks_on_gloo_write_exactly_the_single_process_records(prompt_file,
     assert summary["world_size"] == 2 and summary["computed_prompts"] == N_PROMPTS
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2
+    lock_directory(out).release()  # rank 0's lock went with the run
 
 
 def test_a_rank_killed_mid_run_resumes_on_another_number_of_ranks(recall, prompt_file, reference, tmp_path):
@@ -148,6 +151,8 @@ KILLED_MID_WRITE = """
 import os, signal, sys
 import pyarrow.parquet as pq
 from jscopes_tl import models, run_dataset
+from jscopes_tl.runs import RunInUseError
+from jscopes_tl.runs.storage import lock_directory
 
 write_table, written = pq.write_table, []
 
@@ -177,3 +182,35 @@ def test_a_run_killed_mid_write_leaves_the_directory_readable_and_resumes(recall
     assert summary.ok and summary.computed_prompts == N_PROMPTS - 1
     assert records(out) == reference
     assert_no_partial_files(out)
+
+
+def test_a_running_run_holds_its_directory_until_killed_by_sigkill(recall, prompt_file, reference, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_shards(out, process)
+    with pytest.raises(RunInUseError, match=rf"in use by another run \(PID {process.pid} on "):
+        run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
+    process.kill()
+    process.communicate(timeout=60)
+    summary = run_dataset(recall, prompt_file, out, batch_size=1, progress=False)  # the OS dropped the lock
+    assert summary.ok and records(out) == reference
+
+
+def test_two_ranks_are_refused_together_on_a_directory_another_run_holds(prompt_file, tmp_path):
+    out = tmp_path / "run"
+    lock = lock_directory(out)
+    try:
+        done = subprocess.run(
+            torchrun(2, command(prompt_file, out)), env=environment(), capture_output=True, text=True, timeout=300
+        )
+    finally:
+        lock.release()
+    assert done.returncode != 0 and done.stdout == ""
+    # One line from each rank and exit code 2 (the traceback below them is torchrun's own report).
+    assert done.stderr.count("jscopes: error: ") == 2 and done.stderr.count("exitcode  : 2") == 2, done.stderr
+    assert f"is in use by another run (PID {os.getpid()}" in done.stderr and "rank 0 found it locked" in done.stderr
+    assert "jscopes_tl/" not in done.stderr  # no traceback through this package
+    assert sorted(os.listdir(out)) == [".lock"]

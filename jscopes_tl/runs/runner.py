@@ -22,6 +22,9 @@ A run is a loop around the public scopes (:func:`~jscopes_tl.scopes.semantic_sco
   call fails is retried prompt by prompt and the prompts that still fail join the errors table.
 * **Memory stays flat.** Records go to disk batch by batch; only the plan (prompt ids and token
   ids) is held for the whole dataset.
+* **One run per directory at a time.** Rank 0 holds a lock on the directory for the run
+  (:func:`jscopes_tl.runs.storage.lock_directory`); a second run there is refused, naming the
+  process that holds it.
 * **One argument set per directory.** The manifest records the run's arguments, the dataset's
   fingerprint and the model's identity (name, dtype, load mode, a hash of its weights); a run with
   other arguments on the same directory is refused unless ``overwrite=True``.
@@ -36,7 +39,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,9 +318,29 @@ def execute(
     run's directory, plan, skip the committed batches, share the rest, commit each by rename."""
     info = distributed.setup()
     try:
-        return _run(model, ModelAdapter(model), data, out_dir, job, batch_size, info, overwrite, progress, model_name)
+        with _directory_lock(out_dir, info):
+            return _run(model, ModelAdapter(model), data, out_dir, job, batch_size, info, overwrite, progress, model_name)
     finally:
         distributed.teardown(info)
+
+
+@contextmanager
+def _directory_lock(out_dir: Path, info: distributed.RankInfo) -> Iterator[None]:
+    """One run at a time on ``out_dir``: rank 0 holds its lock for the run (the ranks of one run do
+    not lock each other out), and every rank refuses when rank 0 could not take it."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = storage.lock_directory(out_dir)
+        except storage.RunInUseError as error:
+            refusal = error
+    if not distributed.all_ranks_ok(info, refusal is None):
+        raise refusal or storage.RunInUseError(f"out_dir {str(out_dir)!r} is in use by another run (rank 0 found it locked).")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def limited(data: PromptDataset, limit: int | None) -> PromptDataset:
@@ -331,7 +355,10 @@ def check_resumable(
 ) -> None:
     """Refuse at once (before a model loads) a run whose arguments (``RunJob.arguments``) or
     dataset differ from the run already in ``out_dir``, or whose files are damaged; the model's
-    identity is compared by :func:`execute`."""
+    identity is compared by :func:`execute`. A directory another run holds is refused too (in a
+    single process: under ``torchrun`` the ranks' own checks would race with rank 0's lock)."""
+    if not distributed.launched_distributed():
+        storage.check_not_in_use(out_dir)
     _, refusal = resume_refusal(out_dir, build_manifest(arguments, limited(data, limit), {}, 1), overwrite, model_known=False)
     if refusal is not None:
         raise refusal
