@@ -21,17 +21,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fail the test if a command gets as far as loading a model."""
-
-    def refuse(name):
-        raise AssertionError(f"the command loaded {name!r} before checking its arguments")
-
-    monkeypatch.setattr(cli, "load_pretrained", refuse)
-    monkeypatch.setattr(cli.models, "load", refuse)
-
-
 @pytest.mark.parametrize("command", [["scope", RECALL], ["eval", "PROMPTS"]])
 def test_model_is_required_and_the_message_lists_the_choices(capsys, tmp_path, no_model_loading, command):
     prompts = tmp_path / "prompts.txt"

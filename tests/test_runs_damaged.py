@@ -31,15 +31,6 @@ def finished_run(recall, tmp_path) -> Path:
     return tmp_path / "run"
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def refuse(name):
-        raise AssertionError(f"the command loaded {name!r} before refusing the directory")
-
-    monkeypatch.setattr(cli, "load_pretrained", refuse)
-    monkeypatch.setattr(cli.models, "load", refuse)
-
-
 def resume(recall, run: Path, **options):
     return run_dataset(recall, run.parent / "prompts.txt", run, batch_size=1, progress=False, **options)
 

@@ -36,12 +36,7 @@ def test_a_second_run_on_a_directory_in_use_is_refused_naming_the_holder(recall,
 
 
 @pytest.mark.parametrize("command", ["run", "eval"])
-def test_the_command_line_refuses_a_directory_in_use_before_loading_the_model(held, monkeypatch, capsys, command):
-    def refuse(name):
-        raise AssertionError(f"the command loaded {name!r} before refusing the directory")
-
-    monkeypatch.setattr(cli, "load_pretrained", refuse)
-    monkeypatch.setattr(cli.models, "load", refuse)
+def test_the_command_line_refuses_a_directory_in_use_before_loading_the_model(held, no_model_loading, capsys, command):
     prompts = held.parent / "prompts.txt"
     prompts.write_text("a=3 b=7 c=1 b= 7\n")
     code = cli.main([command, str(prompts), "--model", "recall", "--out-dir", str(held), "--no-progress"])

@@ -23,7 +23,7 @@ import torch
 from jscopes_tl import models, run_dataset
 from jscopes_tl.runs import RunInUseError
 from jscopes_tl.runs.storage import lock_directory
-from run_processes import assert_no_partial_files, environment, interrupt_run, torchrun, wait_for_shards
+from run_processes import assert_no_partial_files, environment, interrupt_run, start_run, torchrun, wait_for_shards
 
 N_PROMPTS = 300
 
@@ -129,11 +129,7 @@ def test_a_rank_killed_mid_run_resumes_on_another_number_of_ranks(recall, prompt
 
 def test_a_single_process_run_resumes_on_two_ranks(recall, prompt_file, reference, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
-        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for_shards(out, process)
+    process = start_run(command(prompt_file, out), out)
     process.kill()
     process.communicate(timeout=60)
     finished = assert_every_shard_reads_whole(out)
@@ -186,11 +182,7 @@ def test_a_run_killed_mid_write_leaves_the_directory_readable_and_resumes(recall
 
 def test_a_running_run_holds_its_directory_until_killed_by_sigkill(recall, prompt_file, reference, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jscopes_tl", *command(prompt_file, out)],
-        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for_shards(out, process)
+    process = start_run(command(prompt_file, out), out)
     with pytest.raises(RunInUseError, match=rf"in use by another run \(PID {process.pid} on "):
         run_dataset(recall, prompt_file, out, batch_size=1, progress=False)
     process.kill()
