@@ -530,19 +530,31 @@ def check_fwd_hooks(adapter: ModelAdapter, fwd_hooks: FwdHooks | None) -> list[t
                 raise ScopeInputError(f"fwd_hooks[{index}] names {name!r}, which is not a hook point of this model.")
         elif not callable(name):
             raise ScopeInputError(f"fwd_hooks[{index}][0] must be a hook name or a name filter; got {name!r}.")
-        checked.append((name, _checked_hook(index, name, entry[1])))
+        checked.append((name, _CheckedHook(index, name, entry[1])))
     return checked
 
 
-def _checked_hook(index: int, name: Any, function: Any) -> Any:
+class _CheckedHook:
     """The user's hook function, what it returns checked before the forward pass goes on with it:
-    a wrong shape or a detached tensor would otherwise fail deep inside the model or in autograd."""
+    a wrong type or shape would otherwise fail deep inside the model. A tensor detached from its
+    input is a legitimate intervention (a head's output replaced by zeros or a cached mean) as long
+    as the perturbation still reaches the readout by another path; it is noted in
+    ``detached_returns``, which the engine names if the perturbation no longer reaches the readout
+    (:func:`jscopes_tl.engine.unreached_readout_error`)."""
 
-    def checked(activation: torch.Tensor, hook: Any) -> Any:
-        returned = function(activation, hook=hook)
+    def __init__(self, index: int, name: Any, function: Any) -> None:
+        self.index, self.name, self.function = index, name, function
+        self.detached_returns: list[str] = []
+
+    def __call__(self, activation: torch.Tensor, hook: Any) -> Any:
+        returned = self.function(activation, hook=hook)
         if returned is None:
             return None
-        where = f"fwd_hooks[{index}] ({name!r})" if isinstance(name, str) else f"fwd_hooks[{index}] at {getattr(hook, 'name', None)!r}"
+        where = (
+            f"fwd_hooks[{self.index}] ({self.name!r})"
+            if isinstance(self.name, str)
+            else f"fwd_hooks[{self.index}] at {getattr(hook, 'name', None)!r}"
+        )
         if not isinstance(returned, torch.Tensor):
             raise ScopeInputError(
                 f"{where} returned {type(returned).__name__}; a hook returns the activation (a tensor of shape "
@@ -554,14 +566,8 @@ def _checked_hook(index: int, name: Any, function: Any) -> Any:
                 f"{tuple(activation.shape)}; a hook must return a tensor of the activation's shape (or None to keep it)."
             )
         if activation.requires_grad and not returned.requires_grad:
-            raise ScopeInputError(
-                f"{where} returned a tensor detached from its input: the perturbation no longer reaches the readout. "
-                "Return a tensor computed from the activation (clone it and set entries, or torch.where), or "
-                "perturb after this hook (a later layer=)."
-            )
+            self.detached_returns.append(where)
         return returned
-
-    return checked
 
 
 def record_readout_and_hooks(metadata: dict[str, Any], output: EngineOutput, user_hooks: list[tuple[Any, Any]]) -> None:
