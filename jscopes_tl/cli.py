@@ -45,6 +45,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ prompt file format: one prompt a line, each ENDING WITH THE ANSWER the model sho
 eval scores the prediction of every prompt's final token from the tokens before it (the
 paper's protocol), so give "a=3 b=7 c=1 b= 7", not the question "a=3 b=7 c=1 b=".
   .jsonl  one JSON string or object with a "text" field a line:  {"text": "a=3 b=7 c=1 b= 7"}
-  .csv    a "text" column (else a "prompt" column, else the first)
+  .csv    a header line naming a "text" column (else a "prompt" column)
   other   plain text, one prompt a line
 Blank lines are skipped (the same reader as 'jscopes run'). Example file:
 demos/prompts_recall.jsonl (for --model recall). When half the prompts or more end with a token
@@ -153,7 +154,7 @@ IMPLAUSIBLE_ANSWER_PROBABILITY = 1e-3
 RUN_FORMAT = """\
 prompt file format: one prompt a line.
   .jsonl  one JSON string or object with a "text" field a line:  {"text": "a=3 b=7 c=1 b="}
-  .csv    a "text" column (else a "prompt" column, else the first)
+  .csv    a header line naming a "text" column (else a "prompt" column)
   other   plain text, one prompt a line
 Blank lines are skipped; a prompt's id is its index among the other lines. Rows that are not
 prompts (not UTF-8, not JSON, empty, longer than the model's context) go to DIR/errors, the run
@@ -395,6 +396,11 @@ def read_prompts(path: Path, limit: int | None = None, argument: str = "PROMPTS"
     """The prompts of a JSON-lines, CSV or plain-text file (:mod:`jscopes_tl.runs.prompts`, the
     reader ``run`` uses), the first ``limit`` of them; a row that is not a prompt is an error
     naming the file and its line."""
+    return [row.text for row in _prompt_rows(path, limit, argument)]
+
+
+def _prompt_rows(path: Path, limit: int | None, argument: str) -> list[Any]:
+    """:func:`read_prompts`' rows (:class:`~jscopes_tl.runs.prompts.PromptRow`: text and line)."""
     from jscopes_tl.runs.prompts import read_prompt_dataset
     from jscopes_tl.runs.runner import limited
 
@@ -408,7 +414,7 @@ def read_prompts(path: Path, limit: int | None = None, argument: str = "PROMPTS"
                 "prompts go in a .jsonl, .csv or plain-text file"
             )
         raise UsageError(f"{argument} {str(path)!r} line {row.line}: {row.error} (see 'jscopes eval --help')")
-    return [row.text for row in data.rows]
+    return data.rows
 
 
 def implausible_answers(model: Any, prompts: Sequence[str]) -> list[tuple[int, str, float]]:
@@ -463,7 +469,13 @@ def summary_table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from jscopes_tl.faithfulness import DEFAULT_SCORERS, evaluate_faithfulness
+    from jscopes_tl.faithfulness import (
+        DEFAULT_FRACTIONS,
+        DEFAULT_SCORERS,
+        checked_prompts,
+        evaluate_faithfulness,
+        faithfulness_settings,
+    )
 
     _check_writable(args.json_path, "--json")
     scorers = args.scorers or list(DEFAULT_SCORERS)
@@ -476,11 +488,15 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise UsageError("--overwrite applies with --out-dir (a run directory to replace)")
     if args.shard_size is not None:
         raise UsageError("--shard-size applies with --out-dir (the shards of a run directory)")
-    prompts = read_prompts(args.prompts, args.limit)
+    rows = _prompt_rows(args.prompts, args.limit, "PROMPTS")
     model = load_model(args.model)
-    _warn_about_implausible_answers(model, prompts)
+    # Every prompt checked (length, a context before its answer) before anything is computed.
+    settings = faithfulness_settings(model, scorers, DEFAULT_FRACTIONS, args.ablation, args.protocol, 64, args.seed)
+    labels = [f"PROMPTS {str(args.prompts)!r} line {row.line} (prompt {index})" for index, row in enumerate(rows)]
+    token_lists = checked_prompts(settings, [row.text for row in rows], labels=labels)
+    _warn_about_implausible_answers(model, [row.text for row in rows])
     report = evaluate_faithfulness(
-        model, prompts, scorers, ablation=args.ablation, protocol=args.protocol, seed=args.seed,
+        model, token_lists, scorers, ablation=args.ablation, protocol=args.protocol, seed=args.seed,
         progress=not args.no_progress,
     )
     summary = report.summary()
@@ -623,6 +639,11 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """A library warning as one line like the command's own (``python -W error`` still raises it)."""
+    print(f"jscopes: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -630,6 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     _quiet_libraries()
+    with warnings.catch_warnings():  # restores warnings.showwarning for a caller of main()
+        warnings.showwarning = _show_warning
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

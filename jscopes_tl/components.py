@@ -49,7 +49,7 @@ from jscopes_tl.fisher import Solver
 from jscopes_tl.hook_readouts import SAELatent
 from jscopes_tl.inputs import Inputs, Position, prepare_tokens, resolve_positions
 from jscopes_tl.readouts import Target, warn_if_norm_is_fixed
-from jscopes_tl.result import Prediction, ResultAxes
+from jscopes_tl.result import Prediction, ResultAxes, check_count
 from jscopes_tl.scopes import (
     DEFAULT_FISHER_TAIL_TOLERANCE,
     check_finite,
@@ -125,6 +125,7 @@ class ComponentScopeResult:
 
     def top_heads(self, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` heads with the largest totals, as (layer, head, total)."""
+        check_count(k, "top_heads")
         self._check_single("top_heads")
         totals = self.head_totals
         n_heads = totals.shape[1]
@@ -133,6 +134,7 @@ class ComponentScopeResult:
 
     def top_cells(self, k: int = 5) -> list[tuple[int, int, int, str, float]]:
         """The ``k`` largest (head, token) cells, as (layer, head, token index, token, score)."""
+        check_count(k, "top_cells")
         self._check_single("top_cells")
         n_heads, width = self.heads.shape[1:]
         values, flat = self.heads.flatten().topk(min(k, self.heads.numel()))

@@ -221,14 +221,33 @@ def _slots_per_group(width: int, n_directions: int, vectors_per_backward: int) -
 
 def _vector_jacobian_products(
     output: torch.Tensor, leaves: list[torch.Tensor], grad_outputs: torch.Tensor, retain_graph: bool
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor | None, ...]:
     """``grad_outputs[i]^T ∂output/∂leaf`` for every i and leaf (each ``[vector, *leaf.shape]``),
     in one batched backward where possible. ``retain_graph=False`` for the last backward pass on a
-    graph: autograd frees the activations it saved as it goes."""
+    graph: autograd frees the activations it saved as it goes. None for a leaf the output does not
+    depend on (a user's hook cut its path; the caller says so)."""
     if grad_outputs.shape[0] == 1:
-        gradients = torch.autograd.grad(output, leaves, grad_outputs[0], retain_graph=retain_graph)
-        return tuple(gradient[None] for gradient in gradients)
-    return torch.autograd.grad(output, leaves, grad_outputs, retain_graph=retain_graph, is_grads_batched=True)
+        gradients = torch.autograd.grad(output, leaves, grad_outputs[0], retain_graph=retain_graph, allow_unused=True)
+        return tuple(None if gradient is None else gradient[None] for gradient in gradients)
+    return torch.autograd.grad(
+        output, leaves, grad_outputs, retain_graph=retain_graph, is_grads_batched=True, allow_unused=True
+    )
+
+
+def unreached_readout_error(hooks: list[str], readout_hook: str, fwd_hooks: FwdHooks) -> ScopeInputError:
+    """The error for perturbation points the readout does not depend on: only a user's hook that
+    replaced an activation on every path with a tensor detached from it can do that (the user's
+    hooks note such returns in ``detached_returns``; see :func:`jscopes_tl.scopes.check_fwd_hooks`)."""
+    detached = [where for _, function in fwd_hooks for where in getattr(function, "detached_returns", ())]
+    if detached:
+        return ScopeInputError(
+            f"{detached[0]} returned a tensor detached from its input: the perturbation no longer reaches the readout "
+            f"(at {readout_hook!r}; perturbed at {hooks}), so every score would be 0. Return a tensor computed from "
+            "the activation (clone it and set entries, or torch.where), or perturb after this hook (a later layer=)."
+        )
+    return ScopeInputError(
+        f"the perturbation at {hooks} does not reach the readout at {readout_hook!r}: no gradient path joins them."
+    )
 
 
 def _release_graph(adapter: ModelAdapter, holders: list[torch.Tensor]) -> None:
@@ -502,6 +521,8 @@ def _run_group(
     # works per token; it gets them as [m, 1, ...], a batch of one-token prompts).
     selected = activation[pair_prompt.to(activation.device), source_position.to(activation.device)]
     y = selected if readout_point.state is None else readout_point.state(selected[:, None])[:, 0]  # [m, *state_shape]
+    if not y.requires_grad:
+        raise unreached_readout_error([point.hook for point in points], readout_point.hook, fwd_hooks)
     logits = top_ids = top_probabilities = None
     if readout_point.unembedding:
         with torch.no_grad():
@@ -565,10 +586,11 @@ def _run_group(
                 rows = rows_of_slot[slot].to(y.device)
                 grad_outputs[i, rows] = directions[rows, r]
         # Per point [vector, prompt, pos, n_components, width], reduced on the model's device.
-        gradients = [
-            _per_component(point, gradient.to(dtype))
-            for point, gradient in zip(points, _vector_jacobian_products(y, leaves, grad_outputs, retain_graph=not last))
-        ]
+        vjps = _vector_jacobian_products(y, leaves, grad_outputs, retain_graph=not last)
+        unreached = [point.hook for point, gradient in zip(points, vjps) if gradient is None]
+        if unreached:
+            raise unreached_readout_error(unreached, readout_point.hook, fwd_hooks)
+        gradients = [_per_component(point, gradient.to(dtype)) for point, gradient in zip(points, vjps)]
         # -> [vector, prompt, row, pos], each point's part on y's device first (on a model split
         # across devices the points of different layers live on different devices; a no-op otherwise).
         squares = _rows([torch.linalg.vecdot(g, g).transpose(2, 3).to(y.device) for g in gradients])

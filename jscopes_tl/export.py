@@ -349,6 +349,17 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
 
 
 # ------------------------------------------------------------------------------------ files
+def missing_directory(directory: Path) -> str:
+    """Why ``directory`` (not an existing directory) cannot be written into: the first of it and
+    its ancestors that exists is a file, or it does not exist."""
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{str(ancestor)!r} is a file, not a directory"
+            break
+    return f"the directory {str(directory)!r} does not exist"
+
+
 def check_output_path(path: Any, argument: str = "path") -> Path:
     """``path`` as a :class:`~pathlib.Path` a file can be written to, checked *before* any
     computation (a long run should not fail at its last step): not a directory, in an existing
@@ -360,7 +371,7 @@ def check_output_path(path: Any, argument: str = "path") -> Path:
         raise ScopeInputError(f"{argument} {str(path)!r} is a directory; give a file name, e.g. {str(target / 'view.html')!r}.")
     parent = target.resolve().parent
     if not parent.is_dir():
-        raise ScopeInputError(f"cannot write {argument} {str(path)!r}: the directory {str(parent)!r} does not exist.")
+        raise ScopeInputError(f"cannot write {argument} {str(path)!r}: {missing_directory(parent)}.")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ScopeInputError(f"cannot write {argument} {str(path)!r}: permission denied.")
     return target

@@ -461,7 +461,11 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]
 
 
 def _prompt_list(
-    adapter: ModelAdapter, prompts: Prompts, protocol: Protocol, attention_mask: torch.Tensor | None
+    adapter: ModelAdapter,
+    prompts: Prompts,
+    protocol: Protocol,
+    attention_mask: torch.Tensor | None,
+    labels: Sequence[str] | None = None,
 ) -> list[torch.Tensor]:
     if isinstance(prompts, torch.Tensor):  # padding only as attention_mask says (jscopes_tl.inputs)
         batch = prepare_tokens(adapter, prompts, attention_mask, argument="prompts")
@@ -474,11 +478,27 @@ def _prompt_list(
         raise ScopeInputError(f"prompts must be a prompt or a non-empty list of prompts (text or token ids [pos]); got {type(prompts).__name__}.")
     token_lists = []
     for index, prompt in enumerate(prompts):
+        label = labels[index] if labels is not None else f"prompts[{index}]"
         if not isinstance(prompt, (str, torch.Tensor)) or (isinstance(prompt, torch.Tensor) and prompt.ndim != 1):
-            raise ScopeInputError(f"prompts[{index}] must be text or token ids [pos]; got {type(prompt).__name__}.")
+            raise ScopeInputError(f"{label} must be text or token ids [pos]; got {type(prompt).__name__}.")
         if protocol == "paper" and isinstance(prompt, str):
             prompt = adapter.tokenize_fragment(prompt)  # the scripts tokenise without BOS
-        token_lists.append(prepare_tokens(adapter, prompt, argument=f"prompts[{index}]").tokens[0])
+        token_lists.append(prepare_tokens(adapter, prompt, argument=label).tokens[0])
+    return token_lists
+
+
+def checked_prompts(
+    settings: FaithfulnessSettings,
+    prompts: Prompts,
+    attention_mask: torch.Tensor | None = None,
+    labels: Sequence[str] | None = None,
+) -> list[Int[torch.Tensor, " pos"]]:
+    """Every prompt's tokens as ``settings.protocol`` reads them, each checked (at most ``n_ctx``
+    tokens, a context token before the final one) before any is evaluated; errors name the prompt
+    by ``labels[i]`` (default ``prompts[i]``)."""
+    token_lists = _prompt_list(settings.adapter, prompts, settings.protocol, attention_mask, labels)
+    for index, tokens in enumerate(token_lists):
+        check_prompt_tokens(settings, tokens, labels[index] if labels is not None else f"prompts[{index}]")
     return token_lists
 
 
@@ -722,9 +742,7 @@ def evaluate_faithfulness(
     from tqdm.auto import tqdm
 
     settings = faithfulness_settings(model, scorers, fractions, ablation, protocol, batch_size, seed)
-    token_lists = _prompt_list(settings.adapter, prompts, settings.protocol, attention_mask)
-    for index, tokens in enumerate(token_lists):
-        check_prompt_tokens(settings, tokens, f"prompts[{index}]")
+    token_lists = checked_prompts(settings, prompts, attention_mask)
 
     rows: list[dict[str, Any]] = []
     evaluations: list[PromptEvaluation] = []

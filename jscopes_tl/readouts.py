@@ -122,6 +122,38 @@ def parse_semantic_target(adapter: ModelAdapter, target: Target) -> SemanticTarg
     )
 
 
+def differentiate_readout(
+    function: Callable[[torch.Tensor], Any], state: Float[torch.Tensor, "m *shape"], what: str
+) -> tuple[Float[torch.Tensor, " m"], Float[torch.Tensor, "m *shape"]]:
+    """``(f(state), ∇f)`` for a user's readout callable ``f`` (a Semantic target, a patching metric,
+    a callable at a readout hook), its value checked before autograd sees it: a float tensor, one
+    finite value per row, with a gradient path to its input. Otherwise a :class:`ScopeInputError`
+    naming ``what`` (autograd's own "does not require grad" says nothing about whose value it was)."""
+    m = state.shape[0]
+    leaf = state.detach().requires_grad_(True)
+    value = function(leaf)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ScopeInputError(f"{what} must return a float tensor computed from its input, one value per row; got {got}.")
+    if value.shape != (m,):
+        raise ScopeInputError(
+            f"{what} must map its input [{m}, ...] to one value per row, shape [{m}]; got {tuple(value.shape)}."
+        )
+    no_path = (
+        f"{what} must return a value differentiable in its input; it returned a tensor with no gradient path to it "
+        "(a constant, detached, computed under torch.no_grad(), or rebuilt from Python numbers)."
+    )
+    if not value.requires_grad:
+        raise ScopeInputError(no_path)
+    if not torch.isfinite(value).all():
+        rows = (~torch.isfinite(value)).nonzero().flatten().tolist()
+        raise ScopeInputError(f"{what} returned NaN or infinite values at rows {rows}.")
+    (direction,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+    if direction is None:
+        raise ScopeInputError(no_path)
+    return value.detach(), direction
+
+
 def semantic_readout(
     adapter: ModelAdapter,
     y: Float[torch.Tensor, "m d_model"],
@@ -134,29 +166,7 @@ def semantic_readout(
         direction = target.direction.to(y)
         return Readout(direction.expand(m, 1, -1).clone(), torch.ones(m, 1), squared=False)
     if target.kind == "callable":
-        y_leaf = y.detach().requires_grad_(True)
-        value = target.function(y_leaf)
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ScopeInputError(
-                "a callable target (or patching metric) must return a float tensor computed from its input, "
-                f"one scalar per row; got {got}."
-            )
-        if not value.requires_grad:
-            raise ScopeInputError(
-                "a callable target (or patching metric) must return a value differentiable in its input; it "
-                "returned a tensor with no gradient path to it (detached, computed under torch.no_grad(), or "
-                "rebuilt from Python numbers)."
-            )
-        if value.shape != (m,):
-            raise ScopeInputError(
-                f"a callable target must map y [{m}, d_model] to one scalar per row, shape [{m}]; "
-                f"got {tuple(value.shape)}."
-            )
-        if not torch.isfinite(value).all():
-            rows = (~torch.isfinite(value)).nonzero().flatten().tolist()
-            raise ScopeInputError(f"a callable target (or patching metric) returned NaN or infinite values at rows {rows}.")
-        (direction,) = torch.autograd.grad(value.sum(), y_leaf)
+        _, direction = differentiate_readout(target.function, y, "a callable target (or patching metric)")
         return Readout(direction[:, None, :], torch.ones(m, 1), squared=False)
     if target.kind == "top1":
         # max's indices are argmax's (the first of equal maxima) at a third of its cost on a CPU.

@@ -17,9 +17,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float, Int
 
+from jscopes_tl.errors import ScopeInputError
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas
+
+
+def check_count(k: Any, method: str) -> int:
+    """The ``k`` of a ``top_*`` method: a positive int (topk's own error on -1 names nothing)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ScopeInputError(f"{method}(k): k must be a positive int, how many to list; got {k!r}.")
+    return k
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class ScopeResult:
 
     def top_tokens(self, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` highest-scoring (index, token, score) of a single-prompt, single-position result."""
+        check_count(k, "top_tokens")
         if self.scores.ndim != 1:
             raise ValueError(
                 f"top_tokens needs a result for one prompt and one position; scores have shape {tuple(self.scores.shape)}."

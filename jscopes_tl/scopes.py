@@ -75,6 +75,32 @@ FISHER_TAIL_WARNING_FRACTION = 0.01
 
 Layer = Union[int, Sequence[int], Literal["all"]]
 
+# Options that belong to one named scope (what they set), and what each scope reads: another
+# scope given one of them says whose it is instead of a TypeError from jacobian_scope.
+_OWN_OPTIONS = {
+    "target": ("semantic_scope", "the token, direction, callable or SAE latent it reads"),
+    "rank": ("fisher_scope", "its number of eigen-directions"),
+    "tail_tolerance": ("fisher_scope", "its truncation of F"),
+    "eigen_solver": ("fisher_scope", "its eigen-solver"),
+    "tail_mass": ("fisher_scope", "its old truncation of F"),
+}
+_READS = {
+    "semantic_scope": "one logit (or a direction of y)",
+    "fisher_scope": "the whole predictive distribution, which no token selects",
+    "temperature_scope": "the model's confidence ‖y‖, which no token selects",
+}
+
+
+def check_own_options(scope: str, options: dict[str, Any]) -> None:
+    """Refuse an option of another named scope (``temperature_scope(target=...)``) by name."""
+    for name in options:
+        owner, sets = _OWN_OPTIONS.get(name, (scope, ""))
+        if owner != scope:
+            raise ScopeInputError(
+                f"{scope} has no {name}: it reads {_READS[scope]}. {name} is {owner}'s ({sets}); call "
+                f"{owner}(model, inputs, {name}=...) for that."
+            )
+
 
 def resolve_layers(adapter: ModelAdapter, layer: Layer) -> tuple[list[int], bool]:
     """Perturbation layers and whether one int was given (``"all"``: 0..n_layers, the last being
@@ -313,6 +339,7 @@ def semantic_scope(
         >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
         >>> result.top_tokens(3)
     """
+    check_own_options("semantic_scope", options)
     adapter = ModelAdapter(model)
     build, readout_hook = semantic_builder(adapter, target, readout_hook)
     return jacobian_scope(
@@ -338,6 +365,7 @@ def temperature_scope(
     Example:
         >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
     """
+    check_own_options("temperature_scope", options)
     adapter = ModelAdapter(model)
     result = jacobian_scope(
         adapter, inputs, temperature_builder(adapter, readout_hook), kind="temperature", position=position,
@@ -382,6 +410,7 @@ def fisher_scope(
     Example:
         >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
     """
+    check_own_options("fisher_scope", options)
     adapter = ModelAdapter(model)
     if tail_mass is not None:
         if tail_mass != 0:
@@ -501,8 +530,44 @@ def check_fwd_hooks(adapter: ModelAdapter, fwd_hooks: FwdHooks | None) -> list[t
                 raise ScopeInputError(f"fwd_hooks[{index}] names {name!r}, which is not a hook point of this model.")
         elif not callable(name):
             raise ScopeInputError(f"fwd_hooks[{index}][0] must be a hook name or a name filter; got {name!r}.")
-        checked.append((name, entry[1]))
+        checked.append((name, _CheckedHook(index, name, entry[1])))
     return checked
+
+
+class _CheckedHook:
+    """The user's hook function, what it returns checked before the forward pass goes on with it:
+    a wrong type or shape would otherwise fail deep inside the model. A tensor detached from its
+    input is a legitimate intervention (a head's output replaced by zeros or a cached mean) as long
+    as the perturbation still reaches the readout by another path; it is noted in
+    ``detached_returns``, which the engine names if the perturbation no longer reaches the readout
+    (:func:`jscopes_tl.engine.unreached_readout_error`)."""
+
+    def __init__(self, index: int, name: Any, function: Any) -> None:
+        self.index, self.name, self.function = index, name, function
+        self.detached_returns: list[str] = []
+
+    def __call__(self, activation: torch.Tensor, hook: Any) -> Any:
+        returned = self.function(activation, hook=hook)
+        if returned is None:
+            return None
+        where = (
+            f"fwd_hooks[{self.index}] ({self.name!r})"
+            if isinstance(self.name, str)
+            else f"fwd_hooks[{self.index}] at {getattr(hook, 'name', None)!r}"
+        )
+        if not isinstance(returned, torch.Tensor):
+            raise ScopeInputError(
+                f"{where} returned {type(returned).__name__}; a hook returns the activation (a tensor of shape "
+                f"{tuple(activation.shape)}) or None to keep it."
+            )
+        if returned.shape != activation.shape:
+            raise ScopeInputError(
+                f"{where} returned a tensor of shape {tuple(returned.shape)} where the activation is "
+                f"{tuple(activation.shape)}; a hook must return a tensor of the activation's shape (or None to keep it)."
+            )
+        if activation.requires_grad and not returned.requires_grad:
+            self.detached_returns.append(where)
+        return returned
 
 
 def record_readout_and_hooks(metadata: dict[str, Any], output: EngineOutput, user_hooks: list[tuple[Any, Any]]) -> None:

@@ -98,6 +98,18 @@ def any_model() -> Any:
 PROMPT = "Tom loves Korean food. He is a"
 
 
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a command gets as far as loading a model."""
+    from jscopes_tl import cli
+
+    def refuse(name):
+        raise AssertionError(f"the command loaded {name!r} before checking its arguments")
+
+    monkeypatch.setattr(cli, "load_pretrained", refuse)
+    monkeypatch.setattr(cli.models, "load", refuse)
+
+
 def final_hidden_of_input(model: Any, tokens: torch.Tensor, layer: int = 0):
     """A function x [pos, d_model] -> y [pos, d_model] that *replaces* the residual stream
     entering ``layer`` with x and returns the unembedding input (brute-force reference)."""

@@ -41,14 +41,20 @@ def torchrun(n_processes: int, args: list[str]) -> list[str]:
     ]
 
 
-def interrupt_run(args: list[str], out: Path, stop: signal.Signals) -> None:
-    """Start ``jscopes ARGS`` writing to ``out``, send ``stop`` once it has committed three shards,
-    and check how it ended: killed (SIGKILL), or exit 130 with the resume hint (SIGINT, SIGTERM)."""
+def start_run(args: list[str], out: Path) -> subprocess.Popen:
+    """``jscopes ARGS`` in a new process writing to ``out``, once it has committed three shards."""
     process = subprocess.Popen(
         [sys.executable, "-m", "jscopes_tl", *args],
         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_for_shards(out, process)
+    return process
+
+
+def interrupt_run(args: list[str], out: Path, stop: signal.Signals) -> None:
+    """Start ``jscopes ARGS`` writing to ``out``, send ``stop`` once it has committed three shards,
+    and check how it ended: killed (SIGKILL), or exit 130 with the resume hint (SIGINT, SIGTERM)."""
+    process = start_run(args, out)
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130), stderr

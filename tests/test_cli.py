@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -136,6 +137,15 @@ def test_python_dash_m_runs_the_command_line_and_keeps_stdout_clean():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("temperature")
+
+
+def test_python_dash_m_is_spelled_one_way_in_the_readme_and_the_help():
+    from jscopes_tl import cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    texts = readme + cli.RUN_FORMAT + cli.EVAL_FORMAT + cli.__doc__
+    spellings = set(re.findall(r"-m (jscopes_tl[\w.]*)(?= (?:run|eval|scope|models|ground-truth)\b|`)", texts))
+    assert spellings == {"jscopes_tl"}, spellings  # what python -m runs (jscopes_tl/__main__.py)
 
 
 @pytest.mark.parametrize(

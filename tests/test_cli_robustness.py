@@ -4,6 +4,7 @@ computation when an argument is wrong (exit 2, one line on stderr); checkpoints 
 
 from __future__ import annotations
 
+import warnings
 
 import pytest
 import torch
@@ -18,17 +19,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = cli.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fail the test if a command gets as far as loading a model."""
-
-    def refuse(name):
-        raise AssertionError(f"the command loaded {name!r} before checking its arguments")
-
-    monkeypatch.setattr(cli, "load_pretrained", refuse)
-    monkeypatch.setattr(cli.models, "load", refuse)
 
 
 @pytest.mark.parametrize("command", [["scope", RECALL], ["eval", "PROMPTS"]])
@@ -59,7 +49,7 @@ def test_model_that_cannot_be_loaded_lists_the_models_that_need_no_download(caps
         ("--out", lambda tmp: tmp, "is a directory"),
         ("--json", lambda tmp: tmp, "is a directory"),
         ("--json", lambda tmp: tmp / "missing" / "x.json", "does not exist"),
-        ("--out", lambda tmp: tmp / "file.txt" / "view.html", "does not exist"),
+        ("--out", lambda tmp: tmp / "file.txt" / "view.html", "file.txt' is a file, not a directory"),
     ],
 )
 def test_output_paths_are_checked_before_any_computation(capsys, tmp_path, no_model_loading, option, make_path, message):
@@ -99,11 +89,41 @@ def test_prompt_longer_than_the_context_exits_2_naming_the_limit(capsys):
     assert "n_ctx=128" in err
 
 
-def test_eval_refuses_a_prompt_longer_than_the_context(capsys, tmp_path):
+def test_eval_refuses_a_prompt_longer_than_the_context_by_its_line_before_any_forward_pass(capsys, tmp_path, monkeypatch):
+    def no_forward(self, tokens):
+        raise AssertionError("a forward pass ran before the prompts were checked")
+
+    monkeypatch.setattr(ModelAdapter, "forward", no_forward)
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a=3 b=7 b=7\n" + "a=3 " * 200 + "\n")
+    prompts.write_text("a=3 b=7 b= 7\n\n" + "a=3 " * 200 + "\n")
     code, _, err = run(capsys, "eval", str(prompts), "--model", "recall", "--scorers", "random")
-    assert code == 2 and r"prompts[1] has 201 tokens" in err
+    assert code == 2 and f"PROMPTS '{prompts}' line 3 (prompt 1) has 201 tokens" in err and "n_ctx=128" in err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["run", "--out-dir", "OUT"]])
+def test_a_csv_without_a_text_or_prompt_column_is_refused_naming_its_columns(capsys, tmp_path, no_model_loading, command):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("foo,bar\na=3 b=7 b= 7,x\n")
+    argv = [command[0], str(prompts), "--model", "recall", *[str(tmp_path / "out") if a == "OUT" else a for a in command[1:]]]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "no 'text' or 'prompt' column: its first line (line 1) names the columns ['foo', 'bar']" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_csv_header_behind_a_byte_order_mark_is_read_as_the_header(tmp_path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("\ufefftext,source\na=3 b=7 b= 7,x\n", encoding="utf-8")
+    assert cli.read_prompts(prompts) == ["a=3 b=7 b= 7"]
+
+
+def test_a_library_warning_prints_as_one_jscopes_line(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code, _, err = run(capsys, "scope", "zzz qqq", "--model", "recall")
+        assert warnings.showwarning is not cli._show_warning  # main() gave it back
+    assert code == 0
+    assert err.startswith("jscopes: warning: inputs 'zzz qqq' tokenises to") and "UserWarning" not in err, err
 
 
 def test_load_pretrained_keeps_the_final_norm_unfolded_so_temperature_is_meaningful():

@@ -13,6 +13,7 @@ from jscopes_tl.components import component_scope
 
 from conftest import MODEL_SPECS, PROMPT, build, hook_fingerprint
 from hook_oracle import fresh_model, jacobian, zero_head_output_weights
+from model_state import ModelState
 
 LAYER, HEAD = 0, 1
 CONTRAST = (11, 42)
@@ -127,3 +128,53 @@ def test_bad_fwd_hooks_raise_naming_the_entry(any_model, fwd_hooks, message):
     with pytest.raises(ScopeInputError, match=message):
         semantic_scope(any_model, PROMPT, fwd_hooks=fwd_hooks)
     assert hook_fingerprint(any_model) == before
+
+
+BAD_HOOK_FUNCTIONS = {
+    "detaching the perturbed activation": (lambda a, hook: a.detach(), r"fwd_hooks\[0\] \('blocks.1.hook_resid_pre'\) returned a tensor detached from its input: the perturbation no longer reaches the readout"),
+    "returning fewer positions": (lambda a, hook: a[:, :-1], r"returned a tensor of shape \(1, 16, 32\) where the activation is \(1, 17, 32\)"),
+    "returning a wider tensor": (lambda a, hook: torch.cat([a, a], -1), r"returned a tensor of shape \(1, 17, 64\) where the activation is \(1, 17, 32\)"),
+    "returning a number": (lambda a, hook: 3, r"returned int; a hook returns the activation"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HOOK_FUNCTIONS))
+def test_a_hook_function_that_breaks_the_activation_is_named_and_the_model_left_as_found(model, case):
+    function, message = BAD_HOOK_FUNCTIONS[case]
+    before = ModelState.capture(model)
+    for scope in (semantic_scope, component_scope):
+        with pytest.raises(ScopeInputError, match=message):
+            scope(model, PROMPT, fwd_hooks=[("blocks.1.hook_resid_pre", function)])
+        before.assert_unchanged(model, f"{scope.__name__} with a hook {case}")
+
+
+def test_a_hook_given_by_name_filter_is_named_by_the_hook_it_ran_at(any_model):
+    residual = ModelAdapter(any_model).resid_pre_hook(1)  # every path from the embeddings goes through it
+    ran_at: list[str] = []
+
+    def detach(activation: torch.Tensor, hook) -> torch.Tensor:
+        ran_at.append(hook.name)  # a bridge's HookPoint is named canonically, whatever alias matched
+        return activation.detach()
+
+    with pytest.raises(ScopeInputError, match=r"fwd_hooks\[0\] at '(.+)' returned a tensor detached") as raised:
+        semantic_scope(any_model, PROMPT, fwd_hooks=[(lambda name: name == residual, detach)])
+    assert raised.match(rf"at '{ran_at[0]}'")
+
+
+@pytest.mark.parametrize("name", [name for name, _ in MODEL_SPECS])
+def test_a_hook_returning_a_constant_where_the_perturbation_still_reaches_the_readout_is_an_ablation(name):
+    # Zero-ablating every head of a layer by returning a new tensor (detached from the activation) is
+    # a legitimate intervention: the residual stream still carries the perturbation past it.
+    model, edited = build(name), fresh_model(name)
+    for head in range(model.cfg.n_heads):
+        zero_head_output_weights(edited, LAYER, head)
+    hooks = [(f"blocks.{LAYER}.attn.hook_z", lambda z, hook: torch.zeros_like(z))]
+    under_hook = semantic_scope(model, PROMPT, target=CONTRAST, fwd_hooks=hooks)
+    torch.testing.assert_close(under_hook.scores, semantic_scope(edited, PROMPT, target=CONTRAST).scores, rtol=1e-4, atol=1e-6)
+
+
+def test_a_layer_whose_perturbation_a_detaching_hook_cuts_off_is_named(any_model):
+    adapter = ModelAdapter(any_model)
+    hooks = [(adapter.resid_pre_hook(1), lambda a, hook: a.detach().clone())]
+    with pytest.raises(ScopeInputError, match=r"fwd_hooks\[0\] .* returned a tensor detached from its input: the perturbation no longer reaches the readout"):
+        semantic_scope(any_model, PROMPT, layer=[0, 2], fwd_hooks=hooks)

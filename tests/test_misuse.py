@@ -73,6 +73,7 @@ class Context:
     recall: Any  # the bundled recall model (word-level tokenizer with an <unk> token, n_ctx 128)
     result: ScopeResult  # a single-position Semantic Scope of the toy model
     matrix: ScopeResult  # a position="all" Fisher Scope of the toy model
+    components: Any  # a single-position component scope of the toy model
     tmp_path: Path
 
 
@@ -121,6 +122,12 @@ MISUSES: dict[str, Misuse] = {
     "tail_tolerance coarse": Misuse("fisher_scope", lambda c: fisher_scope(c.recall, RECALL, tail_tolerance=0.5), match="tail_tolerance=0.5 dropped", warns=True),
     "layer=[]": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, layer=[]), ScopeInputError, "layer must be"),
     "unknown option": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, topk=3), TypeError, "topk"),
+    "temperature with a target": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, target=" liberal"), ScopeInputError, r"temperature_scope has no target: it reads the model's confidence .* semantic_scope\(model, inputs, target=...\)"),
+    "fisher with a target": Misuse("fisher_scope", lambda c: fisher_scope(c.model, PROMPT, target=3), ScopeInputError, "fisher_scope has no target: it reads the whole predictive distribution"),
+    "temperature with a rank": Misuse("temperature_scope", lambda c: temperature_scope(c.model, PROMPT, rank=4), ScopeInputError, r"temperature_scope has no rank.*fisher_scope's"),
+    "semantic with a rank": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, rank=4), ScopeInputError, r"semantic_scope has no rank.*fisher_scope\(model, inputs, rank=...\)"),
+    "semantic with an eigen_solver": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, eigen_solver="dense"), ScopeInputError, "semantic_scope has no eigen_solver"),
+    "layer-resolved temperature with a target": Misuse("layer_resolved_scope", lambda c: layer_resolved_scope(c.model, PROMPT, "temperature", target=3), ScopeInputError, "temperature_scope has no target"),
     # ------------------------------------------------------------------ scopes: positions
     "position=2**70": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, position=2**70), ScopeInputError, "out of range"),
     "position=[]": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, position=[]), ScopeInputError, "position is an empty list"),
@@ -133,6 +140,7 @@ MISUSES: dict[str, Misuse] = {
     "callable returning ints": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: (y[:, 0] > 0).long()), ScopeInputError, "float tensor"),
     "callable returning a detached tensor": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: y.sum(-1).detach()), ScopeInputError, "differentiable"),
     "callable returning a float": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: 1.0), ScopeInputError, "got float"),
+    "callable returning a leaf of its own": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: torch.zeros(len(y), requires_grad=True)), ScopeInputError, "no gradient path"),
     "callable returning NaN": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: y.sum(-1) * math.nan), ScopeInputError, "NaN"),
     "callable with a NaN gradient": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: (y[:, 0] - y[:, 0]).sqrt()), NonFiniteScoresError, "NaN or infinite"),
     "custom readout, bad memory budget": Misuse("jacobian_scope", lambda c: jacobian_scope(c.model, PROMPT, lambda y, logits: None, kind="mine", memory_budget_mb=-5), ScopeInputError, "memory_budget_mb"),
@@ -147,6 +155,8 @@ MISUSES: dict[str, Misuse] = {
     "component memory budget": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, memory_budget_mb=math.nan), ScopeInputError, "memory_budget_mb"),
     "component repeated positions": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, position=[1, 1, 2])),
     "component target with fisher": Misuse("component_scope", lambda c: component_scope(c.model, PROMPT, kind="fisher", target=3), ScopeInputError, "target"),
+    "top_cells(-1)": Misuse("ComponentScopeResult.top_cells", lambda c: c.components.top_cells(-1), ScopeInputError, r"top_cells\(k\): k must be a positive int.*got -1"),
+    "top_heads(2.5)": Misuse("ComponentScopeResult.top_heads", lambda c: c.components.top_heads(2.5), ScopeInputError, r"top_heads\(k\): k must be a positive int.*got 2.5"),
     "component comparison lengths": Misuse("compare_components_with_patching", lambda c: compare_components_with_patching(c.model, CLEAN, CORRUPTED[:-1], (5, 6)), ScopeInputError, "same length"),
     # ------------------------------------------------------------------ layer-resolved, patching
     "layer-resolved kind": Misuse("layer_resolved_scope", lambda c: layer_resolved_scope(c.model, PROMPT, "entropy"), ScopeInputError, "kind must be"),
@@ -171,6 +181,7 @@ MISUSES: dict[str, Misuse] = {
     "run target with fisher": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r3", kinds="fisher", target="7", progress=False), ScopeInputError, "target applies"),
     "run target callable": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "r4", target=print, progress=False), ScopeInputError, "target must be"),
     "run out_dir missing parent": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], c.tmp_path / "no" / "r", progress=False), ScopeInputError, "does not exist"),
+    "run out_dir under a file": Misuse("run_dataset", lambda c: run_dataset(c.recall, [RECALL], Path(__file__) / "r", progress=False), ScopeInputError, "test_misuse.py' is a file, not a directory"),
     "run dataset of ints": Misuse("run_dataset", lambda c: run_dataset(c.recall, 3, c.tmp_path / "r5", progress=False), ScopeInputError, "dataset must be"),
     "run empty list": Misuse("run_dataset", lambda c: run_dataset(c.recall, [], c.tmp_path / "r6", progress=False), ScopeInputError, "empty list"),
     "eval run scorer callables": Misuse("run_faithfulness", lambda c: run_faithfulness(c.recall, [RECALL], c.tmp_path / "f1", {"mine": print}, progress=False), ScopeInputError, "callables are not accepted"),
@@ -196,6 +207,8 @@ MISUSES: dict[str, Misuse] = {
     "attention layer": Misuse("attention_comparison_view", lambda c: attention_comparison_view(c.model, c.matrix, layer=9), ValueError, "layer must be"),
     "attention layers": Misuse("attention_correlation", lambda c: attention_correlation(c.model, c.matrix, layers=[9]), ValueError, "layers must be"),
     # ------------------------------------------------------------------ export round trip
+    "top_tokens(-1)": Misuse("ScopeResult.top_tokens", lambda c: c.result.top_tokens(-1), ScopeInputError, r"top_tokens\(k\): k must be a positive int.*got -1"),
+    "top_tokens(True)": Misuse("ScopeResult.top_tokens", lambda c: c.result.top_tokens(True), ScopeInputError, "got True"),
     "round trip": Misuse("ScopeResult.from_dict", lambda c: ScopeResult.from_dict(c.result.to_dict())),
     "from_dict without scores": Misuse("ScopeResult.from_dict", lambda c: ScopeResult.from_dict({**c.result.to_dict(), "scores": None}), ResultFormatError, "scores"),
     "from_json of garbage": Misuse("ScopeResult.from_json", lambda c: ScopeResult.from_json("{]"), ResultFormatError, "not valid JSON"),
@@ -212,11 +225,12 @@ def context(tmp_path_factory) -> Context:
         warnings.simplefilter("ignore")
         result = semantic_scope(model, PROMPT)
         matrix = fisher_scope(model, "The cat sat on", position="all")
+        components = component_scope(model, PROMPT)
     for m in (model, recall):  # a user mid-experiment: train mode, every other parameter frozen
         m.train()
         for index, parameter in enumerate(m.parameters()):
             parameter.requires_grad_(index % 2 == 0)
-    yield Context(model, recall, result, matrix, tmp_path_factory.mktemp("misuse"))
+    yield Context(model, recall, result, matrix, components, tmp_path_factory.mktemp("misuse"))
     for m, (flags, training) in saved.items():
         for parameter, flag in zip(m.parameters(), flags):
             parameter.requires_grad_(flag)

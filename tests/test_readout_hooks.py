@@ -5,16 +5,18 @@ results carry no prediction but the value read, and export and views accept them
 
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
 import torch
 
 from jscopes_tl import ScopeInputError, fisher_scope, semantic_scope, temperature_scope
-from jscopes_tl.adapter import ModelAdapter
+from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
 from jscopes_tl.components import component_scope
 from jscopes_tl.hook_readouts import sae_latent
 from jscopes_tl.result import ScopeResult
+from jscopes_tl.toy import toy_model
 from jscopes_tl.views.tokens import token_view
 
 from conftest import PROMPT, hook_fingerprint
@@ -173,6 +175,58 @@ def test_bridge_sae_at_the_unembedding_input_is_the_semantic_scope_of_its_direct
     torch.testing.assert_close(at_sae.scores, at_unembedding.scores, rtol=1e-5, atol=1e-6)
 
 
+class MultiplyFirstSAE(torch.nn.Module):
+    """An SAE whose own encode multiplies before adding the biases (``b_dec`` folded into ``b_enc``):
+    it mixes dtypes only if the caller hands it an activation of another dtype than its weights."""
+
+    def __init__(self, sae) -> None:
+        super().__init__()
+        self.W_enc, self.b_enc, self.b_dec, self.hook_name = sae.W_enc, sae.b_enc, sae.b_dec, sae.hook_name
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc))
+
+
+@pytest.mark.parametrize(
+    "model_dtype, sae_dtype, encoder",
+    [(torch.float32, torch.float64, "own encode"), (torch.float64, torch.float32, "formula")],
+)
+def test_an_sae_of_another_dtype_than_the_model_reads_the_activation_in_its_own_dtype(model_dtype, sae_dtype, encoder):
+    family = "hooked" if hooked_transformer_available() else "bridge"
+    model = toy_model("gpt2", family=family, init_scale=0.3, dtype=model_dtype)
+    plain = make_sae("object", HOOK, seed=3)
+    for name in ("W_enc", "b_enc", "b_dec"):
+        setattr(plain, name, getattr(plain, name).to(sae_dtype))
+    sae = MultiplyFirstSAE(plain) if encoder == "own encode" else plain
+    J, a = sliced(model)
+    latents = torch.relu((a.to(sae_dtype) - plain.b_dec) @ plain.W_enc + plain.b_enc)  # in the SAE's dtype
+    index = int(latents.argmax())
+    result = semantic_scope(model, PROMPT, target=sae_latent(sae, index))
+    assert float(result.metadata["readout_value"]) == pytest.approx(float(latents[index]), rel=1e-5)
+    assert_close(result.scores, torch.einsum("d,dte->te", plain.W_enc[:, index].double(), J.double()).norm(dim=-1))
+
+
+def test_an_sae_of_another_width_than_its_hook_is_refused_before_any_backward_pass(any_model, monkeypatch):
+    import jscopes_tl.engine
+
+    monkeypatch.setattr(jscopes_tl.engine, "_vector_jacobian_products", lambda *a, **k: pytest.fail("a backward pass ran"))
+    before = hook_fingerprint(any_model)
+    with pytest.raises(ScopeInputError, match=r"the SAE reads d_in=16 values per token .* 'blocks.0.hook_resid_post' has 32"):
+        semantic_scope(any_model, PROMPT, target=sae_latent(make_sae("object", HOOK, d_in=16), 0))
+    assert hook_fingerprint(any_model) == before
+
+
+def with_tensor(sae, **tensors):
+    for name, value in tensors.items():
+        setattr(sae, name, value)
+    return sae
+
+
+def returning(value):
+    """A readout callable of the activation that returns ``value(activation)``."""
+    return lambda m: semantic_scope(m, PROMPT, readout_hook=HOOK, target=value)
+
+
 # ------------------------------------------------------------------------------------ errors, export, views
 BAD_READOUTS = {
     "fisher at a hook": (lambda m: fisher_scope(m, PROMPT, readout_hook=HOOK), "predictive distribution"),
@@ -186,6 +240,18 @@ BAD_READOUTS = {
     "sae on another hook": (lambda m: semantic_scope(m, PROMPT, readout_hook=HOOK, target=sae_latent(make_sae("object", "blocks.1.hook_resid_post"), 0)), "trained on"),
     "sae latent out of range": (lambda m: sae_latent(make_sae("object", HOOK), 16), "latent index"),
     "not an sae": (lambda m: sae_latent(torch.nn.Linear(2, 2), 0), "W_enc"),
+    "sae with W_enc transposed": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), W_enc=torch.ones(16, 32)), 0), r"W_enc looks transposed.*\[d_in, d_sae\] = \[32, 16\]"),
+    "sae with a 3-D W_enc": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), W_enc=torch.ones(1, 32, 16)), 0), r"W_enc must be a matrix \[d_in, d_sae\]; got shape \(1, 32, 16\)"),
+    "sae with b_enc longer than d_sae": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), b_enc=torch.ones(200)), 0), r"b_enc must have shape \[d_sae\] = \[16\].*got \(200,\)"),
+    "sae with b_enc shorter than the index": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), b_enc=torch.ones(3)), 5), r"b_enc must have shape \[d_sae\] = \[16\].*got \(3,\)"),
+    "sae with a b_dec of size 1": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), b_dec=torch.ones(1)), 0), r"b_dec must have shape \[d_in\] = \[32\].*got \(1,\), which would broadcast"),
+    "sae with a b_dec of another size": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), b_dec=torch.ones(7)), 0), r"b_dec must have shape \[d_in\] = \[32\].*got \(7,\)"),
+    "sae of mixed dtypes": (lambda m: sae_latent(with_tensor(make_sae("object", HOOK), b_enc=torch.ones(16, dtype=torch.float64)), 0), "one dtype; got float32, float64, float32"),
+    "callable at a hook returning ints": (returning(lambda a: (a[:, 0] > 0).long()), r"the readout '<lambda>' at readout_hook 'blocks.0.hook_resid_post' must return a float tensor.*got a torch.int64 tensor"),
+    "callable at a hook returning a constant": (returning(lambda a: torch.ones(a.shape[0])), r"at readout_hook 'blocks.0.hook_resid_post' must return a value differentiable in its input"),
+    "callable at a hook returning a detached value": (returning(lambda a: a.sum(-1).detach()), "differentiable in its input"),
+    "callable at a hook returning a leaf of its own": (returning(lambda a: torch.zeros(a.shape[0], requires_grad=True)), "no gradient path"),
+    "callable at a hook returning NaN": (returning(lambda a: a.sum(-1) * math.nan), "NaN or infinite values at rows"),
 }
 
 

@@ -11,7 +11,11 @@
 """
 
 from jscopes_tl.runs.manifest import RunConflictError
+from jscopes_tl.runs.storage import DamagedRunError, RunInUseError
 from jscopes_tl.runs.faithfulness import FaithfulnessRunSummary, run_faithfulness
 from jscopes_tl.runs.runner import RunSummary, run_dataset
 
-__all__ = ["FaithfulnessRunSummary", "RunConflictError", "RunSummary", "run_dataset", "run_faithfulness"]
+__all__ = [
+    "DamagedRunError", "FaithfulnessRunSummary", "RunConflictError", "RunInUseError", "RunSummary", "run_dataset",
+    "run_faithfulness",
+]

@@ -106,7 +106,8 @@ def conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
             if part == "run" and key == "command":
                 continue  # compared above (manifests written before it existed are `run`s)
             if _normalise(old.get(key)) != _normalise(new.get(key)):
-                differences.append(f"{part}.{key}: {_short(old.get(key))} → {_short(new.get(key))}")
+                shown_old, shown_new = _shown_apart(old.get(key), new.get(key))
+                differences.append(f"{part}.{key}: {shown_old} → {shown_new}")
     return differences
 
 
@@ -120,6 +121,17 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _shown_apart(old: Any, new: Any, width: int = 40) -> tuple[str, str]:
+    """Two differing values, each cut to ``width`` characters around where they first differ (two
+    fingerprints cut to their common prefix would look identical)."""
+    texts = [repr(old), repr(new)]
+    if max(map(len, texts)) <= width:
+        return texts[0], texts[1]
+    differ = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), min(map(len, texts)))
+    start = max(0, min(differ - width // 4, max(map(len, texts)) - width))
+
+    def window(text: str) -> str:
+        piece = text[start : start + width]
+        return ("..." if start > 0 else "") + piece + ("..." if start + width < len(text) else "")
+
+    return window(texts[0]), window(texts[1])

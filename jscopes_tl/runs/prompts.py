@@ -9,8 +9,9 @@ in its errors table and goes on.
 File formats (one prompt a line):
 
 * ``.jsonl``: a JSON string, or an object with a ``"text"`` field;
-* ``.csv``: a ``text`` column (else a ``prompt`` column, else the first); the first row is a
-  header when it names ``text`` or ``prompt``; one row a line (no multi-line quoted fields);
+* ``.csv``: a header line naming a ``text`` column (else a ``prompt`` column), then one row a line
+  (no multi-line quoted fields); a file whose first line names neither is refused, naming the
+  columns it found (its header cell would otherwise be read as a prompt);
 * anything else: plain text, one prompt a line.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 
 from jscopes_tl.errors import ScopeInputError
 
-FILE_FORMATS = ".jsonl (a string or {\"text\": ...} a line), .csv (a text column) or plain text (one prompt a line)"
+FILE_FORMATS = ".jsonl (a string or {\"text\": ...} a line), .csv (a text or prompt column) or plain text (one prompt a line)"
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _read_file(path: Path, argument: str) -> PromptDataset:
     if path.suffix == ".jsonl":
         rows = [_jsonl_row(index, number, text, error) for index, (number, text, error) in enumerate(lines)]
     elif path.suffix == ".csv":
-        rows = _csv_rows(lines)
+        rows = _csv_rows(lines, path, argument)
     else:
         rows = [
             PromptRow(index, text, error, number) for index, (number, text, error) in enumerate(lines)
@@ -152,16 +153,20 @@ def _jsonl_row(index: int, number: int, line: str | None, error: str | None) -> 
     return PromptRow(index, text, None, number)
 
 
-def _csv_rows(lines: list[tuple[int, str | None, str | None]]) -> list[PromptRow]:
-    first_text = next((text for _, text, error in lines if error is None), None)
-    header = next(csv.reader([first_text])) if first_text is not None else []
-    has_header = "text" in header or "prompt" in header
-    column = header.index("text") if "text" in header else header.index("prompt") if "prompt" in header else 0
-    if has_header:
-        skip = next(number for number, _, error in lines if error is None)
-        lines = [entry for entry in lines if entry[0] != skip]
+def _csv_rows(lines: list[tuple[int, str | None, str | None]], path: Path, argument: str) -> list[PromptRow]:
+    number, first, error = lines[0] if lines else (1, None, "empty")
+    # A spreadsheet's UTF-8 byte-order mark sticks to the first header cell.
+    header = next(csv.reader([first.removeprefix("\ufeff")])) if first is not None else []
+    if "text" not in header and "prompt" not in header:
+        found = f"names the columns {header}" if first is not None else f"is {error}"
+        raise ScopeInputError(
+            f"{argument} {str(path)!r} is a CSV file with no 'text' or 'prompt' column: its first line (line {number}) "
+            f"{found}. Give the prompts' column the header 'text' (or 'prompt'), or write the prompts to a .txt "
+            "file, one a line."
+        )
+    column = header.index("text") if "text" in header else header.index("prompt")
     rows = []
-    for index, (number, text, error) in enumerate(lines):
+    for index, (number, text, error) in enumerate(lines[1:]):
         if error is not None:
             rows.append(PromptRow(index, None, error, number))
             continue

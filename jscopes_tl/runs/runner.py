@@ -22,6 +22,9 @@ A run is a loop around the public scopes (:func:`~jscopes_tl.scopes.semantic_sco
   call fails is retried prompt by prompt and the prompts that still fail join the errors table.
 * **Memory stays flat.** Records go to disk batch by batch; only the plan (prompt ids and token
   ids) is held for the whole dataset.
+* **One run per directory at a time.** Rank 0 holds a lock on the directory for the run
+  (:func:`jscopes_tl.runs.storage.lock_directory`); a second run there is refused, naming the
+  process that holds it.
 * **One argument set per directory.** The manifest records the run's arguments, the dataset's
   fingerprint and the model's identity (name, dtype, load mode, a hash of its weights); a run with
   other arguments on the same directory is refused unless ``overwrite=True``.
@@ -36,7 +39,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,7 @@ import torch
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import NonFiniteLogitsError, NonFiniteScoresError, ScopeInputError
-from jscopes_tl.export import result_axes
+from jscopes_tl.export import missing_directory, result_axes
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.runs import distributed, storage
 from jscopes_tl.runs.manifest import RunConflictError, build_manifest, conflicts, model_identity
@@ -232,7 +236,7 @@ def check_out_dir(out_dir: Any, argument: str = "out_dir") -> Path:
         raise ScopeInputError(f"{argument} {str(out_dir)!r} is a file; a run writes a directory of shards.")
     existing = path if path.is_dir() else path.resolve().parent
     if not existing.is_dir():
-        raise ScopeInputError(f"cannot create {argument} {str(out_dir)!r}: the directory {str(existing)!r} does not exist.")
+        raise ScopeInputError(f"cannot create {argument} {str(out_dir)!r}: {missing_directory(existing)}.")
     if not os.access(existing, os.W_OK):
         raise ScopeInputError(f"cannot write {argument} {str(out_dir)!r}: permission denied.")
     return path
@@ -314,9 +318,29 @@ def execute(
     run's directory, plan, skip the committed batches, share the rest, commit each by rename."""
     info = distributed.setup()
     try:
-        return _run(model, ModelAdapter(model), data, out_dir, job, batch_size, info, overwrite, progress, model_name)
+        with _directory_lock(out_dir, info):
+            return _run(model, ModelAdapter(model), data, out_dir, job, batch_size, info, overwrite, progress, model_name)
     finally:
         distributed.teardown(info)
+
+
+@contextmanager
+def _directory_lock(out_dir: Path, info: distributed.RankInfo) -> Iterator[None]:
+    """One run at a time on ``out_dir``: rank 0 holds its lock for the run (the ranks of one run do
+    not lock each other out), and every rank refuses when rank 0 could not take it."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            lock = storage.lock_directory(out_dir)
+        except storage.RunInUseError as error:
+            refusal = error
+    if not distributed.all_ranks_ok(info, refusal is None):
+        raise refusal or storage.RunInUseError(f"out_dir {str(out_dir)!r} is in use by another run (rank 0 found it locked).")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def limited(data: PromptDataset, limit: int | None) -> PromptDataset:
@@ -330,19 +354,35 @@ def check_resumable(
     out_dir: Path, arguments: dict[str, Any], data: PromptDataset, limit: int | None, overwrite: bool
 ) -> None:
     """Refuse at once (before a model loads) a run whose arguments (``RunJob.arguments``) or
-    dataset differ from the run already in ``out_dir``; the model's identity is compared by
-    :func:`execute`."""
+    dataset differ from the run already in ``out_dir``, or whose files are damaged; the model's
+    identity is compared by :func:`execute`. A directory another run holds is refused too (in a
+    single process: under ``torchrun`` the ranks' own checks would race with rank 0's lock)."""
+    if not distributed.launched_distributed():
+        storage.check_not_in_use(out_dir)
+    _, refusal = resume_refusal(out_dir, build_manifest(arguments, limited(data, limit), {}, 1), overwrite, model_known=False)
+    if refusal is not None:
+        raise refusal
+
+
+def resume_refusal(
+    out_dir: Path, manifest: dict[str, Any], overwrite: bool, *, model_known: bool = True
+) -> tuple[dict[str, Any] | None, ScopeInputError | None]:
+    """The manifest already in ``out_dir`` (None: none, or ``overwrite``) and why a run with
+    ``manifest`` cannot resume it (None: it can): damaged files, records without a manifest, other
+    arguments. ``model_known=False``: the model is not loaded yet, its identity is not compared."""
     if overwrite:
-        return
-    previous = storage.read_json(out_dir / storage.MANIFEST)
+        return None, None
+    try:
+        previous = storage.read_json(out_dir / storage.MANIFEST)
+        storage.check_shards_readable(out_dir)
+    except storage.DamagedRunError as error:
+        return None, error
     if previous is None:
-        if storage.committed_batches(out_dir):
-            raise _stale_records_error(out_dir)
-        return
-    current = build_manifest(arguments, limited(data, limit), previous.get("model") or {}, 1)
-    differences = conflicts(previous, current)
-    if differences:
-        raise _conflict_error(out_dir, differences)
+        return None, _stale_records_error(out_dir) if storage.committed_batches(out_dir) else None
+    if not model_known:
+        manifest = {**manifest, "model": previous.get("model") or {}}
+    differences = conflicts(previous, manifest)
+    return previous, _conflict_error(out_dir, differences) if differences else None
 
 
 def _stale_records_error(out_dir: Path) -> RunConflictError:
@@ -366,14 +406,9 @@ def _run(
 ) -> RunSummary:
     start = time.perf_counter()
     manifest = build_manifest(job.arguments, data, model_identity(model, model_name), info.world_size)
-    previous = storage.read_json(out_dir / storage.MANIFEST)
-    stale_records = previous is None and bool(storage.committed_batches(out_dir))
-    differences = conflicts(previous, manifest) if previous is not None else []
-    refused = not overwrite and (differences or stale_records)
-    if not distributed.all_ranks_ok(info, not refused):
-        if stale_records:
-            raise _stale_records_error(out_dir)
-        raise _conflict_error(out_dir, differences or ["seen by another rank"])
+    previous, refusal = resume_refusal(out_dir, manifest, overwrite)
+    if not distributed.all_ranks_ok(info, refusal is None):
+        raise refusal or RunConflictError(f"out_dir {str(out_dir)!r} cannot be resumed: another rank refused it (see its message).")
     distributed.barrier(info)  # every rank has read the old manifest before rank 0 replaces it
     plan, input_errors = plan_batches(adapter, data, batch_size, job.tokenize)
     if info.is_main:

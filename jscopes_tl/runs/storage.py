@@ -8,13 +8,25 @@ Layout of a run directory::
     errors/part-NNNNNN.parquet    rows that failed in that batch (only when some did)
     errors/part-input.parquet     rows that were never prompts (not UTF-8, empty, too long)
     summary.json             written by rank 0 when every rank has finished
+    .lock                    locked (``flock``) by the run in progress; holds its PID and host
 
 A shard is written to a hidden temporary file in the same directory, flushed to disk and renamed
 into place: a rename within one file system is atomic, so a reader (or a resumed run) sees a shard
 whole or not at all, whatever signal stops the writer. The records shard of a batch is renamed
 *last*: its presence is what marks the batch done. Readers skip the hidden temporaries
 (``pandas.read_parquet(dir)`` and pyarrow ignore names starting with ``.`` or ``_``; the
-``*.parquet`` glob of ``datasets.load_dataset`` does not match them).
+``*.parquet`` glob of ``datasets.load_dataset`` does not match them). Every file of a run —
+shards, manifest, summary — is written this way.
+
+One run at a time: rank 0 holds an exclusive ``fcntl.flock`` on ``.lock`` for the whole run (the
+other ranks of the same run take none), so a second run on the directory is refused at once
+(:class:`RunInUseError`, naming the holder) instead of scoring every batch again. The operating
+system drops the lock when its process ends, however it ends (SIGKILL included): there is no stale
+lock to clean up. Where ``fcntl`` does not exist (Windows), runs are not locked.
+
+A file damaged from outside (a copy cut short, a full disk on a file system without atomic
+rename, an edited manifest) is named by :class:`DamagedRunError` when a run resumes, with what to
+do; nothing is deleted for the user.
 """
 
 from __future__ import annotations
@@ -22,17 +34,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import socket
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jscopes_tl.errors import ScopeInputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 RECORDS = "records"
 ERRORS = "errors"
 INPUT_ERRORS = "part-input.parquet"
+LOCK = ".lock"
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 
 # One row per (prompt, scope kind, prediction position); the field names follow the exported
@@ -134,10 +156,52 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
 
 
+class DamagedRunError(ScopeInputError):
+    """A file of a run directory cannot be read (a shard cut short, a manifest that is not JSON);
+    the message names it and says what to do."""
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A run's JSON file (None if absent); a :class:`DamagedRunError` if it does not parse."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"not valid JSON ({error})"
+    else:
+        if isinstance(payload, dict):
+            return payload
+        problem = f"a JSON {type(payload).__name__}, not an object"
+    raise DamagedRunError(
+        f"{str(path)!r} is damaged: {problem}. The run's arguments cannot be checked against it, so the run "
+        f"cannot be resumed: start afresh with --overwrite (overwrite=True; it deletes the run's records) or "
+        "use another directory."
+    )
+
+
+def check_shards_readable(out_dir: Path) -> None:
+    """Every shard's Parquet footer reads (a file cut short has none), before a resumed run plans
+    from them and reads them back; a :class:`DamagedRunError` naming the first that does not."""
+    for sub in (RECORDS, ERRORS):
+        for path in shard_paths(out_dir, sub):
+            try:
+                pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as error:
+                raise DamagedRunError(_damaged_shard_message(out_dir, path, str(error).splitlines()[0])) from None
+
+
+def _damaged_shard_message(out_dir: Path, path: Path, problem: str) -> str:
+    """What to delete so that a resumed run redoes the shard's batch (or rewrites the input errors)."""
+    if path.name == INPUT_ERRORS:
+        delete, redone = [path], "it is rewritten"
+    else:
+        delete, redone = [path, out_dir / RECORDS / path.name], "its batch is redone"
+    command = "rm -f " + " ".join(shlex.quote(str(item)) for item in dict.fromkeys(delete))
+    return (
+        f"{str(path)!r} is not a readable Parquet shard ({problem}): it was cut short or damaged outside the run. "
+        f"Delete it and resume ({redone}): `{command}`, then run the same command again."
+    )
 
 
 def committed_batches(out_dir: Path) -> set[int]:
@@ -187,3 +251,70 @@ def read_column(paths: list[Path], column: str) -> list[Any]:
 
 def count_rows(paths: list[Path]) -> int:
     return sum(pq.read_metadata(path).num_rows for path in paths)
+
+
+# ------------------------------------------------------------------------------------ one run at a time
+class RunInUseError(ScopeInputError):
+    """Another run holds the run directory's lock (two runs would both score every prompt)."""
+
+
+class DirectoryLock:
+    """This process's exclusive lock on a run directory; :meth:`release` (or the process's end) drops it."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor: int | None = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the file drops its flock
+            self._descriptor = None
+
+
+def lock_directory(out_dir: Path) -> DirectoryLock | None:
+    """Lock ``out_dir`` (created if missing) for this process, or raise :class:`RunInUseError`
+    naming the process that holds it. None where locks are not available (no ``fcntl``, or a file
+    system that refuses them)."""
+    if fcntl is None:
+        return None
+    out_dir.mkdir(exist_ok=True)
+    descriptor = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        locked = _try_lock(out_dir, descriptor)
+    except RunInUseError:
+        os.close(descriptor)
+        raise
+    if not locked:
+        os.close(descriptor)
+        return None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return DirectoryLock(descriptor)
+
+
+def check_not_in_use(out_dir: Path) -> None:
+    """Raise :class:`RunInUseError` if a run holds ``out_dir`` now (a command line's check before it
+    loads a model; the run itself takes the lock with :func:`lock_directory`)."""
+    if fcntl is None or not (out_dir / LOCK).is_file():
+        return
+    descriptor = os.open(out_dir / LOCK, os.O_RDONLY)
+    try:
+        _try_lock(out_dir, descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _try_lock(out_dir: Path, descriptor: int) -> bool:
+    """Take the lock on ``descriptor`` (False: the file system has no locks), or raise
+    :class:`RunInUseError` when another process holds it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "its PID not yet written"
+        raise RunInUseError(
+            f"out_dir {str(out_dir)!r} is in use by another run ({holder}): two runs on one directory would both "
+            "score every prompt. Wait for it to finish (running the same command again then resumes or finds "
+            "the run done), stop it, or use another directory."
+        ) from None
+    except OSError:  # e.g. a network file system without lock support
+        return False
+    return True
