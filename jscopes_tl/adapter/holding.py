@@ -54,6 +54,10 @@ _prepared_depth: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakK
 _call_snapshots: weakref.WeakKeyDictionary[torch.nn.Module, _CallSnapshot] = weakref.WeakKeyDictionary()
 
 
+# A module's cache slots as a call found them: (module, names, values).
+_SlotValues = tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]
+
+
 @dataclass
 class _CallSnapshot:
     before: list[_SlotValues]
@@ -96,10 +100,6 @@ def _unfreeze(weight: torch.Tensor) -> None:
 
 def _set_training(module: torch.nn.Module) -> None:
     module.training = True
-
-
-# A module's cache slots as a call found them: (module, names, values).
-_SlotValues = tuple[torch.nn.Module, tuple[str, ...], tuple[Any, ...]]
 
 
 def _cached_tensors(tree: ModelTree) -> list[_SlotValues]:
