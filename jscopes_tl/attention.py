@@ -23,7 +23,6 @@ import torch
 from jaxtyping import Float
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.export import full_axes, layer_list, result_axes
 from jscopes_tl.result import ScopeResult
 
 
@@ -50,7 +49,7 @@ def scope_matrix(
     result: ScopeResult, *, prompt: int | None = None, layer: int | None = None
 ) -> Float[torch.Tensor, "n_pos n_pos"]:
     """The ``[n_pos, n_pos]`` all-position scope matrix of one prompt of a ``position="all"`` result."""
-    axes = result_axes(result)
+    axes = result.axes
     positions = axes.expand_prediction(result.position)
     n_prompts = positions.shape[0]
     if prompt is None:
@@ -63,14 +62,14 @@ def scope_matrix(
             "a scope matrix needs a result computed with position='all' (every prediction position); "
             f"this result scored positions {positions[prompt].tolist()}."
         )
-    layers = layer_list(result)
+    layers = result.layers
     if layer is None:
         if len(layers) > 1:
             raise ValueError(f"result has layers {layers}; choose one with layer=...")
         layer = layers[0]
     if layer not in layers:
         raise ValueError(f"layer={layer!r} is not one of the result's layers {layers}.")
-    scores = full_axes(result, result.scores)[prompt, :length, layers.index(layer), :length]
+    scores = axes.expand_score(result.scores)[prompt, :length, layers.index(layer), :length]
     return scores.float()
 
 

@@ -62,35 +62,31 @@ _TENSOR_TAG = "__tensor__"
 
 
 # ------------------------------------------------------------------------------------ axes
+# The facts about a result's shape are the result's own (ScopeResult.axes, .layers,
+# .str_tokens_per_prompt, .word_starts_per_prompt); these names stay for code that imported them here.
 def result_axes(result: ScopeResult) -> ResultAxes:
-    prompts = result.tokens.ndim == 2
-    return ResultAxes(
-        prompts=prompts,
-        positions=result.position.ndim == (2 if prompts else 1),
-        layers=isinstance(result.metadata.get("layer"), (list, tuple)),
-    )
+    """:attr:`ScopeResult.axes`."""
+    return result.axes
 
 
 def full_axes(result: ScopeResult, tensor: torch.Tensor) -> torch.Tensor:
     """``result.scores`` (or ``gradient_x_input``, ``gradients``) as ``[batch, n_positions, n_layers, pos, ...]``."""
-    return result_axes(result).expand_score(tensor)
+    return result.axes.expand_score(tensor)
 
 
 def layer_list(result: ScopeResult) -> list[int]:
-    layer = result.metadata.get("layer", 0)
-    return list(layer) if isinstance(layer, (list, tuple)) else [int(layer)]
+    """:attr:`ScopeResult.layers`."""
+    return result.layers
 
 
 def str_tokens_per_prompt(result: ScopeResult) -> list[list[str]]:
-    return result.str_tokens if result_axes(result).prompts else [result.str_tokens]
+    """:attr:`ScopeResult.str_tokens_per_prompt`."""
+    return result.str_tokens_per_prompt
 
 
 def word_starts_per_prompt(result: ScopeResult) -> list[list[bool] | None]:
-    """The tokenizer's word boundaries of each prompt (``metadata["word_starts"]``; None if unknown)."""
-    starts = result.metadata.get("word_starts")
-    if starts is None:
-        return [None] * len(str_tokens_per_prompt(result))
-    return starts if result_axes(result).prompts else [starts]
+    """:attr:`ScopeResult.word_starts_per_prompt`."""
+    return result.word_starts_per_prompt
 
 
 # ------------------------------------------------------------------------------------ dict / JSON
@@ -314,13 +310,13 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
     """
     import pandas
 
-    axes = result_axes(result)
+    axes = result.axes
     scores: Float[torch.Tensor, "batch n_positions n_layers pos"] = axes.expand_score(result.scores)
     signed = None if result.gradient_x_input is None else axes.expand_score(result.gradient_x_input)
     positions = axes.expand_prediction(result.position)
-    layers = layer_list(result)
+    layers = result.layers
     rows: list[dict[str, Any]] = []
-    prompts = zip(str_tokens_per_prompt(result), word_starts_per_prompt(result))
+    prompts = zip(result.str_tokens_per_prompt, result.word_starts_per_prompt)
     for prompt, (tokens, word_starts) in enumerate(prompts):
         length = len(tokens)
         for column, position in enumerate(positions[prompt].tolist()):

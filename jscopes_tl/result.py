@@ -121,6 +121,42 @@ class ScopeResult:
     gradients: Float[torch.Tensor, "..."] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    # Facts about this result's shape, read by export, views and runs alike.
+    @property
+    def axes(self) -> ResultAxes:
+        """Which of the optional axes (prompts, positions, layers) this result kept.
+
+        Example:
+            >>> result = semantic_scope(model, ["a=3 b=", "c=1 d="], position="all")
+            >>> result.axes
+            ResultAxes(prompts=True, positions=True, layers=False)
+        """
+        prompts = self.tokens.ndim == 2
+        return ResultAxes(
+            prompts=prompts,
+            positions=self.position.ndim == (2 if prompts else 1),
+            layers=isinstance(self.metadata.get("layer"), (list, tuple)),
+        )
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers scored, in the order of the layers axis (one layer when there is no such axis)."""
+        layer = self.metadata.get("layer", 0)
+        return list(layer) if isinstance(layer, (list, tuple)) else [int(layer)]
+
+    @property
+    def str_tokens_per_prompt(self) -> list[list[str]]:
+        """``str_tokens`` with the prompts axis: one list of token strings per prompt."""
+        return self.str_tokens if self.axes.prompts else [self.str_tokens]
+
+    @property
+    def word_starts_per_prompt(self) -> list[list[bool] | None]:
+        """The tokenizer's word boundaries of each prompt (``metadata["word_starts"]``; None if unknown)."""
+        starts = self.metadata.get("word_starts")
+        if starts is None:
+            return [None] * len(self.str_tokens_per_prompt)
+        return starts if self.axes.prompts else [starts]
+
     def top_tokens(self, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` highest-scoring (index, token, score) of a single-prompt, single-position result."""
         check_count(k, "top_tokens")

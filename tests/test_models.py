@@ -115,11 +115,11 @@ def test_hub_name_offline_fails_at_once_with_a_local_copy_hint(monkeypatch):
 
 
 def test_unreachable_hub_fails_at_once_without_the_offline_flag(monkeypatch):
-    from jscopes_tl import adapter
+    from jscopes_tl.adapter import loading  # where load_pretrained looks hub_reachable up
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(adapter, "hub_reachable", lambda: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     started = time.perf_counter()
     with pytest.raises(ModelLoadError, match="not reachable"):
         load_pretrained("jscopes-tl-tests/not-a-model")

@@ -15,7 +15,6 @@ from jaxtyping import Float
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.attention import HeadCorrelation, correlate_with_heads, scope_matrix
-from jscopes_tl.export import str_tokens_per_prompt
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.views.html import Component, Page, check_type, text
 
@@ -64,7 +63,7 @@ def attention_comparison_view(
         raise ValueError(f"layer must be an attention layer in [0, {adapter.n_layers}); got {layer!r}.")
     matrix = scope_matrix(result, prompt=prompt)
     length = matrix.shape[0]
-    str_tokens = str_tokens_per_prompt(result)[prompt or 0][:length]
+    str_tokens = result.str_tokens_per_prompt[prompt or 0][:length]
     tokens = result.tokens if result.tokens.ndim == 1 else result.tokens[prompt or 0]
     patterns = adapter.attention_patterns(tokens[:length])[layer]
     correlation = correlate_with_heads(matrix, patterns[None], layers=[layer])

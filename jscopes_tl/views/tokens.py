@@ -31,7 +31,6 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 
-from jscopes_tl.export import layer_list, result_axes, str_tokens_per_prompt, word_starts_per_prompt
 from jscopes_tl.result import ScopeResult
 from jscopes_tl.views.html import Block, Component, Page, Tabs, check_list_of, check_type, text, token_text
 from jscopes_tl.words import Reduction, aggregate_words
@@ -75,7 +74,7 @@ def _pick(name: str, requested: int | None, available: list[int], what: str) -> 
 
 
 def _prompt_index(result: ScopeResult, prompt: int | None) -> int:
-    count = len(str_tokens_per_prompt(result))
+    count = len(result.str_tokens_per_prompt)
     if prompt is None:
         if count > 1:
             raise ValueError(f"result holds a batch of {count} prompts; choose one with prompt=i (0 <= i < {count}).")
@@ -104,7 +103,7 @@ def select_columns(
 
     At most one of positions and layers may be left with several entries: they become the columns.
     """
-    axes = result_axes(result)
+    axes = result.axes
     prompt = _prompt_index(result, prompt)
     if values not in ("scores", "gradient_x_input"):
         raise ValueError(f"values must be 'scores' or 'gradient_x_input'; got {values!r}.")
@@ -114,14 +113,14 @@ def select_columns(
             f"this {result.kind} result has no {values}: it is computed for single-direction scopes "
             "(Semantic, Temperature); use values='scores'."
         )
-    str_tokens = str_tokens_per_prompt(result)[prompt]
+    str_tokens = result.str_tokens_per_prompt[prompt]
     length = len(str_tokens)
     full = axes.expand_score(tensor)[prompt, ..., :length]  # [n_positions, n_layers, pos]
     scored_positions = axes.expand_prediction(result.position)[prompt].tolist()
     if position is not None and position < 0:
         position += length
     position_indices = _pick("position", position, scored_positions, "prediction positions")
-    layers = layer_list(result)
+    layers = result.layers
     layer_indices = _pick("layer", layer, layers, "layers")
     if len(position_indices) > 1 and len(layer_indices) > 1:
         raise ValueError(
@@ -153,7 +152,7 @@ def select_columns(
         positions=positions,
         predictions=predictions,
         signed=values == "gradient_x_input" or bool((stacked < 0).any()),
-        word_starts=word_starts_per_prompt(result)[prompt],
+        word_starts=result.word_starts_per_prompt[prompt],
     )
 
 
@@ -267,14 +266,14 @@ def _target_text(result: ScopeResult, prompt: int) -> str:
         return ""
     if result.target is None:
         return "a direction or function of y (given by the caller)"
-    ids = result_axes(result).expand_prediction(result.target)[prompt]  # [n_positions, k]: k = 1, or 2 (contrast)
+    ids = result.axes.expand_prediction(result.target)[prompt]  # [n_positions, k]: k = 1, or 2 (contrast)
     ids = ids.reshape(ids.shape[0], -1)
     names = result.metadata.get("target_str_tokens")  # [batch][n_positions][k], full form
     rows = names[prompt] if names is not None else ids.tolist()
     rows = [row if isinstance(row, list) else [row] for row in rows]
     if ids.shape[-1] == 2:
         return "; ".join(sorted({f"logit difference {a!r} − {b!r}" for a, b in rows}))
-    top = result_axes(result).expand_prediction(result.prediction.token_ids)[prompt][:, 0]
+    top = result.axes.expand_prediction(result.prediction.token_ids)[prompt][:, 0]
     suffix = " (the model's top-1 prediction)" if torch.equal(ids[:, 0], top) else ""
     return ", ".join(sorted({repr(row[0]) for row in rows})) + suffix
 
@@ -300,7 +299,7 @@ def _settings_text(result: ScopeResult, prompt: int) -> str:
             parts.append(f"eigen-solver {', '.join(sorted(set(solver))) if isinstance(solver, list) else solver}")
     if result.kind == "temperature":
         parts.append("reads ‖y‖ at the unembedding input")
-    layers = layer_list(result)
+    layers = result.layers
     parts.append(f"perturbed at layer {layers[0]}" if len(layers) == 1 else f"perturbed at layers {layers}")
     return "; ".join(parts)
 
@@ -327,12 +326,12 @@ def header_block(
     first = results[0]
     prompt = _prompt_index(first, prompt)
     texts = first.metadata.get("text")
-    prompt_text = (texts if not result_axes(first).prompts else texts[prompt]) if texts is not None else None
-    tokens = str_tokens_per_prompt(first)[prompt]
+    prompt_text = (texts if not first.axes.prompts else texts[prompt]) if texts is not None else None
+    tokens = first.str_tokens_per_prompt[prompt]
     if prompt_text is None:
         prompt_text = "".join(tokens)
     positions = sorted(
-        {p for r in results for p in result_axes(r).expand_prediction(r.position)[prompt].flatten().tolist()}
+        {p for r in results for p in r.axes.expand_prediction(r.position)[prompt].flatten().tolist()}
     )
     position_text = ", ".join(f"{p} (after {token_text(tokens[p])})" for p in positions[:8])
     if len(positions) > 8:
