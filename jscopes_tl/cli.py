@@ -458,7 +458,9 @@ def summary_table(summary: Sequence[dict[str, Any]]) -> str:
     columns = list(summary[0])
     lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for row in summary:
-        cells = ["–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
+        cells = [
+            "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

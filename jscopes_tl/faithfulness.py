@@ -130,7 +130,9 @@ PAPER_KL_FLOOR = 1e-10
 # The diagnostics the built-in Integrated Gradients scorers report, a column each in every row
 # (None for the other scorers): Σ attributions − (f(x) − f(x₀)), its size relative to
 # |f(x) − f(x₀)| (jscopes_tl.path_integrals.completeness_scale), and the gradient evaluations used.
-DIAGNOSTIC_COLUMNS: dict[str, type] = {"completeness_gap": float, "relative_completeness_gap": float, "ig_evaluations": int}
+DIAGNOSTIC_COLUMNS: dict[str, type] = {
+    "completeness_gap": float, "relative_completeness_gap": float, "ig_evaluations": int,
+}
 
 
 # --------------------------------------------------------------------------------- scorers
@@ -187,7 +189,9 @@ def integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], 
 
 def _integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> ScorerOutput:
     result = integrated_gradients(model, context, target=gold)
-    return integral_output(result.scores, result.completeness_gap, result.relative_completeness_gap, result.n_evaluations)
+    return integral_output(
+        result.scores, result.completeness_gap, result.relative_completeness_gap, result.n_evaluations
+    )
 
 
 def integral_output(
@@ -297,7 +301,9 @@ def _paper_path_output(
     return integral_output(attributions.norm(dim=-1), gap, relative, n_evaluations)
 
 
-def _value_at_scaled_token_embeddings(model: Any, context: torch.Tensor, gold: int, objective: str, alpha: float) -> float:
+def _value_at_scaled_token_embeddings(
+    model: Any, context: torch.Tensor, gold: int, objective: str, alpha: float
+) -> float:
     """``f`` (the gold token's log-probability or logit) with the token embeddings scaled by ``α``."""
     adapter = ModelAdapter(model)
 
@@ -398,7 +404,9 @@ def _checked_output(name: str, output: Any, n_tokens: int) -> tuple[Float[torch.
     def is_number(value: Any) -> bool:
         return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    if not isinstance(diagnostics, Mapping) or not all(isinstance(k, str) and is_number(v) for k, v in diagnostics.items()):
+    if not isinstance(diagnostics, Mapping) or not all(
+        isinstance(key, str) and is_number(value) for key, value in diagnostics.items()
+    ):
         raise ScopeInputError(
             f"scorer {name!r} returned diagnostics {diagnostics!r}; a ScorerOutput's diagnostics map names (str) "
             "to numbers or None."

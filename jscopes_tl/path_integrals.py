@@ -255,7 +255,9 @@ def _check_method(n_steps: Any, method: Any) -> tuple[str, int | None]:
     method = method or "gausslegendre"
     least = 1 if method == "gausslegendre" else 2  # captum's own bounds: a Riemann rule needs 2 nodes
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < least:
-        raise ScopeInputError(f"n_steps must be an int ≥ {least} for method={method!r}, or None (adaptive); got {n_steps!r}.")
+        raise ScopeInputError(
+            f"n_steps must be an int ≥ {least} for method={method!r}, or None (adaptive); got {n_steps!r}."
+        )
     return method, n_steps
 
 
@@ -379,7 +381,8 @@ def _pieces(panel: _Panel, values: dict[float, float]) -> list[tuple[float, floa
     nodes = _Panel.nodes(panel.start, panel.end)
     steps = [abs(values[b] - values[a]) for a, b in zip(nodes, nodes[1:])]
     steepest = steps.index(max(steps))
-    cuts = [panel.start, *(node for node in nodes[steepest : steepest + 2] if panel.start < node < panel.end), panel.end]
+    inner = [node for node in nodes[steepest : steepest + 2] if panel.start < node < panel.end]
+    cuts = [panel.start, *inner, panel.end]
     return list(zip(cuts, cuts[1:]))
 
 
@@ -530,7 +533,9 @@ def integrated_gradients(
     return _result(path, integral, method, float(tolerance), max_steps)
 
 
-def _result(path: _Path, integral: _Integral, method: str, tolerance: float, max_steps: int) -> IntegratedGradientsResult:
+def _result(
+    path: _Path, integral: _Integral, method: str, tolerance: float, max_steps: int
+) -> IntegratedGradientsResult:
     attributions = integral.gradient_sum * path.difference  # float64
     value, baseline_value = integral.values[1.0], integral.values[0.0]
     gap = float(attributions.sum()) - (value - baseline_value)
@@ -541,9 +546,10 @@ def _result(path: _Path, integral: _Integral, method: str, tolerance: float, max
             if method == "adaptive"
             else "raise n_steps, or leave n_steps and method out for the adaptive rule, which converges"
         )
+        total, change = float(attributions.sum()), value - baseline_value
         warn_at_caller(
             f"Integrated Gradients ({method}, {integral.n_evaluations} gradient evaluations) has not converged: "
-            f"the attributions sum to {float(attributions.sum()):.6g} where f(x) − f(x₀) = {value - baseline_value:.6g}, "
+            f"the attributions sum to {total:.6g} where f(x) − f(x₀) = {change:.6g}, "
             f"a completeness gap of {gap:.3g} ({relative:.1%} of it, above tolerance={tolerance:g}); {advice}."
         )
     dtype = working_dtype(path.adapter.dtype)

@@ -124,7 +124,9 @@ def test_a_non_zero_baseline_equals_captums(recall64):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = integrated_gradients(model, tokens, target=gold, baseline=baseline, n_steps=32, method="riemann_middle")
+        result = integrated_gradients(
+            model, tokens, target=gold, baseline=baseline, n_steps=32, method="riemann_middle"
+        )
     assert float((result.attributions - attributions[0]).norm() / attributions.norm()) <= 1e-10
     assert result.completeness_gap == pytest.approx(float(delta), rel=1e-10, abs=1e-9)
     with torch.no_grad():
@@ -138,16 +140,16 @@ def test_gradient_x_input_multiplies_by_the_residual_input_and_the_paper_variant
     # Another value than the answer: log p(7) ≈ -3e-6 has gradients the scorers' float32 log-softmax rounds.
     gold = model.tokenizer.convert_tokens_to_ids("3")
     f = HFPath(hf, tokens, gold)
-    on_residual = InputXGradient(f).attribute(f.x[None].clone().requires_grad_(True))[0].norm(dim=-1)
-    embeddings = f.x - f.wpe
-
     def on_token_embedding(e: torch.Tensor) -> torch.Tensor:
         return f(e + f.wpe)
 
-    on_embedding = InputXGradient(on_token_embedding).attribute(embeddings[None].clone().requires_grad_(True))[0].norm(dim=-1)
+    def input_x_gradient(function, inputs: torch.Tensor) -> torch.Tensor:
+        return InputXGradient(function).attribute(inputs[None].clone().requires_grad_(True))[0].norm(dim=-1)
+
+    on_residual, on_embedding = input_x_gradient(f, f.x), input_x_gradient(on_token_embedding, f.x - f.wpe)
     context = tokens  # the scorers explain the prediction at the context's last position
-    torch.testing.assert_close(gradient_x_input_scorer(model, context, gold).double(), on_residual, rtol=1e-4, atol=1e-9)
-    torch.testing.assert_close(paper_gradient_x_input_scorer(model, context, gold).double(), on_embedding, rtol=1e-4, atol=1e-9)
+    for scorer, expected in ((gradient_x_input_scorer, on_residual), (paper_gradient_x_input_scorer, on_embedding)):
+        torch.testing.assert_close(scorer(model, context, gold).double(), expected, rtol=1e-4, atol=1e-9)
     assert float((on_residual - on_embedding).norm() / on_embedding.norm()) > 0.1  # not the same x
 
 
