@@ -99,9 +99,10 @@ from jaxtyping import Bool, Float, Int
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.inputs import prepare_tokens
-from jscopes_tl.path_integrals import completeness_scale, integrated_gradients, objective_values
+from jscopes_tl.path_integrals import Objective, completeness_scale, integrated_gradients, objective_values
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.stats import spearman
+
 
 @dataclass(frozen=True)
 class ScorerOutput:
@@ -120,8 +121,9 @@ Prompts = Union[str, Int[torch.Tensor, "..."], Sequence[Union[str, Int[torch.Ten
 
 DEFAULT_FRACTIONS = (0.05, 0.10, 0.20)
 DEFAULT_SCORERS = ("semantic", "fisher", "temperature", "gradient_x_input", "integrated_gradients", "random")
-# The authors' scripts: the random seed of the AOPC run, the leave-one-out run's Fisher rank and
-# its logit-based Integrated Gradients path, and the probability floor of its KL divergence.
+# The authors' scripts: the random seed of the AOPC run and its Integrated Gradients steps, the
+# leave-one-out run's Fisher rank and its logit-based Integrated Gradients path, and the
+# probability floor of its KL divergence.
 PAPER_SEED = 42
 PAPER_INTEGRATED_GRADIENTS_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PAPER_LOO_FISHER_RANK = 4
@@ -288,7 +290,7 @@ def _paper_path_output(
     context: Int[torch.Tensor, " pos"],
     attributions: Float[torch.Tensor, "pos d_model"],
     gold: int,
-    objective: str,
+    objective: Objective,
     ends: tuple[float, float],
     n_evaluations: int,
 ) -> ScorerOutput:
@@ -302,7 +304,7 @@ def _paper_path_output(
 
 
 def _value_at_scaled_token_embeddings(
-    model: Any, context: torch.Tensor, gold: int, objective: str, alpha: float
+    model: Any, context: torch.Tensor, gold: int, objective: Objective, alpha: float
 ) -> float:
     """``f`` (the gold token's log-probability or logit) with the token embeddings scaled by ``α``."""
     adapter = ModelAdapter(model)
@@ -312,7 +314,7 @@ def _value_at_scaled_token_embeddings(
 
     with adapter.eval_mode(), torch.no_grad(), adapter.hooks([(adapter.token_embedding_hook, scale)]):
         logits = adapter.forward(context[None])[:, -1]
-    return float(objective_values(logits, gold, objective)[0])  # type: ignore[arg-type]
+    return float(objective_values(logits, gold, objective)[0])
 
 
 def paper_loo_fisher_scorer(

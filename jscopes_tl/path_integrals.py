@@ -146,8 +146,8 @@ class _Panel:
 
     @staticmethod
     def nodes(start: float, end: float) -> list[float]:
-        # The ends exactly (shared with the neighbours), the interior from the rule; for dyadic ends
-        # (every panel's, from 4 equal ones by bisection) the midpoint is exact too.
+        # The ends exactly as given: they are nodes evaluated before (the neighbours', the cut
+        # panel's), found again by value; the interior from the rule.
         interior = [start + (end - start) * float(t) for t in _LOBATTO_NODES[1:-1]]
         return [start, *interior, end]
 

@@ -192,6 +192,17 @@ def test_adaptive_rule_warns_when_max_steps_stops_it():
     assert result.n_evaluations == 33 and result.n_rounds == 1
 
 
+def test_n_steps_alone_means_gauss_legendre_and_a_method_alone_captums_50_steps(any_model):
+    tokens = torch.tensor([0, 5, 9, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_steps = integrated_gradients(any_model, tokens, n_steps=6)
+        by_method = integrated_gradients(any_model, tokens, method="riemann_middle")
+    assert by_steps.method == "gausslegendre" and len(by_steps.alphas) == 6 and by_steps.n_evaluations == 8
+    assert by_method.method == "riemann_middle" and len(by_method.alphas) == 50 and by_method.n_rounds == 1
+    torch.testing.assert_close(by_steps.alphas, captum_rule("gausslegendre", 6)[0])
+
+
 def test_a_baseline_equal_to_the_input_gives_zero_attributions_and_no_warning(any_model):
     x = residual_input(any_model, torch.tensor([0, 5, 9, 3]))
     with warnings.catch_warnings():
