@@ -11,6 +11,7 @@ through hooks on a HookedTransformer or TransformerBridge:
 from jscopes_tl.components import ComponentScopeResult, component_scope
 from jscopes_tl.errors import NonFiniteLogitsError, NonFiniteScoresError, ScopeInputError, UnsupportedModelError
 from jscopes_tl.faithfulness import FaithfulnessReport, evaluate_faithfulness
+from jscopes_tl.path_integrals import IntegratedGradientsResult, integrated_gradients
 from jscopes_tl.patching import (
     ActivationPatching,
     LayerResolvedScope,
@@ -31,6 +32,7 @@ __all__ = [
     "ActivationPatching",
     "ComponentScopeResult",
     "FaithfulnessReport",
+    "IntegratedGradientsResult",
     "LayerResolvedScope",
     "NonFiniteLogitsError",
     "NonFiniteScoresError",
@@ -47,6 +49,7 @@ __all__ = [
     "component_scope",
     "evaluate_faithfulness",
     "fisher_scope",
+    "integrated_gradients",
     "jacobian_scope",
     "layer_resolved_scope",
     "report",

@@ -459,11 +459,14 @@ def _warn_about_implausible_answers(model: Any, prompts: Sequence[str]) -> None:
 
 
 def summary_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The faithfulness table as Markdown (floats to 3 decimals)."""
+    """The faithfulness table as Markdown (floats to 3 decimals; "–" where a scorer
+    has no value, e.g. the completeness gap of a scorer that is not an integral)."""
     columns = list(summary[0])
     lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for row in summary:
-        cells = [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()]
+        cells = [
+            "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -279,7 +279,8 @@ def run_scope(
     readout: ReadoutPoint | None = None,
     fwd_hooks: FwdHooks = (),
     n_directions: int = 1,
-    input_scale: float = 1.0,
+    input_scale: float | Float[torch.Tensor, " batch"] = 1.0,
+    input_baseline: Float[torch.Tensor, "pos ..."] | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_gradients: bool = False,
     backward_batch: int | None = None,
@@ -292,9 +293,10 @@ def run_scope(
     give ``u^T ∂y/∂a`` for every listed activation ``a`` at once. ``readout`` says where ``y`` is
     read (default: the unembedding input); every point must be upstream of it. ``fwd_hooks``
     (TransformerLens's ``[(hook_name, fn), ...]``) run during the forward pass, after the
-    perturbations at a shared hook point. ``input_scale`` multiplies the
-    activation at the first point before it is perturbed, i.e. the Jacobian is taken at ``α·x``
-    (the points of an Integrated Gradients path); signed scores still use ``x``.
+    perturbations at a shared hook point. ``input_scale`` ``α`` (one number, or one per prompt)
+    and ``input_baseline`` ``x₀`` (the activation's shape per prompt; None: 0) move the
+    activation at the first point to ``x₀ + α (x − x₀)`` before it is perturbed, i.e. the
+    Jacobian is taken there (the points of an Integrated Gradients path); signed scores still use ``x``.
 
     Prompts go through in chunks whose forward activations fit ``memory_budget_mb``; within a
     chunk, prediction positions are processed in groups, each on the shortest prefix that
@@ -307,13 +309,17 @@ def run_scope(
     chunks = _prompt_chunks(batch, adapter, memory_budget_mb)
     if len(chunks) > 1:
         options: dict[str, Any] = dict(
-            points=points, readout=readout, fwd_hooks=fwd_hooks, n_directions=n_directions, input_scale=input_scale,
-            memory_budget_mb=memory_budget_mb, return_gradients=return_gradients, backward_batch=backward_batch,
-            top_k=top_k,
+            points=points, readout=readout, fwd_hooks=fwd_hooks, n_directions=n_directions,
+            input_baseline=input_baseline, memory_budget_mb=memory_budget_mb, return_gradients=return_gradients,
+            backward_batch=backward_batch, top_k=top_k,
         )
-        return _concatenate(
-            [run_scope(adapter, batch.rows(rows), positions.rows(rows), build_readout, **options) for rows in chunks]
-        )
+        return _concatenate([
+            run_scope(
+                adapter, batch.rows(rows), positions.rows(rows), build_readout,
+                input_scale=input_scale[rows] if isinstance(input_scale, torch.Tensor) else input_scale, **options,
+            )
+            for rows in chunks
+        ])
     n_prompts, width = batch.tokens.shape
     n_slots = positions.n_positions
     per_backward = _vectors_per_backward(n_prompts, width, len(points), adapter, memory_budget_mb, backward_batch)
@@ -336,7 +342,7 @@ def run_scope(
         for slots in groups:
             group = _run_group(
                 adapter, batch, positions, slots, build_readout, points, readout, fwd_hooks, input_scale,
-                memory_budget_mb, return_gradients, backward_batch, k,
+                input_baseline, memory_budget_mb, return_gradients, backward_batch, k,
             )
             at = _Cells(n_prompts, n_slots, width, slots, group, only_group=len(groups) == 1)
             squared_norms = at.put_scores(squared_norms, group.squared_norms)
@@ -439,7 +445,8 @@ def _run_group(
     points: Sequence[PerturbationPoint],
     readout_point: ReadoutPoint,
     fwd_hooks: FwdHooks,
-    input_scale: float,
+    input_scale: float | torch.Tensor,
+    input_baseline: torch.Tensor | None,
     memory_budget_mb: float,
     return_gradients: bool,
     backward_batch: int | None,
@@ -467,8 +474,8 @@ def _run_group(
                     f"hook {points[point_index].hook!r} ran twice in one forward pass; it cannot be a perturbation point."
                 )
             inputs[point_index] = activation.detach()
-            if point_index == 0 and input_scale != 1.0:
-                activation = activation * input_scale
+            if point_index == 0:
+                activation = _path_point(activation, input_scale, input_baseline)
             # δ is created here, with the activation's own shape and dtype: it is the only leaf
             # that requires grad.
             deltas[point_index] = torch.zeros_like(activation, requires_grad=True)
@@ -623,6 +630,21 @@ def _run_group(
         readout=readout,
         component_shapes=component_shapes,
     )
+
+
+def _path_point(
+    activation: torch.Tensor, scale: float | torch.Tensor, baseline: torch.Tensor | None
+) -> torch.Tensor:
+    """``x₀ + α (x − x₀)`` for each prompt's ``α`` (``scale``: one number or ``[batch]``) and the
+    baseline ``x₀`` (None: 0) cut to the activation's prefix; ``x`` itself when there is no path."""
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(activation).reshape(-1, *[1] * (activation.ndim - 1))
+    elif baseline is None and scale == 1.0:
+        return activation
+    if baseline is None:
+        return activation * scale
+    start = baseline[: activation.shape[1]].to(activation)
+    return start + scale * (activation - start)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

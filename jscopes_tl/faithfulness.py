@@ -34,11 +34,19 @@ model rather than a dependence on content. Without a tokenizer (token-id prompts
 none) nothing is excluded.
 
 Scorers are functions ``(model, context_tokens [pos], gold_token_id) -> scores [pos]`` for the
-prediction at the context's last position. Built in: the three Jacobian Scopes (Semantic reads the
-logit of the gold token; Fisher at rank 1), gradient × input and Integrated Gradients (both on
-``log p(gold)``, scored as the L2 norm over ``d_model`` of the per-dimension attribution, zero
-baseline and ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` for IG), and random scores. All ablated forwards of
-one prompt (every scorer × fraction, every leave-one-out, the original) run as one batch.
+prediction at the context's last position; a scorer may instead return a :class:`ScorerOutput`,
+the scores with diagnostics that become columns of its rows. Built in: the three Jacobian Scopes
+(Semantic reads the logit of the gold token; Fisher at rank 1), gradient × input and Integrated
+Gradients (both on ``log p(gold)``, scored as the L2 norm over ``d_model`` of the per-dimension
+attribution), and random scores. Both gradient baselines take ``x``, the point the scopes perturb:
+the residual stream entering block 0, i.e. token + position embedding on GPT-2 (captum's
+``InputXGradient`` on a Hugging Face model's ``inputs_embeds`` multiplies by the token embedding
+alone: the paper protocol's variant below). Integrated Gradients is
+:func:`jscopes_tl.path_integrals.integrated_gradients` from a zero baseline with its adaptive rule
+(completeness gap within 1 % of ``f(x) − f(0)``), and its rows report ``completeness_gap``,
+``relative_completeness_gap`` and ``ig_evaluations`` (:data:`DIAGNOSTIC_COLUMNS`; None for the
+other scorers). All ablated forwards of one prompt (every scorer × fraction, every leave-one-out,
+the original) run as one batch.
 
 Each prompt is evaluated alone (:func:`evaluate_prompt`), and its random draws (the random
 scorer, the paper's random sets) come from a generator seeded from the run's seed and the prompt's
@@ -64,11 +72,19 @@ next to the paper's table:
   data-parallel run (:func:`jscopes_tl.runs.run_faithfulness`) draws what an uninterrupted one does;
 * gradient × input multiplies by the *token* embedding only, and "Integrated Gradients" adds the
   perturbation before the ``α`` scaling of the token embeddings, i.e. averages ``α·∇f(αx)`` over
-  ``α ∈ {0.2, …, 1.0}`` (``f = log p(gold)``), times the token embedding;
+  ``α ∈ {0.2, …, 1.0}`` (``f = log p(gold)``), times the token embedding ``e``. Its rows report
+  the completeness gap of the path those steps sample, ``x(α) = α e + pos`` from ``α = 0`` (token
+  embeddings zeroed, position embeddings kept) to 1: ``Σ attributions − (f(e + pos) − f(pos))``.
+  Its weights ``α/5`` sum to 0.6 and put no node below ``α = 0.2``, so on a confident model the gap
+  is most of ``f(x) − f(pos)`` (kept as the authors define it: the gap says how far it is from
+  the integral);
 * the leave-one-out summary is the rank percentage (0 = best) of the scorer's top token among
   the LOO-KL ranking of all ``L`` tokens (``KL`` with probabilities clamped at 1e-10), and for it
   Fisher runs at rank 4 and "Integrated Gradients" is the script's logit-based variant: the
-  gradient of the gold logit at ``α·x`` for ``α ∈ {0.1, …, 1.0}``, averaged, times ``0.9·x``.
+  gradient of the gold logit at ``α·x`` for ``α ∈ {0.1, …, 1.0}``, averaged, times ``0.9·x``, a
+  ten-node rule (weights 0.09) for the path from ``α = 0.1`` to 1, whose gap against
+  ``logit(e + pos) − logit(0.1 e + pos)`` the rows report as ``loo_completeness_gap``,
+  ``loo_relative_completeness_gap`` and ``loo_ig_evaluations``.
 """
 
 from __future__ import annotations
@@ -83,23 +99,42 @@ from jaxtyping import Bool, Float, Int
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.inputs import prepare_tokens
+from jscopes_tl.path_integrals import Objective, completeness_scale, integrated_gradients, objective_values
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.stats import spearman
 
-Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Float[torch.Tensor, " pos"]]
+
+@dataclass(frozen=True)
+class ScorerOutput:
+    """What a scorer may return instead of bare scores: the scores ``[pos]`` and diagnostics of
+    this prompt's scores (numbers or None by name, e.g. an integral's completeness gap), which
+    become columns of the prompt's row (:data:`DIAGNOSTIC_COLUMNS` for the built-in ones)."""
+
+    scores: Float[torch.Tensor, " pos"]
+    diagnostics: dict[str, Union[float, int, None]] = field(default_factory=dict)
+
+
+Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Union[Float[torch.Tensor, " pos"], ScorerOutput]]
 Ablation = Literal["zero", "pad"]
 Protocol = Literal["default", "paper"]
 Prompts = Union[str, Int[torch.Tensor, "..."], Sequence[Union[str, Int[torch.Tensor, " pos"]]]]
 
 DEFAULT_FRACTIONS = (0.05, 0.10, 0.20)
-INTEGRATED_GRADIENTS_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_SCORERS = ("semantic", "fisher", "temperature", "gradient_x_input", "integrated_gradients", "random")
-# The authors' scripts: the random seed of the AOPC run, the leave-one-out run's Fisher rank and
-# its logit-based Integrated Gradients path, and the probability floor of its KL divergence.
+# The authors' scripts: the random seed of the AOPC run and its Integrated Gradients steps, the
+# leave-one-out run's Fisher rank and its logit-based Integrated Gradients path, and the
+# probability floor of its KL divergence.
 PAPER_SEED = 42
+PAPER_INTEGRATED_GRADIENTS_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PAPER_LOO_FISHER_RANK = 4
 PAPER_LOO_INTEGRATED_GRADIENTS_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 PAPER_KL_FLOOR = 1e-10
+# The diagnostics the built-in Integrated Gradients scorers report, a column each in every row
+# (None for the other scorers): Σ attributions − (f(x) − f(x₀)), its size relative to
+# |f(x) − f(x₀)| (jscopes_tl.path_integrals.completeness_scale), and the gradient evaluations used.
+DIAGNOSTIC_COLUMNS: dict[str, type] = {
+    "completeness_gap": float, "relative_completeness_gap": float, "ig_evaluations": int,
+}
 
 
 # --------------------------------------------------------------------------------- scorers
@@ -134,20 +169,42 @@ def _input_embeddings(model: Any, context: torch.Tensor) -> Float[torch.Tensor, 
 
 
 def gradient_x_input_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
-    """``‖∂log p(gold)/∂x_t ⊙ x_t‖₂`` (the loss is the gold token's cross-entropy; its sign is irrelevant)."""
+    """``‖∂log p(gold)/∂x_t ⊙ x_t‖₂`` (the loss is the gold token's cross-entropy; its sign is irrelevant).
+
+    ``x_t`` is the input the scopes perturb: the residual stream entering block 0, i.e. token
+    *plus position* embedding on GPT-2-style models (the token embedding alone on rotary ones).
+    captum's ``InputXGradient`` on a Hugging Face model's ``inputs_embeds`` multiplies by the token
+    embedding alone; that is :func:`paper_gradient_x_input_scorer`. The two agree when captum's
+    forward function takes the residual-stream input (``inputs_embeds = x − wpe(positions)``).
+    """
     gradients = semantic_scope(model, context, target=_log_probability_of(model, gold), return_gradients=True).gradients
     return (gradients * _input_embeddings(model, context)).norm(dim=-1)
 
 
 def integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> Float[torch.Tensor, " pos"]:
-    """Integrated Gradients from a zero baseline: ``‖x_t ⊙ mean_α ∂log p(gold)/∂x_t (α·x)‖₂``,
-    ``α ∈ {0.2, 0.4, 0.6, 0.8, 1.0}`` (a right Riemann sum of the path integral)."""
-    target = _log_probability_of(model, gold)
-    gradients = [
-        semantic_scope(model, context, target=target, input_scale=alpha, return_gradients=True).gradients
-        for alpha in INTEGRATED_GRADIENTS_ALPHAS
-    ]
-    return (torch.stack(gradients).mean(0) * _input_embeddings(model, context)).norm(dim=-1)
+    """Integrated Gradients of ``log p(gold)`` from a zero baseline, ``‖IG_t‖₂`` over ``d_model``,
+    with the adaptive rule that converges (:func:`jscopes_tl.path_integrals.integrated_gradients`:
+    completeness gap within 1 % of ``f(x) − f(0)``). The evaluation's built-in scorer also reports
+    the gap and the evaluations used in each row."""
+    return _integrated_gradients_output(model, context, gold).scores
+
+
+def _integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> ScorerOutput:
+    result = integrated_gradients(model, context, target=gold)
+    return integral_output(
+        result.scores, result.completeness_gap, result.relative_completeness_gap, result.n_evaluations
+    )
+
+
+def integral_output(
+    scores: Float[torch.Tensor, " pos"], completeness_gap: float, relative_completeness_gap: float, n_evaluations: int
+) -> ScorerOutput:
+    """The scores of a path integral with its :data:`DIAGNOSTIC_COLUMNS`."""
+    return ScorerOutput(scores, {
+        "completeness_gap": completeness_gap,
+        "relative_completeness_gap": relative_completeness_gap,
+        "ig_evaluations": n_evaluations,
+    })
 
 
 def prompt_seed(seed: int, prompt_id: int) -> int:
@@ -214,12 +271,50 @@ def paper_integrated_gradients_scorer(
     """The scripts' "Integrated Gradients": the perturbation is added to the token embedding
     before it is scaled by ``α``, so each step's gradient is ``α·∇f(α e + pos)``;
     ``‖e_t ⊙ mean_α α·∇f‖₂`` over ``α ∈ {0.2, …, 1.0}``, ``f = log p(gold)``."""
+    return _paper_integrated_gradients_output(model, context, gold).scores
+
+
+def _paper_integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> ScorerOutput:
     target = _log_probability_of(model, gold)
     gradients = [
         alpha * _gradients_at_scaled_token_embeddings(model, context, target, alpha)
-        for alpha in INTEGRATED_GRADIENTS_ALPHAS
+        for alpha in PAPER_INTEGRATED_GRADIENTS_ALPHAS
     ]
-    return (torch.stack(gradients).mean(0) * _token_embeddings(model, context)).norm(dim=-1)
+    attributions = torch.stack(gradients).mean(0) * _token_embeddings(model, context)
+    # The path these steps sample runs from the token embeddings zeroed (α = 0) to the input.
+    return _paper_path_output(model, context, attributions, gold, "log_probability", (0.0, 1.0), len(gradients))
+
+
+def _paper_path_output(
+    model: Any,
+    context: Int[torch.Tensor, " pos"],
+    attributions: Float[torch.Tensor, "pos d_model"],
+    gold: int,
+    objective: Objective,
+    ends: tuple[float, float],
+    n_evaluations: int,
+) -> ScorerOutput:
+    """The scripts' attributions ``[pos, d_model]`` as scores, with the completeness gap of the path
+    they sample, ``x(α) = α e + pos`` (token embeddings scaled, position embeddings kept) from
+    ``α = ends[0]`` to ``ends[1]``: ``Σ attributions − (f(x(ends[1])) − f(x(ends[0])))``."""
+    start, end = (_value_at_scaled_token_embeddings(model, context, gold, objective, alpha) for alpha in ends)
+    gap = float(attributions.double().sum()) - (end - start)
+    relative = abs(gap) / completeness_scale(end, start, dtype=attributions.dtype)
+    return integral_output(attributions.norm(dim=-1), gap, relative, n_evaluations)
+
+
+def _value_at_scaled_token_embeddings(
+    model: Any, context: torch.Tensor, gold: int, objective: Objective, alpha: float
+) -> float:
+    """``f`` (the gold token's log-probability or logit) with the token embeddings scaled by ``α``."""
+    adapter = ModelAdapter(model)
+
+    def scale(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        return activation * alpha
+
+    with adapter.eval_mode(), torch.no_grad(), adapter.hooks([(adapter.token_embedding_hook, scale)]):
+        logits = adapter.forward(context[None])[:, -1]
+    return float(objective_values(logits, gold, objective)[0])
 
 
 def paper_loo_fisher_scorer(
@@ -235,10 +330,15 @@ def paper_loo_integrated_gradients_scorer(
     """The leave-one-out script's path-integrated Semantic Scope: the gradient of the gold
     *logit* at token embeddings scaled by ``α ∈ {0.1, …, 1.0}`` (the script divides out the
     ``α`` its perturbation picks up), averaged, times the path's span ``(1.0 - 0.1)·e_t``."""
+    return _paper_loo_integrated_gradients_output(model, context, gold).scores
+
+
+def _paper_loo_integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"], gold: int) -> ScorerOutput:
     alphas = PAPER_LOO_INTEGRATED_GRADIENTS_ALPHAS
     gradients = [_gradients_at_scaled_token_embeddings(model, context, gold, alpha) for alpha in alphas]
-    span = (alphas[-1] - alphas[0]) * _token_embeddings(model, context)
-    return (torch.stack(gradients).mean(0) * span).norm(dim=-1)
+    attributions = torch.stack(gradients).mean(0) * ((alphas[-1] - alphas[0]) * _token_embeddings(model, context))
+    # Ten nodes, weights 0.09 each: a rule for the path from α = 0.1 to 1.0, the span it multiplies by.
+    return _paper_path_output(model, context, attributions, gold, "logit", (alphas[0], alphas[-1]), len(gradients))
 
 
 @dataclass(frozen=True)
@@ -260,7 +360,7 @@ def _protocol_scorers(
     paper = {
         "gradient_x_input": _ProtocolScorer(paper_gradient_x_input_scorer, paper_gradient_x_input_scorer),
         "integrated_gradients": _ProtocolScorer(
-            paper_integrated_gradients_scorer, paper_loo_integrated_gradients_scorer
+            _paper_integrated_gradients_output, _paper_loo_integrated_gradients_output
         ),
         "fisher": _ProtocolScorer(fisher_scorer, paper_loo_fisher_scorer),
     }
@@ -271,13 +371,14 @@ def _protocol_scorers(
 
 
 def builtin_scorers(seed: int = 0) -> dict[str, Scorer]:
-    """The scorers of the paper's faithfulness table, by name."""
+    """The scorers of the paper's faithfulness table, by name (Integrated Gradients returns a
+    :class:`ScorerOutput`, with its completeness gap)."""
     return {
         "semantic": semantic_scorer,
         "fisher": fisher_scorer,
         "temperature": temperature_scorer,
         "gradient_x_input": gradient_x_input_scorer,
-        "integrated_gradients": integrated_gradients_scorer,
+        "integrated_gradients": _integrated_gradients_output,
         "random": random_scorer(seed),
     }
 
@@ -296,8 +397,26 @@ def _resolve_scorers(scorers: Sequence[str] | Mapping[str, Scorer], seed: int) -
     return {name: available[name] for name in scorers}
 
 
+def _checked_output(name: str, output: Any, n_tokens: int) -> tuple[Float[torch.Tensor, " pos"], dict[str, Any]]:
+    """A scorer's output as float32 CPU scores and its diagnostics, or a clear error naming the scorer."""
+    if not isinstance(output, ScorerOutput):
+        return _checked_scores(name, output, n_tokens), {}
+    diagnostics = output.diagnostics
+
+    def is_number(value: Any) -> bool:
+        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(diagnostics, Mapping) or not all(
+        isinstance(key, str) and is_number(value) for key, value in diagnostics.items()
+    ):
+        raise ScopeInputError(
+            f"scorer {name!r} returned diagnostics {diagnostics!r}; a ScorerOutput's diagnostics map names (str) "
+            "to numbers or None."
+        )
+    return _checked_scores(name, output.scores, n_tokens), dict(diagnostics)
+
+
 def _checked_scores(name: str, scores: Any, n_tokens: int) -> Float[torch.Tensor, " pos"]:
-    """A scorer's output as float32 CPU scores, or a clear error naming the scorer."""
     if not isinstance(scores, torch.Tensor) or scores.is_complex():
         raise ScopeInputError(f"scorer {name!r} returned {type(scores).__name__}; a scorer returns a real tensor [pos].")
     if tuple(scores.shape) != (n_tokens,):
@@ -408,7 +527,11 @@ class FaithfulnessReport:
     ``delta_20`` (named after the fractions in percent), ``aopc``, ``loo_spearman``,
     ``loo_percentile_of_top``, ``top_token`` (the scorer's top candidate), ``predicted_token``,
     ``gold_token``; under ``protocol="paper"`` also ``loo_rank_percentage`` (the paper's LOO
-    summary: 0 when the scorer's top token is LOO's top).
+    summary: 0 when the scorer's top token is LOO's top). Diagnostic columns, None for scorers
+    that report none: ``completeness_gap``, ``relative_completeness_gap`` and ``ig_evaluations``
+    of the Integrated Gradients scorers (:data:`DIAGNOSTIC_COLUMNS`; under ``protocol="paper"``
+    also ``loo_completeness_gap``, ... of the leave-one-out script's variant), and whatever a
+    custom scorer's :class:`ScorerOutput` reports.
     """
 
     rows: list[dict[str, Any]]
@@ -434,28 +557,49 @@ def delta_column(fraction: float) -> str:
     return f"delta_{round(fraction * 100, 4):g}"
 
 
+def diagnostic_columns(protocol: Protocol) -> dict[str, type]:
+    """The built-in scorers' diagnostic columns of a row (:data:`DIAGNOSTIC_COLUMNS`), and under the
+    paper protocol those of its separate leave-one-out variants (``loo_completeness_gap``, ...)."""
+    if protocol != "paper":
+        return dict(DIAGNOSTIC_COLUMNS)
+    return {**DIAGNOSTIC_COLUMNS, **{f"loo_{name}": kind for name, kind in DIAGNOSTIC_COLUMNS.items()}}
+
+
 def row_columns(fractions: Sequence[float], protocol: Protocol) -> list[str]:
     """The columns of a report row, in order (:class:`FaithfulnessReport`)."""
     return [
         "prompt", "scorer", "n_candidates", *[delta_column(k) for k in fractions], "aopc", "loo_spearman",
         "loo_percentile_of_top", *(["loo_rank_percentage"] if protocol == "paper" else []),
-        "top_token", "predicted_token", "gold_token",
+        *diagnostic_columns(protocol), "top_token", "predicted_token", "gold_token",
     ]
+
+
+_TEXT_COLUMNS = ("prompt", "scorer", "n_candidates", "top_token", "predicted_token", "gold_token")
 
 
 def summarise_rows(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict[str, Any]]:
     """Per scorer (in order of first appearance), the mean of every numeric column over its rows,
-    NaN skipped: the faithfulness table, from a report's rows or a run's rows read back."""
+    NaN skipped: the faithfulness table, from a report's rows or a run's rows read back.
+    Diagnostic columns (a scorer's :class:`ScorerOutput` diagnostics) appear when some scorer
+    reported them: the mean over the rows that have them, None for a scorer that has none."""
     numeric = ["aopc", *[delta_column(k) for k in fractions], "loo_spearman", "loo_percentile_of_top"]
     if rows and "loo_rank_percentage" in rows[0]:
         numeric.append("loo_rank_percentage")
+    reported = [
+        column
+        for column in dict.fromkeys(key for row in rows for key in row)
+        if column not in numeric and column not in _TEXT_COLUMNS and any(row.get(column) is not None for row in rows)
+    ]
     table = []
     for scorer in dict.fromkeys(row["scorer"] for row in rows):
         scorer_rows = [row for row in rows if row["scorer"] == scorer]
-        means = {}
+        means: dict[str, float | None] = {}
         for column in numeric:
             values = torch.tensor([row[column] for row in scorer_rows], dtype=torch.float64)
             means[column] = float(values.nanmean())
+        for column in reported:
+            present = [row[column] for row in scorer_rows if row.get(column) is not None]
+            means[column] = float(torch.tensor(present, dtype=torch.float64).nanmean()) if present else None
         table.append({"scorer": scorer, "n_prompts": len(scorer_rows), **means})
     return table
 
@@ -618,19 +762,22 @@ def evaluate_prompt(
     candidates = torch.arange(len(tokens)) if paper else _candidates(adapter, context)
     rng = np.random.RandomState(prompt_seed(settings.seed, prompt_id))  # as the scripts' np.random.choice
 
-    def score(name: str, scorer: Scorer) -> torch.Tensor:
+    def score(name: str, scorer: Scorer) -> tuple[torch.Tensor, dict[str, Any]]:
         if isinstance(scorer, RandomScorer):
-            values = scorer(model, context, gold, prompt_id=prompt_id)
+            output = scorer(model, context, gold, prompt_id=prompt_id)
         else:
-            values = scorer(model, context, gold)
-        values = _checked_scores(name, values, len(context))
-        return torch.cat([values, torch.zeros(1)]) if paper else values
+            output = scorer(model, context, gold)
+        values, diagnostics = _checked_output(name, output, len(context))
+        return (torch.cat([values, torch.zeros(1)]) if paper else values), diagnostics
 
-    scores = {name: score(name, scorer.aopc) for name, scorer in settings.scorers.items()}
-    loo_scores = {
-        name: scores[name] if scorer.loo is scorer.aopc else score(name, scorer.loo)
-        for name, scorer in settings.scorers.items()
-    }
+    scores, diagnostics = {}, {}
+    loo_scores, loo_diagnostics = {}, {}
+    for name, scorer in settings.scorers.items():
+        scores[name], diagnostics[name] = score(name, scorer.aopc)
+        # A separate leave-one-out variant (the paper's) reports its diagnostics as loo_<name>.
+        loo_scores[name], loo_diagnostics[name] = (
+            (scores[name], {}) if scorer.loo is scorer.aopc else score(name, scorer.loo)
+        )
     ablated = {
         name: _ablated_sets(scorer, scores[name], candidates, fractions, settings.protocol, rng)
         for name, scorer in settings.scorers.items()
@@ -663,6 +810,11 @@ def evaluate_prompt(
         loo_kl = (original.exp() * (original - leave_one_out)).sum(-1)
     str_tokens = adapter.str_tokens(tokens)
     predicted_token = adapter.str_tokens(torch.tensor([predicted]))[0]
+    columns = [
+        *diagnostic_columns(settings.protocol),
+        *(key for reported in diagnostics.values() for key in reported),
+        *(f"loo_{key}" for reported in loo_diagnostics.values() for key in reported),
+    ]
     rows = []
     for scorer_index, name in enumerate(scores):
         deltas = (top_k_rows[scorer_index, :, predicted] - original[predicted]).tolist()
@@ -682,6 +834,9 @@ def evaluate_prompt(
         if paper:
             rank = int((loo_order == top_index).nonzero()[0, 0])
             row["loo_rank_percentage"] = 100.0 * rank / len(candidates)
+        row.update(dict.fromkeys(columns))  # every row has every diagnostic column, None where not reported
+        row.update(diagnostics[name])
+        row.update({f"loo_{key}": value for key, value in loo_diagnostics[name].items()})
         row.update(top_token=str_tokens[top], predicted_token=predicted_token, gold_token=str_tokens[-1])
         rows.append(row)
     evaluation = PromptEvaluation(

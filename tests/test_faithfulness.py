@@ -9,12 +9,15 @@ import torch
 
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
+from jscopes_tl import integrated_gradients
 from jscopes_tl.faithfulness import (
+    ScorerOutput,
     aopc,
     evaluate_faithfulness,
     gradient_x_input_scorer,
     integrated_gradients_scorer,
     prompt_seed,
+    random_scorer,
     top_k_counts,
 )
 from jscopes_tl.stats import average_ranks, spearman
@@ -131,6 +134,30 @@ def test_scorer_equal_to_leave_one_out_agrees_perfectly(any_model):
 
 
 # --------------------------------------------------------------------------------- baselines
+def integrated_gradients_by_trapezoid(model, context, gold, alphas):
+    """Reference: the trapezoid over ``alphas`` of ∇log p(gold) at α·x, x the residual stream
+    entering block 0, with the path's points put in place of it as one batch (plain autograd)."""
+    adapter = ModelAdapter(model)
+    x = residual_input(model, context).double()
+    weights = torch.zeros_like(alphas)
+    weights[:-1] += (alphas[1:] - alphas[:-1]) / 2
+    weights[1:] += (alphas[1:] - alphas[:-1]) / 2
+    points = (alphas[:, None, None] * x).float().requires_grad_(True)
+    store = {}
+
+    def replace(activation, hook):
+        return points
+
+    def capture(activation, hook):
+        store["final"] = activation
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(adapter.resid_pre_hook(0), replace), (adapter.final_hidden_hook, capture)]):
+        model(context.expand(len(alphas), -1))
+        log_p = torch.log_softmax(adapter.logits(adapter.final_hidden(store["final"])[:, -1]).double(), -1)[:, gold]
+        (gradients,) = torch.autograd.grad(log_p.sum(), points)
+    return (weights[:, None, None] * gradients.double()).sum(0) * x
+
+
 def test_gradient_x_input_and_integrated_gradients_match_autograd(any_model):
     adapter = ModelAdapter(any_model)
     context = PROMPTS[0][:-1]
@@ -146,9 +173,48 @@ def test_gradient_x_input_and_integrated_gradients_match_autograd(any_model):
         return gradient.double()
 
     expected_gxi = (gradient_at(1.0) * x).norm(dim=-1)
-    expected_ig = (torch.stack([gradient_at(a) for a in (0.2, 0.4, 0.6, 0.8, 1.0)]).mean(0) * x).norm(dim=-1)
     torch.testing.assert_close(gradient_x_input_scorer(any_model, context, gold).double(), expected_gxi, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(integrated_gradients_scorer(any_model, context, gold).double(), expected_ig, rtol=1e-4, atol=1e-6)
+    # Integrated Gradients, converged: a trapezoid on 2,001 points graded towards α = 0, where a
+    # LayerNorm model's log-probability changes fastest on the path from 0.
+    expected_ig = integrated_gradients_by_trapezoid(any_model, context, gold, torch.linspace(0, 1, 2001, dtype=torch.float64) ** 3)
+    scores = integrated_gradients_scorer(any_model, context, gold).double()
+    assert float((scores - expected_ig.norm(dim=-1)).norm() / expected_ig.norm(dim=-1).norm()) < 2e-3
+    # What the scorer was before issue 22: mean of ∇f(α·x) over α ∈ {0.2, …, 1.0}, times x, which is
+    # captum's 5-step right Riemann sum.
+    old = (torch.stack([gradient_at(a) for a in (0.2, 0.4, 0.6, 0.8, 1.0)]).mean(0) * x).norm(dim=-1)
+    with pytest.warns(UserWarning, match="has not converged"):
+        five_steps = integrated_gradients(any_model, context, target=gold, n_steps=5, method="riemann_right")
+    torch.testing.assert_close(five_steps.scores.double(), old, rtol=1e-4, atol=1e-6)
+
+
+def test_integrated_gradients_rows_report_the_completeness_gap_and_other_rows_none(any_model):
+    report = evaluate_faithfulness(any_model, PROMPTS, ["semantic", "integrated_gradients"], progress=False)
+    for tokens, (semantic, ig) in zip(PROMPTS, zip(report.rows[::2], report.rows[1::2])):
+        expected = integrated_gradients(any_model, tokens[:-1], target=int(tokens[-1]))
+        assert ig["completeness_gap"] == pytest.approx(expected.completeness_gap, rel=1e-6, abs=1e-9)
+        assert ig["relative_completeness_gap"] == pytest.approx(expected.relative_completeness_gap, rel=1e-6, abs=1e-9)
+        assert ig["ig_evaluations"] == expected.n_evaluations and ig["relative_completeness_gap"] <= 0.01
+        assert [semantic[column] for column in ("completeness_gap", "relative_completeness_gap", "ig_evaluations")] == [None] * 3
+    summary = {row["scorer"]: row for row in report.summary()}
+    assert summary["semantic"]["relative_completeness_gap"] is None
+    assert summary["integrated_gradients"]["ig_evaluations"] == pytest.approx(
+        sum(row["ig_evaluations"] for row in report.rows[1::2]) / 2
+    )
+    assert "completeness_gap" not in evaluate_faithfulness(any_model, PROMPTS, ["semantic"], progress=False).summary()[0]
+
+
+def test_a_scorer_may_return_scores_with_diagnostics(any_model):
+    def with_diagnostics(model, context, gold):
+        return ScorerOutput(torch.arange(len(context), dtype=torch.float32), {"n_tokens": len(context)})
+
+    report = evaluate_faithfulness(any_model, PROMPTS, {"mine": with_diagnostics, "random": random_scorer()}, progress=False)
+    assert [row["n_tokens"] for row in report.rows] == [10, None, 5, None]
+    assert [row["n_tokens"] for row in report.summary()] == [7.5, None]
+    torch.testing.assert_close(report.prompts[1].scores["mine"], torch.arange(5.0))
+    with pytest.raises(ScopeInputError, match="scorer 'bad' returned diagnostics"):
+        evaluate_faithfulness(
+            any_model, PROMPTS, {"bad": lambda m, c, g: ScorerOutput(torch.ones(len(c)), {"note": "text"})}, progress=False
+        )
 
 
 def test_random_scorer_is_reproducible_from_its_seed(any_model):

@@ -196,6 +196,39 @@ def test_leave_one_out_summary_uses_fisher_rank_4_and_the_logit_path_integral(an
     torch.testing.assert_close(evaluation.loo_scores["integrated_gradients"][:-1].double(), expected, rtol=1e-4, atol=1e-7)
 
 
+def test_the_scripts_integrated_gradients_report_the_completeness_gap_of_the_path_they_sample(any_model):
+    """The AOPC variant samples x(α) = α e + pos from α = 0 (token embeddings zeroed, position
+    embeddings kept) to 1; the leave-one-out variant's ten nodes, weights 0.09, span α = 0.1 to 1."""
+    context, gold = SHORT_PASSAGE[:-1], int(SHORT_PASSAGE[-1])
+    report = evaluate_faithfulness(any_model, SHORT_PASSAGE, ["integrated_gradients", "semantic"], protocol="paper", progress=False)
+    row, other = report.rows
+    embeddings = token_embeddings(any_model, context)
+
+    def logits_at(alpha):
+        def scale(activation, hook):
+            return alpha * activation
+
+        with torch.no_grad(), any_model.hooks(fwd_hooks=[(token_embedding_hook(any_model), scale)]):
+            return any_model(context[None])[0, -1].double()
+
+    def log_p_gold(logits):
+        return torch.log_softmax(logits, -1)[gold]
+
+    steps = [reference_gradient(any_model, context, log_p_gold, alpha) for alpha in (0.2, 0.4, 0.6, 0.8, 1.0)]  # α·∇f each
+    total = float((torch.stack(steps).mean(0) * embeddings).sum())
+    change = float(log_p_gold(logits_at(1.0)) - log_p_gold(logits_at(0.0)))
+    assert row["completeness_gap"] == pytest.approx(total - change, rel=1e-4, abs=1e-6)
+    assert row["relative_completeness_gap"] == pytest.approx(abs(total - change) / abs(change), rel=1e-4)
+    assert row["ig_evaluations"] == 5 and row["loo_ig_evaluations"] == 10
+
+    alphas = [round(0.1 * i, 1) for i in range(1, 11)]
+    steps = [reference_gradient(any_model, context, lambda logits: logits[gold], alpha) / alpha for alpha in alphas]
+    total = float((torch.stack(steps).mean(0) * (0.9 * embeddings)).sum())
+    change = float(logits_at(1.0)[gold] - logits_at(0.1)[gold])
+    assert row["loo_completeness_gap"] == pytest.approx(total - change, rel=1e-4, abs=1e-6)
+    assert other["completeness_gap"] is None and other["loo_completeness_gap"] is None
+
+
 def test_paper_protocol_errors(any_model):
     with pytest.raises(ScopeInputError, match="protocol must be 'default' or 'paper'"):
         evaluate_faithfulness(any_model, SHORT_PASSAGE, ["random"], protocol="authors", progress=False)

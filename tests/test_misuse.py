@@ -36,6 +36,7 @@ from jscopes_tl import (
     component_scope,
     evaluate_faithfulness,
     fisher_scope,
+    integrated_gradients,
     jacobian_scope,
     layer_resolved_scope,
     models,
@@ -144,6 +145,13 @@ MISUSES: dict[str, Misuse] = {
     "callable returning NaN": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: y.sum(-1) * math.nan), ScopeInputError, "NaN"),
     "callable with a NaN gradient": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, target=lambda y: (y[:, 0] - y[:, 0]).sqrt()), NonFiniteScoresError, "NaN or infinite"),
     "custom readout, bad memory budget": Misuse("jacobian_scope", lambda c: jacobian_scope(c.model, PROMPT, lambda y, logits: None, kind="mine", memory_budget_mb=-5), ScopeInputError, "memory_budget_mb"),
+    # ------------------------------------------------------------------ integrated gradients
+    "IG method unknown": Misuse("integrated_gradients", lambda c: integrated_gradients(c.model, PROMPT, method="simpson"), ScopeInputError, "method must be one of captum's"),
+    "IG n_steps=1 for a Riemann rule": Misuse("integrated_gradients", lambda c: integrated_gradients(c.model, PROMPT, n_steps=1, method="riemann_right"), ScopeInputError, "n_steps must be an int ≥ 2"),
+    "IG baseline of another shape": Misuse("integrated_gradients", lambda c: integrated_gradients(c.recall, RECALL, baseline=torch.zeros(2, 64)), ScopeInputError, r"baseline must be a float tensor .* \[5, 64\]"),
+    "IG tolerance 0": Misuse("integrated_gradients", lambda c: integrated_gradients(c.model, PROMPT, tolerance=0), ScopeInputError, "tolerance"),
+    "IG on two prompts": Misuse("integrated_gradients", lambda c: integrated_gradients(c.model, [PROMPT, PROMPT]), ScopeInputError, "one prompt"),
+    "IG coarse fixed rule": Misuse("integrated_gradients", lambda c: integrated_gradients(c.recall, RECALL, n_steps=5, method="riemann_right"), match="has not converged", warns=True),
     # ------------------------------------------------------------------ readout hooks, interventions, components
     "readout_hook not a hook": Misuse("semantic_scope", lambda c: semantic_scope(c.model, PROMPT, readout_hook="blocks.9.nothing", target=lambda a: a.sum(-1)), ScopeInputError, "readout_hook must be the name"),
     "fisher at a readout_hook": Misuse("fisher_scope", lambda c: fisher_scope(c.model, PROMPT, readout_hook="blocks.0.hook_resid_post"), ScopeInputError, "readout_hook"),

@@ -9,23 +9,24 @@ Scorers compared are those of the faithfulness table (:func:`jscopes_tl.faithful
 the Semantic Scope of the gold token, Fisher at rank 1, Temperature, gradient × input and
 Integrated Gradients on ``log p(answer)``, random) plus the last layer's attention from the
 prediction position (mean over heads), the attribution people often read off a model first.
-All share the faithfulness scorers' signature ``(model, tokens [pos], answer_id) -> scores [pos]``.
+All share the faithfulness scorers' signature ``(model, tokens [pos], answer_id) -> scores [pos]``
+(or a :class:`~jscopes_tl.faithfulness.ScorerOutput` holding them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
 from jaxtyping import Float, Int
 
 from jscopes_tl.adapter import ModelAdapter
-from jscopes_tl.faithfulness import builtin_scorers
+from jscopes_tl.faithfulness import ScorerOutput, builtin_scorers
 from jscopes_tl.models.tasks import LabelledPrompt, Task, get_task
 
-Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Float[torch.Tensor, " pos"]]
+Scorer = Callable[[Any, Int[torch.Tensor, " pos"], int], Union[Float[torch.Tensor, " pos"], ScorerOutput]]
 
 
 def last_layer_attention_scorer(model: Any, tokens: Int[torch.Tensor, " pos"], answer: int) -> Float[torch.Tensor, " pos"]:
@@ -103,7 +104,9 @@ def ground_truth_accuracy(
         tokens = prompt_token_ids(model, prompt)
         answer = int(model.tokenizer.convert_tokens_to_ids(prompt.answer))
         for name, scorer in chosen.items():
-            hits[name] += top_source_hits(scorer(model, tokens, answer)[None], [prompt])
+            output = scorer(model, tokens, answer)
+            scores = output.scores if isinstance(output, ScorerOutput) else output
+            hits[name] += top_source_hits(scores[None], [prompt])
         with torch.no_grad():
             correct += int(adapter.forward(tokens[None])[0, -1].argmax()) == answer
     chance = sum(

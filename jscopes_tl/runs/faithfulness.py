@@ -34,6 +34,7 @@ from jscopes_tl.faithfulness import (
     FaithfulnessSettings,
     PromptEvaluation,
     delta_column,
+    diagnostic_columns,
     check_faithfulness_arguments,
     check_prompt_tokens,
     evaluate_prompt,
@@ -157,8 +158,10 @@ def run_faithfulness(
 
     One row per (prompt, scorer) under ``out_dir/records/``: the report row's columns
     (``prompt_id, scorer, n_candidates, delta_5, delta_10, delta_20, aopc, loo_spearman,
-    loo_percentile_of_top`` [, ``loo_rank_percentage``], ``top_token, predicted_token,
-    gold_token``) and the prompt's measurements (``text, tokens, str_tokens, candidates, scores,
+    loo_percentile_of_top`` [, ``loo_rank_percentage``], ``completeness_gap,
+    relative_completeness_gap, ig_evaluations`` (null but for Integrated Gradients)
+    [, ``loo_completeness_gap, loo_relative_completeness_gap, loo_ig_evaluations``],
+    ``top_token, predicted_token, gold_token``) and the prompt's measurements (``text, tokens, str_tokens, candidates, scores,
     loo_scores, ablated, leave_one_out_kl``; :func:`jscopes_tl.runs.storage.faithfulness_schema`).
     For the same prompts they equal :func:`~jscopes_tl.faithfulness.evaluate_faithfulness`'s, with
     the prompt's row index in the dataset as its index. Prompts that cannot be evaluated (empty,
@@ -196,7 +199,9 @@ def run_faithfulness(
     settings = faithfulness_settings(
         model, arguments["scorers"], arguments["fractions"], ablation, protocol, batch_size, arguments["seed"]
     )
-    schema = storage.faithfulness_schema([delta_column(k) for k in settings.fractions], settings.paper)
+    schema = storage.faithfulness_schema(
+        [delta_column(k) for k in settings.fractions], settings.paper, diagnostic_columns(settings.protocol)
+    )
     job = RunJob(
         arguments=arguments, schema=schema, tokenize=settings.tokenize,
         score_batch=lambda batch, texts: score_batch(settings, batch, texts), description="jscopes eval",

@@ -77,10 +77,11 @@ RECORD_SCHEMA = pa.schema([
     pa.field("batch", pa.int64(), nullable=False),
 ])
 
-def faithfulness_schema(delta_columns: list[str], paper: bool) -> pa.Schema:
+def faithfulness_schema(delta_columns: list[str], paper: bool, diagnostic_columns: dict[str, type]) -> pa.Schema:
     """One row per (prompt, scorer) of ``jscopes eval``: the columns of a
-    :class:`~jscopes_tl.faithfulness.FaithfulnessReport` row (``prompt`` named ``prompt_id``), then
-    the prompt and the scorer's measurements (:class:`~jscopes_tl.faithfulness.PromptEvaluation`)."""
+    :class:`~jscopes_tl.faithfulness.FaithfulnessReport` row (``prompt`` named ``prompt_id``; the
+    diagnostic columns null for scorers that report none), then the prompt and the scorer's
+    measurements (:class:`~jscopes_tl.faithfulness.PromptEvaluation`)."""
     return pa.schema([
         pa.field("prompt_id", pa.int64(), nullable=False),
         pa.field("scorer", pa.string(), nullable=False),
@@ -90,6 +91,7 @@ def faithfulness_schema(delta_columns: list[str], paper: bool) -> pa.Schema:
         pa.field("loo_spearman", pa.float64()),
         pa.field("loo_percentile_of_top", pa.float64()),
         *([pa.field("loo_rank_percentage", pa.float64())] if paper else []),
+        *[pa.field(column, pa.int64() if kind is int else pa.float64()) for column, kind in diagnostic_columns.items()],
         pa.field("top_token", pa.string()),
         pa.field("predicted_token", pa.string()),
         pa.field("gold_token", pa.string()),

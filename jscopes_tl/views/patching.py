@@ -106,6 +106,8 @@ def faithfulness_table_html(report: FaithfulnessReport, *, per_prompt: bool = Fa
     columns = list(rows[0])
 
     def cell(value: Any) -> str:
+        if value is None:  # a column this row's scorer does not report (a diagnostic of another scorer)
+            return "<td>–</td>"
         return f"<td>{value:.4g}</td>" if isinstance(value, float) else f"<td>{html.escape(str(value))}</td>"
 
     head = "<tr>" + "".join(f"<th>{html.escape(column)}</th>" for column in columns) + "</tr>"
