@@ -99,7 +99,8 @@ from jaxtyping import Bool, Float, Int
 from jscopes_tl.adapter import ModelAdapter
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.inputs import prepare_tokens
-from jscopes_tl.path_integrals import Objective, completeness_scale, integrated_gradients, objective_values
+from jscopes_tl.path_integrals import Objective, integrated_gradients, objective_values
+from jscopes_tl.quadrature import completeness_scale
 from jscopes_tl.scopes import fisher_scope, semantic_scope, temperature_scope
 from jscopes_tl.stats import spearman
 
@@ -131,7 +132,7 @@ PAPER_LOO_INTEGRATED_GRADIENTS_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
 PAPER_KL_FLOOR = 1e-10
 # The diagnostics the built-in Integrated Gradients scorers report, a column each in every row
 # (None for the other scorers): Σ attributions − (f(x) − f(x₀)), its size relative to
-# |f(x) − f(x₀)| (jscopes_tl.path_integrals.completeness_scale), and the gradient evaluations used.
+# |f(x) − f(x₀)| (jscopes_tl.quadrature.completeness_scale), and the gradient evaluations used.
 DIAGNOSTIC_COLUMNS: dict[str, type] = {
     "completeness_gap": float, "relative_completeness_gap": float, "ig_evaluations": int,
 }

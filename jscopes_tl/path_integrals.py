@@ -48,7 +48,7 @@ Mechanics that keep this exact and affordable:
   of it, by at most 0.2 %, for about 20 % more evaluations (100–300 per prompt on the bundled
   models, in 3–6 rounds).
 * **Scale of the gap.** ``relative_completeness_gap = |gap| / S`` with ``S = |f(x) − f(x₀)|``
-  (:func:`completeness_scale`), except in two degenerate cases. When ``f(x) ≈ f(x₀)`` although
+  (:func:`~jscopes_tl.quadrature.completeness_scale`), except in two degenerate cases. When ``f(x) ≈ f(x₀)`` although
   ``f`` moves in between, ``S`` is at least ``tolerance × V``, ``V = Σ_k |f(α_{k+1}) − f(α_k)|`` the
   variation of ``f`` over the points evaluated (``≥ |f(x) − f(x₀)|``, equal when ``f`` is monotone
   along the path): a quadrature's error is relative to how much ``f`` moves, and a net change
@@ -73,7 +73,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -82,6 +81,18 @@ from jscopes_tl.engine import DEFAULT_MEMORY_BUDGET_MB, PerturbationPoint, run_s
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.fisher import working_dtype
 from jscopes_tl.inputs import Inputs, TokenBatch, prepare_tokens, resolve_positions, warn_at_caller
+from jscopes_tl.quadrature import (
+    CAPTUM_DEFAULT_STEPS,
+    CAPTUM_METHODS,
+    DEFAULT_TOLERANCE,
+    INITIAL_PANELS,
+    PANEL_NODES,
+    Integral,
+    adaptive_rule,
+    completeness_scale,
+    fixed_rule,
+    path_variation,
+)
 from jscopes_tl.readouts import Readout, TokenLike, parse_semantic_target
 from jscopes_tl.scopes import check_finite
 
@@ -90,66 +101,7 @@ Method = Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_midd
 Baseline = Union[None, float, Float[torch.Tensor, "pos d_model"]]
 
 OBJECTIVES = ("log_probability", "logit", "probability")
-CAPTUM_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-# captum's default number of steps, for a method given without n_steps.
-CAPTUM_DEFAULT_STEPS = 50
-DEFAULT_TOLERANCE = 0.01
 DEFAULT_MAX_STEPS = 1024
-# The adaptive scheme's panels: nodes per panel (odd, so that a panel's midpoint is a node) and how many to start with.
-PANEL_NODES = 9
-INITIAL_PANELS = 4
-# The adaptive scheme refines until the panels' errors sum to tolerance / REFINEMENT_MARGIN: only
-# the sum over dimensions is known exactly, and its error can hide larger errors of single tokens
-# that cancel in it (module docstring).
-REFINEMENT_MARGIN = 10
-
-
-# ------------------------------------------------------------------------------------ quadrature rules
-def captum_rule(method: str, n_steps: int) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"]]:
-    """The nodes ``α`` and weights of captum's rule ``method`` with ``n_steps`` nodes on [0, 1], in float64."""
-    n = n_steps
-    k = torch.arange(n, dtype=torch.float64)
-    if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1]
-        return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * weights)
-    if method == "riemann_trapezoid":
-        weights = torch.full((n,), 1 / n, dtype=torch.float64)
-        weights[[0, -1]] /= 2
-        return k / (n - 1), weights
-    offset = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}[method]
-    return (k + offset) / n, torch.full((n,), 1 / n, dtype=torch.float64)
-
-
-def gauss_lobatto_rule(n_nodes: int) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"]]:
-    """The ``n_nodes``-point Gauss–Lobatto rule on [0, 1] (exact for polynomials of degree
-    ``2·n_nodes − 3``): both ends and the roots of ``P'_{n−1}``, weights ``2 / (n (n−1) P_{n−1}(t)²)``
-    on [−1, 1], halved."""
-    legendre = np.polynomial.legendre.Legendre.basis(n_nodes - 1)
-    nodes = np.concatenate([[-1.0], np.sort(legendre.deriv().roots().real), [1.0]])
-    weights = 2 / (n_nodes * (n_nodes - 1) * legendre(nodes) ** 2)
-    return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * weights)
-
-
-_LOBATTO_NODES, _LOBATTO_WEIGHTS = gauss_lobatto_rule(PANEL_NODES)
-
-
-@dataclass(frozen=True, eq=False)
-class _Panel:
-    """One panel ``[start, end]`` of the adaptive rule, once its nodes are evaluated: the weighted
-    gradient sum over its nodes (float64, ``[pos, width]``) and its error, the quadrature of
-    ``df/dα`` minus the exact ``f(end) − f(start)``."""
-
-    start: float
-    end: float
-    gradient_sum: torch.Tensor
-    error: float
-
-    @staticmethod
-    def nodes(start: float, end: float) -> list[float]:
-        # The ends exactly as given: they are nodes evaluated before (the neighbours', the cut
-        # panel's), found again by value; the interior from the rule.
-        interior = [start + (end - start) * float(t) for t in _LOBATTO_NODES[1:-1]]
-        return [start, *interior, end]
 
 
 # ------------------------------------------------------------------------------------ result
@@ -164,7 +116,7 @@ class IntegratedGradientsResult:
         value, baseline_value: ``f(x)`` and ``f(x₀)``.
         completeness_gap: ``Σ attributions − (f(x) − f(x₀))`` (captum's convergence delta).
         relative_completeness_gap: ``|completeness_gap|`` over ``|f(x) − f(x₀)|`` (or the floors
-            of :func:`completeness_scale` when that is near 0; module docstring).
+            of :func:`~jscopes_tl.quadrature.completeness_scale` when that is near 0; module docstring).
         path_variation: ``V = Σ_k |f(α_{k+1}) − f(α_k)|`` over the evaluated points, by increasing ``α``.
         converged: ``relative_completeness_gap <= tolerance``.
         method: ``"adaptive"`` or captum's method name.
@@ -346,107 +298,9 @@ def _evaluate(path: _Path, alphas: list[float]) -> tuple[dict[float, torch.Tenso
     return dict(zip(alphas, gradients)), dict(zip(alphas, values))
 
 
-def _path_variation(values: dict[float, float]) -> float:
-    ordered = [values[alpha] for alpha in sorted(values)]
-    return float(sum(abs(b - a) for a, b in zip(ordered, ordered[1:])))
-
-
-@dataclass
-class _Integral:
-    """What a quadrature produced: the weighted gradient sum and the rule, the values seen, the cost."""
-
-    gradient_sum: torch.Tensor  # Σ_k w_k ∇f(x(α_k)), float64 [pos, width]
-    rule: dict[float, float]  # α → weight
-    values: dict[float, float]  # α → f, every point evaluated
-    n_evaluations: int
-    n_rounds: int
-
-
-def _fixed_rule(path: _Path, method: str, n_steps: int) -> _Integral:
-    alphas, weights = captum_rule(method, n_steps)
-    rule: dict[float, float] = {}
-    for alpha, weight in zip(alphas.tolist(), weights.tolist()):
-        rule[alpha] = rule.get(alpha, 0.0) + weight
-    evaluated = sorted(set(rule) | {0.0, 1.0})  # f(x₀) and f(x), for the gap
-    gradients, values = _evaluate(path, evaluated)
-    gradient_sum = sum(weight * gradients[alpha].double() for alpha, weight in rule.items())
-    return _Integral(gradient_sum, rule, values, len(evaluated), 1)
-
-
-def _pieces(panel: _Panel, values: dict[float, float]) -> list[tuple[float, float]]:
-    """A panel cut at the two neighbouring nodes between which ``f`` changes most (where ``df/dα``
-    is largest, so least resolved): 2 or 3 pieces, the one holding that step 5–18 % as wide as the
-    panel (the gaps between a 9-node Lobatto rule's nodes), so a steep feature's panel shrinks 5 to
-    20 times per round."""
-    nodes = _Panel.nodes(panel.start, panel.end)
-    steps = [abs(values[b] - values[a]) for a, b in zip(nodes, nodes[1:])]
-    steepest = steps.index(max(steps))
-    inner = [node for node in nodes[steepest : steepest + 2] if panel.start < node < panel.end]
-    cuts = [panel.start, *inner, panel.end]
-    return list(zip(cuts, cuts[1:]))
-
-
-def _adaptive_rule(path: _Path, tolerance: float, max_steps: int) -> _Integral:
-    """Composite Gauss–Lobatto panels, cut where their exactly known errors are largest."""
-    edges = [i / INITIAL_PANELS for i in range(INITIAL_PANELS + 1)]
-    pending = list(zip(edges, edges[1:]))  # panels whose nodes are not evaluated yet
-    panels: list[_Panel] = []
-    gradients: dict[float, torch.Tensor] = {}  # at the nodes of the current panels
-    values: dict[float, float] = {}  # at every point evaluated
-    n_evaluations = n_rounds = 0
-    while pending:
-        new = sorted({alpha for start, end in pending for alpha in _Panel.nodes(start, end)} - set(values))
-        new_gradients, new_values = _evaluate(path, new)
-        gradients.update(new_gradients)
-        values.update(new_values)
-        n_evaluations, n_rounds = n_evaluations + len(new), n_rounds + 1
-        for start, end in pending:
-            weights = ((end - start) * _LOBATTO_WEIGHTS).tolist()
-            gradient_sum = sum(w * gradients[alpha].double() for alpha, w in zip(_Panel.nodes(start, end), weights))
-            error = float((gradient_sum * path.difference).sum()) - (values[end] - values[start])
-            panels.append(_Panel(start, end, gradient_sum, error))
-        panels.sort(key=lambda panel: panel.start)
-        current = {alpha for panel in panels for alpha in _Panel.nodes(panel.start, panel.end)}
-        gradients = {alpha: gradient for alpha, gradient in gradients.items() if alpha in current}
-
-        allowed = tolerance / REFINEMENT_MARGIN * _gap_scale(path, values, tolerance)
-        if sum(abs(panel.error) for panel in panels) <= allowed:
-            break
-        # Cut the panels whose error exceeds an equal share of what is allowed, largest first, as
-        # many as max_steps leaves room for (a piece's ends are known: PANEL_NODES − 2 new nodes each).
-        share = allowed / len(panels)
-        pending, cut = [], set()
-        for panel in sorted((p for p in panels if abs(p.error) > share), key=lambda p: -abs(p.error)):
-            pieces = _pieces(panel, values)
-            if n_evaluations + (len(pending) + len(pieces)) * (PANEL_NODES - 2) > max_steps:
-                break
-            pending += pieces
-            cut.add(id(panel))
-        panels = [panel for panel in panels if id(panel) not in cut]
-
-    rule: dict[float, float] = {}
-    for panel in panels:
-        weights = ((panel.end - panel.start) * _LOBATTO_WEIGHTS).tolist()
-        for alpha, weight in zip(_Panel.nodes(panel.start, panel.end), weights):
-            rule[alpha] = rule.get(alpha, 0.0) + weight
-    return _Integral(sum(panel.gradient_sum for panel in panels), rule, values, n_evaluations, n_rounds)
-
-
-def completeness_scale(
-    value: float, baseline_value: float, *, variation: float = 0.0, tolerance: float = DEFAULT_TOLERANCE,
-    dtype: torch.dtype = torch.float32,
-) -> float:
-    """What a completeness gap is measured against: ``|f(x) − f(x₀)|``, but never less than
-    ``tolerance × variation`` (``f(x) ≈ f(x₀)`` while ``f`` moves along the path: the quadrature's
-    error is relative to how much ``f`` moves, and a net change near 0 is not worth chasing) nor
-    than ``√ε`` of ``dtype`` times ``max(1, |f(x)|)`` (``f`` flat: the gap is rounding)."""
-    floor = math.sqrt(torch.finfo(dtype).eps) * max(1.0, abs(value))
-    return max(abs(value - baseline_value), tolerance * variation, floor)
-
-
 def _gap_scale(path: _Path, values: dict[float, float], tolerance: float) -> float:
     return completeness_scale(
-        values[1.0], values[0.0], variation=_path_variation(values), tolerance=tolerance,
+        values[1.0], values[0.0], variation=path_variation(values), tolerance=tolerance,
         dtype=working_dtype(path.adapter.dtype),
     )
 
@@ -526,15 +380,21 @@ def integrated_gradients(
             adapter, batch, absolute, hook, _target_id(adapter, target, top1), objective, x0,
             x.to(torch.float64) - x0.to(torch.float64), memory_budget_mb,
         )
+        def evaluate(alphas: list[float]) -> tuple[dict[float, torch.Tensor], dict[float, float]]:
+            return _evaluate(path, alphas)
+
         if fixed_steps is None:
-            integral = _adaptive_rule(path, float(tolerance), max_steps)
+            integral = adaptive_rule(
+                evaluate, path.difference, float(tolerance), max_steps,
+                lambda values: _gap_scale(path, values, float(tolerance)),
+            )
         else:
-            integral = _fixed_rule(path, method, fixed_steps)
+            integral = fixed_rule(evaluate, method, fixed_steps)
     return _result(path, integral, method, float(tolerance), max_steps)
 
 
 def _result(
-    path: _Path, integral: _Integral, method: str, tolerance: float, max_steps: int
+    path: _Path, integral: Integral, method: str, tolerance: float, max_steps: int
 ) -> IntegratedGradientsResult:
     attributions = integral.gradient_sum * path.difference  # float64
     value, baseline_value = integral.values[1.0], integral.values[0.0]
@@ -562,7 +422,7 @@ def _result(
         baseline_value=baseline_value,
         completeness_gap=gap,
         relative_completeness_gap=relative,
-        path_variation=_path_variation(integral.values),
+        path_variation=path_variation(integral.values),
         converged=relative <= tolerance,
         tolerance=tolerance,
         method=method,

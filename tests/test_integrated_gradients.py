@@ -23,7 +23,7 @@ from jscopes_tl import integrated_gradients, models
 from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
 from jscopes_tl.errors import ScopeInputError
 from jscopes_tl.faithfulness import gradient_x_input_scorer, paper_gradient_x_input_scorer
-from jscopes_tl.path_integrals import CAPTUM_METHODS, captum_rule, gauss_lobatto_rule
+from jscopes_tl.quadrature import CAPTUM_METHODS, captum_rule, gauss_lobatto_rule
 from jscopes_tl.toy import toy_model
 
 from conftest import hook_fingerprint, residual_input
