@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how a top-ranked token is removed: zero its embedding, or substitute the pad token")
     evaluate.add_argument(
         "--protocol", choices=("default", "paper"), default="default",
-        help="'paper': the authors' benchmark scripts choice by choice (see the README)",
+        help="'paper': the authors' benchmark scripts choice by choice (docs/guide/faithfulness.md)",
     )
     evaluate.add_argument("--limit", type=_positive, help="use only the first N prompts")
     evaluate.add_argument(
