@@ -77,7 +77,7 @@ napoleon_numpy_docstring = False
 
 # Types of other libraries: there are no intersphinx inventories offline (the build has no
 # network), so references to them stay plain text. Every reference into jscopes_tl must resolve.
-_EXTERNAL = r"(torch|numpy|np|pandas|pd|transformer_lens|transformers|datasets|jaxtyping|pyarrow|circuitsvis|IPython|collections|typing|pathlib|random|os|enum|dataclasses|abc|concurrent|threading)"
+_EXTERNAL = r"(torch|numpy|np|pandas|pd|transformer_lens|transformers|datasets|jaxtyping|pyarrow|circuitsvis|IPython|collections|typing|pathlib|random|os|enum|dataclasses|abc|concurrent|threading|weakref)"
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL + r"(\..*)?"),
     (r"py:(class|obj)", r"(Float|Int|Bool|Tensor|Any|Callable|Sequence|Mapping|Iterable|Iterator|Literal|Path|DataFrame|ndarray|Module)"),

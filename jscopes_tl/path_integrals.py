@@ -17,7 +17,7 @@ well a quadrature approximates the integral. Its error, the **completeness gap**
 
 Mechanics that keep this exact and affordable:
 
-* Every quadrature node is one row of one engine call (:func:`jscopes_tl.engine.run_scope`): the
+* Every quadrature node is one row of one engine call (``jscopes_tl.engine.run_scope``): the
   prompt's tokens replicated, each row's input moved to ``x₀ + α (x − x₀)`` in the perturbation
   hook, a readout whose direction is ``∂f/∂y`` and which records ``f`` of its row. So ``f`` at
   every node comes from the same forward pass as its gradient, and the engine's memory chunking

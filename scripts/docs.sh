@@ -12,6 +12,6 @@ python="${PYTHON:-.venv/bin/python}"
 out="${1:-docs/_build/html}"
 shift $(( $# > 0 ? 1 : 0 ))
 doctrees="$(dirname "$out")/.doctrees-$(basename "$out")"
-"$python" -m sphinx -b html -W --keep-going -n -q -d "$doctrees" "$@" docs "$out"
+"$python" -m sphinx -b html -E -W --keep-going -n -q -d "$doctrees" "$@" docs "$out"
 "$python" -m sphinx -b doctest -W --keep-going -n -q -d "$doctrees" "$@" docs "$doctrees/doctest"
 echo "docs built: $out/index.html"

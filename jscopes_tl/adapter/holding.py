@@ -134,7 +134,7 @@ def check_differentiable(
     Tensors created under ``torch.inference_mode()`` are *inference tensors*: autograd cannot record
     through them, and their ``requires_grad`` cannot be set outside that mode. ``meta`` tensors have
     no values at all (a model built on the ``meta`` device and never loaded), unless Accelerate
-    offloaded them from ``model`` (see :func:`~jscopes_tl.adapter.offload.offloaded_modules`): those are
+    offloaded them from ``model`` (see ``jscopes_tl.adapter.offload.offloaded_modules``): those are
     loaded for each forward pass, and autograd records through the loaded values.
     """
     tensors = list(tensors)
@@ -180,7 +180,7 @@ class ModelHolding:
     def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
         """The model on a batch whose every token is real (right padding only ever follows them).
 
-        Tokens go positionally, to the token embedding's device (:attr:`input_device`; a
+        Tokens go positionally, to the token embedding's device (``input_device``; a
         HookedTransformer moves them only when their device *type* differs from ``cfg.device``'s),
         through the generation's own call (:meth:`GenerationFacts.run`): HookedTransformer and the
         bridge name the argument differently, and a HookedTransformer is told that the batch is
