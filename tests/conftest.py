@@ -20,6 +20,17 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+# Tests of the run machinery's processes (signals, resumption, torchrun ranks, the directory lock)
+# and of the benchmark script: what they check (files, manifests, locks, process exits) does not
+# depend on the TransformerLens generation, and each takes 10-40 s, so they run in the TL 4.x suite
+# only. The TL 2.18 suite still runs a killed run's resumption (every signal) and every in-process
+# run test, which do go through the generation's adapter.
+once_per_suite = pytest.mark.skipif(
+    hooked_transformer_available(),
+    reason="generation-independent process test: run in the TransformerLens 4.x suite (tests/conftest.py)",
+)
+
+
 def _bridge_available() -> bool:
     try:
         from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module  # noqa: F401

@@ -19,6 +19,7 @@ import torch
 from jscopes_tl import cli, evaluate_faithfulness, models, run_faithfulness
 from jscopes_tl.runs import RunConflictError
 from jscopes_tl.runs.prompts import read_prompt_dataset
+from conftest import once_per_suite
 from run_processes import assert_no_partial_files, environment, interrupt_run, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +199,7 @@ def command(prompt_file: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@once_per_suite
 def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_file, reference, tmp_path, stop):
     out = tmp_path / "eval"
     interrupt_run(command(prompt_file, out), out, stop)
@@ -214,6 +216,7 @@ def test_a_killed_eval_resumes_to_exactly_the_uninterrupted_rows(recall, prompt_
     assert_no_partial_files(out)
 
 
+@once_per_suite
 def test_two_ranks_on_gloo_write_exactly_the_single_process_rows(prompt_file, reference, tmp_path):
     out = tmp_path / "eval"
     done = subprocess.run(torchrun(2, command(prompt_file, out)), env=environment(), capture_output=True, text=True, timeout=300)

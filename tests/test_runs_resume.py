@@ -23,6 +23,7 @@ import torch
 from jscopes_tl import models, run_dataset
 from jscopes_tl.runs import RunInUseError
 from jscopes_tl.runs.storage import lock_directory
+from conftest import once_per_suite
 from run_processes import assert_no_partial_files, environment, interrupt_run, start_run, torchrun, wait_for_shards
 
 N_PROMPTS = 300
@@ -90,6 +91,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(recall, promp
     assert_no_partial_files(out)
 
 
+@once_per_suite
 def test_two_ranks_on_gloo_write_exactly_the_single_process_records(prompt_file, reference, tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
@@ -106,6 +108,7 @@ def test_two_ranks_on_gloo_write_exactly_the_single_process_records(prompt_file,
     lock_directory(out).release()  # rank 0's lock went with the run
 
 
+@once_per_suite
 def test_a_rank_killed_mid_run_resumes_on_another_number_of_ranks(recall, prompt_file, reference, tmp_path):
     import psutil
 
@@ -127,6 +130,7 @@ def test_a_rank_killed_mid_run_resumes_on_another_number_of_ranks(recall, prompt
     assert records(out) == reference
 
 
+@once_per_suite
 def test_a_single_process_run_resumes_on_two_ranks(recall, prompt_file, reference, tmp_path):
     out = tmp_path / "run"
     process = start_run(command(prompt_file, out), out)
@@ -164,6 +168,7 @@ run_dataset(models.load("recall"), sys.argv[1], sys.argv[2], batch_size=1, progr
 """
 
 
+@once_per_suite
 def test_a_run_killed_mid_write_leaves_the_directory_readable_and_resumes(recall, prompt_file, reference, tmp_path):
     out = tmp_path / "run"
     killed = subprocess.run(
@@ -180,6 +185,7 @@ def test_a_run_killed_mid_write_leaves_the_directory_readable_and_resumes(recall
     assert_no_partial_files(out)
 
 
+@once_per_suite
 def test_a_running_run_holds_its_directory_until_killed_by_sigkill(recall, prompt_file, reference, tmp_path):
     out = tmp_path / "run"
     process = start_run(command(prompt_file, out), out)
@@ -191,6 +197,7 @@ def test_a_running_run_holds_its_directory_until_killed_by_sigkill(recall, promp
     assert summary.ok and records(out) == reference
 
 
+@once_per_suite
 def test_two_ranks_are_refused_together_on_a_directory_another_run_holds(prompt_file, tmp_path):
     out = tmp_path / "run"
     lock = lock_directory(out)
