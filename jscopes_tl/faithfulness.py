@@ -44,7 +44,7 @@ the residual stream entering block 0, i.e. token + position embedding on GPT-2 (
 alone: the paper protocol's variant below). Integrated Gradients is
 :func:`jscopes_tl.path_integrals.integrated_gradients` from a zero baseline with its adaptive rule
 (completeness gap within 1 % of ``f(x) − f(0)``), and its rows report ``completeness_gap``,
-``relative_completeness_gap`` and ``ig_evaluations`` (:data:`DIAGNOSTIC_COLUMNS`; None for the
+``relative_completeness_gap`` and ``ig_evaluations`` (``DIAGNOSTIC_COLUMNS``; None for the
 other scorers). All ablated forwards of one prompt (every scorer × fraction, every leave-one-out,
 the original) run as one batch.
 
@@ -109,7 +109,7 @@ from jscopes_tl.stats import spearman
 class ScorerOutput:
     """What a scorer may return instead of bare scores: the scores ``[pos]`` and diagnostics of
     this prompt's scores (numbers or None by name, e.g. an integral's completeness gap), which
-    become columns of the prompt's row (:data:`DIAGNOSTIC_COLUMNS` for the built-in ones)."""
+    become columns of the prompt's row (``DIAGNOSTIC_COLUMNS`` for the built-in ones)."""
 
     scores: Float[torch.Tensor, " pos"]
     diagnostics: dict[str, Union[float, int, None]] = field(default_factory=dict)
@@ -200,7 +200,7 @@ def _integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"],
 def integral_output(
     scores: Float[torch.Tensor, " pos"], completeness_gap: float, relative_completeness_gap: float, n_evaluations: int
 ) -> ScorerOutput:
-    """The scores of a path integral with its :data:`DIAGNOSTIC_COLUMNS`."""
+    """The scores of a path integral with its ``DIAGNOSTIC_COLUMNS``."""
     return ScorerOutput(scores, {
         "completeness_gap": completeness_gap,
         "relative_completeness_gap": relative_completeness_gap,
@@ -530,7 +530,7 @@ class FaithfulnessReport:
     ``gold_token``; under ``protocol="paper"`` also ``loo_rank_percentage`` (the paper's LOO
     summary: 0 when the scorer's top token is LOO's top). Diagnostic columns, None for scorers
     that report none: ``completeness_gap``, ``relative_completeness_gap`` and ``ig_evaluations``
-    of the Integrated Gradients scorers (:data:`DIAGNOSTIC_COLUMNS`; under ``protocol="paper"``
+    of the Integrated Gradients scorers (``DIAGNOSTIC_COLUMNS``; under ``protocol="paper"``
     also ``loo_completeness_gap``, ... of the leave-one-out script's variant), and whatever a
     custom scorer's :class:`ScorerOutput` reports.
     """
@@ -559,7 +559,7 @@ def delta_column(fraction: float) -> str:
 
 
 def diagnostic_columns(protocol: Protocol) -> dict[str, type]:
-    """The built-in scorers' diagnostic columns of a row (:data:`DIAGNOSTIC_COLUMNS`), and under the
+    """The built-in scorers' diagnostic columns of a row (``DIAGNOSTIC_COLUMNS``), and under the
     paper protocol those of its separate leave-one-out variants (``loo_completeness_gap``, ...)."""
     if protocol != "paper":
         return dict(DIAGNOSTIC_COLUMNS)

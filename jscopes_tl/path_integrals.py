@@ -6,7 +6,7 @@ integrating the gradient along the straight path from a baseline ``x₀`` to the
 
     IG_i = (x − x₀)_i · ∫₀¹ ∂f/∂x_i (x₀ + α (x − x₀)) dα.
 
-Here ``x`` is the point the scopes perturb (:meth:`ModelAdapter.perturbation_hook` at layer 0:
+Here ``x`` is the point the scopes perturb (``ModelAdapter.perturbation_hook()`` at layer 0:
 the residual stream entering block 0, i.e. token + position embedding on GPT-2; see
 :mod:`jscopes_tl.scopes` for Gemma and BLOOM), ``[pos, d_model]``, and ``f`` the
 log-probability (or logit, or probability) of one token at one position. The chain rule gives
@@ -17,7 +17,7 @@ well a quadrature approximates the integral. Its error, the **completeness gap**
 
 Mechanics that keep this exact and affordable:
 
-* Every quadrature node is one row of one engine call (:func:`jscopes_tl.engine.run_scope`): the
+* Every quadrature node is one row of one engine call (``jscopes_tl.engine.run_scope()``): the
   prompt's tokens replicated, each row's input moved to ``x₀ + α (x − x₀)`` in the perturbation
   hook, a readout whose direction is ``∂f/∂y`` and which records ``f`` of its row. So ``f`` at
   every node comes from the same forward pass as its gradient, and the engine's memory chunking
@@ -56,7 +56,7 @@ Mechanics that keep this exact and affordable:
   working precision times ``max(1, |f(x)|)``), ``S`` is that floor: the gap is rounding. A
   ``UserWarning`` names the gap and the tolerance when the relative gap exceeds ``tolerance``, for
   fixed steps too.
-* **Precision**: the model's own working precision (:func:`jscopes_tl.fisher.working_dtype`) for
+* **Precision**: the model's own working precision (``jscopes_tl.fisher.working_dtype()``) for
   the forward and backward passes and the returned attributions (a float64 model gets float64
   Integrated Gradients); ``f`` is evaluated in float64 from the model's logits, and the
   quadrature sum and the gap are accumulated in float64 (free, and it keeps summation rounding

@@ -7,7 +7,7 @@ sum ``Σ_k w_k ∇f(x(α_k))`` with the rule that produced it. What each rule gu
 
 * :func:`fixed_rule`: captum's nodes and weights exactly as captum defines them
   (:func:`captum_rule`), one call of ``evaluate`` with ``f`` at ``α = 0`` and ``1`` added.
-* :func:`adaptive_rule`: composite :data:`PANEL_NODES`-node Gauss–Lobatto panels, whose
+* :func:`adaptive_rule`: composite ``PANEL_NODES``-node Gauss–Lobatto panels, whose
   quadrature error *of the sum over dimensions* is known exactly from the ``f`` at their ends;
   one call of ``evaluate`` per round, never more than ``max_steps`` evaluations in all, every
   sum accumulated in float64. Why the panels are cut where they are, and the margin of 10 below

@@ -9,11 +9,11 @@ What this module guarantees:
 
 * Without Accelerate installed, or on a model that was not dispatched with offloading, every
   function here finds nothing offloaded and changes nothing.
-* :func:`offloaded_weights_loaded` and :func:`offloaded_weight_loaders` load weights through
+* ``offloaded_weights_loaded()`` and :func:`offloaded_weight_loaders` load weights through
   Accelerate's own ``align_module_device``, which puts the placeholders back on exit: reading an
   offloaded model never leaves its weights loaded, and never holds more than one module's weights
   in memory at a time.
-* :func:`execution_device` names a real device for an offloaded weight (the one its hook loads
+* ``execution_device()`` names a real device for an offloaded weight (the one its hook loads
   it to), never ``meta``, whenever Accelerate knows one.
 """
 

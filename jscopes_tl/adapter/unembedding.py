@@ -4,7 +4,7 @@ A scope reads the model's prediction from the state ``y`` fed to the unembedding
 ``logit_transform(y @ W_U + b_U)``, with the model's own transform (soft-capping, logit scaling;
 a generation's own, :meth:`~jscopes_tl.adapter.generations.GenerationFacts.logit_transform`).
 
-What this module guarantees (:class:`UnembeddingAccess`, a part of
+What this module guarantees (``UnembeddingAccess``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * The logits are exactly the model's: its own unembedding module and its own transform.
