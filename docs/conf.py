@@ -93,10 +93,12 @@ nitpick_ignore_regex = [
 # --------------------------------------------------------------------------------------- doctest
 # `sphinx-build -b doctest` (the second step of scripts/docs.sh) runs the pages' ```{doctest}
 # blocks, and the `>>>` examples of the docstrings of jscopes_doctested_modules. Every example
-# starts from this namespace: `model` (the bundled recall model) and `prompt`; it imports what else
-# it needs.
+# starts from this namespace: `model` (the bundled recall model), `prompt` and the top-level names
+# of jscopes_tl (`from jscopes_tl import *`, as a reader of the reference would); it imports what
+# else it needs.
 doctest_global_setup = """
 import torch
+from jscopes_tl import *
 from jscopes_tl import models
 model = models.load("recall")
 prompt = "a=3 b=7 c=1 b="
