@@ -51,9 +51,8 @@ class TokenColumns:
 
     Example:
         >>> from jscopes_tl.views import select_columns
-        >>> columns = select_columns(fisher_scope(model, prompt))
-        >>> columns.str_tokens, columns.values.shape, columns.signed
-        (['<bos>', 'a=3', 'b=7', 'c=1', 'b='], torch.Size([1, 5]), False)
+        >>> select_columns(fisher_scope(model, prompt)).values.shape     # [n_columns, pos]
+        torch.Size([1, 5])
     """
 
     str_tokens: list[str]
@@ -468,8 +467,8 @@ def scopes_page(
 
     Example:
         >>> from jscopes_tl.views import scopes_page
-        >>> page = scopes_page([semantic_scope(model, prompt, position=[-2, -1]), fisher_scope(model, prompt)],
-        ...                    title="Two scopes")
+        >>> results = [semantic_scope(model, prompt, position=[-2, -1]), fisher_scope(model, prompt)]
+        >>> page = scopes_page(results, title="Two scopes")
         >>> page.title, len(page.blocks)
         ('Two scopes', 7)
     """
