@@ -128,6 +128,11 @@ class IntegratedGradientsResult:
         target: the token id whose ``objective`` is ``f``; ``target_str`` its string.
         position: the prediction position (absolute).
         input_hook: where ``x`` is (the scopes' perturbation point at layer 0).
+
+    Example:
+        >>> result = integrated_gradients(model, prompt, target="7")                # the adaptive rule
+        >>> result.attributions.shape, result.method, result.n_evaluations      # [pos, d_model]
+        (torch.Size([5, 64]), 'adaptive', 68)
     """
 
     attributions: Float[torch.Tensor, "pos d_model"]
@@ -350,8 +355,9 @@ def integrated_gradients(
         the gap and how it was reached).
 
     Example:
-        >>> result = integrated_gradients(model, "a=3 b=7 c=1 b=", target="7")
-        >>> result.scores, result.completeness_gap, result.n_evaluations
+        >>> result = integrated_gradients(model, prompt, target="7")
+        >>> result.scores.shape, result.converged, abs(result.relative_completeness_gap) < 0.01    # [pos]
+        (torch.Size([5]), True, True)
     """
     adapter = ModelAdapter(model)
     if objective not in OBJECTIVES:

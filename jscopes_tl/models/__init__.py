@@ -40,6 +40,13 @@ Family = Literal["hooked", "bridge"]
 
 
 def is_bundled(name: str) -> bool:
+    """Whether ``name`` is one of :data:`BUNDLED_MODELS` (loadable offline by :func:`load`).
+
+    Example:
+        >>> models.is_bundled("recall"), models.is_bundled("gpt2")
+        (True, False)
+    """
+
     return name in TASKS
 
 
@@ -54,7 +61,13 @@ def _check_name(name: str) -> None:
 
 
 def load_hf(name: str) -> tuple[Any, Any]:
-    """The Hugging Face ``GPT2LMHeadModel`` (eval mode) and tokenizer of a bundled model."""
+    """The Hugging Face ``GPT2LMHeadModel`` (eval mode) and tokenizer of a bundled model.
+
+    Example:
+        >>> hf_model, tokenizer = models.load_hf("recall")
+        >>> type(hf_model).__name__, tokenizer.tokenize("a=3 b=")
+        ('GPT2LMHeadModel', ['a=3', 'b='])
+    """
     import transformers
 
     _check_name(name)
@@ -66,7 +79,12 @@ def load_hf(name: str) -> tuple[Any, Any]:
 
 
 def default_family() -> Family:
-    """HookedTransformer where the installed TransformerLens has it (2.x, 3.x), else the bridge."""
+    """HookedTransformer where the installed TransformerLens has it (2.x, 3.x), else the bridge.
+
+    Example:
+        >>> models.default_family()             # TransformerLens 4.x has no HookedTransformer
+        'bridge'
+    """
     return "hooked" if adapter.hooked_transformer_available() else "bridge"
 
 
