@@ -207,6 +207,14 @@ class ModelHolding:
         ``requires_grad`` and every module's mode are restored (each one, even when another fails),
         and tensor attributes the forward passes left on submodules holding the call's autograd
         graph (a TransformerBridge attention bridge's cached pattern) get their earlier values back.
+
+        Example:
+            >>> from jscopes_tl.adapter import ModelAdapter
+            >>> with ModelAdapter(model).prepared_for_scopes():
+            ...     model.training, torch.is_grad_enabled()
+            (False, True)
+            >>> model.training                                      # restored on exit
+            False
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError(

@@ -17,8 +17,11 @@ in the package and loaded with no download:
 
 >>> from jscopes_tl import models, semantic_scope
 >>> model = models.load("recall")            # HookedTransformer (TL 2.x) or TransformerBridge (TL 4.x)
->>> prompt = models.get_task("recall").labelled_prompts(1)[0]
->>> semantic_scope(model, prompt.text).top_tokens(1)
+>>> labelled = models.get_task("recall").labelled_prompts(1)[0]
+>>> labelled.text, labelled.answer
+('p=1 q=3 o=5 c=2 k=9 n=9 l=5 d=0 f=6 h=6 p=', '1')
+>>> semantic_scope(model, labelled.text).top_tokens(1)       # the answer's source, p=1
+[(1, 'p=1', 1.79...)]
 
 Numerics: the weights are loaded *unprocessed* (no LayerNorm folding, no centring) on both
 TransformerLens generations, so logits equal the Hugging Face model's and every scope gives the
@@ -97,7 +100,9 @@ def load(name: str, *, family: Family | None = None) -> Any:
             (TransformerBridge, TransformerLens 3.x/4.x); default: :func:`default_family`.
 
     Example:
-        >>> model = load("induction")
+        >>> induction = models.load("induction")
+        >>> type(induction).__name__, induction.cfg.n_layers, induction.cfg.n_heads     # on TransformerLens 4.x
+        ('TransformerBridge', 2, 4)
     """
     hf_model, tokenizer = load_hf(name)
     family = family or default_family()
