@@ -166,7 +166,19 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 class DamagedRunError(ScopeInputError):
     """A file of a run directory cannot be read (a shard cut short, a manifest that is not JSON);
-    the message names it and says what to do."""
+    the message names it and says what to do.
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> from pathlib import Path
+        >>> _ = run_dataset(model, [prompt], out_dir, progress=False)
+        >>> _ = (Path(out_dir) / "manifest.json").write_text("{not json")
+        >>> run_dataset(model, [prompt], out_dir, progress=False)
+        Traceback (most recent call last):
+            ...
+        DamagedRunError: '.../manifest.json' is damaged: not valid JSON ...
+    """
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -263,7 +275,20 @@ def count_rows(paths: list[Path]) -> int:
 
 # ------------------------------------------------------------------------------------ one run at a time
 class RunInUseError(ScopeInputError):
-    """Another run holds the run directory's lock (two runs would both score every prompt)."""
+    """Another run holds the run directory's lock (two runs would both score every prompt).
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> from pathlib import Path
+        >>> from jscopes_tl.runs.storage import lock_directory
+        >>> lock = lock_directory(Path(out_dir))                  # as another run would
+        >>> run_dataset(model, [prompt], out_dir, progress=False)
+        Traceback (most recent call last):
+            ...
+        RunInUseError: out_dir '...' is in use by another run (PID ...
+        >>> lock.release()
+    """
 
 
 class DirectoryLock:
