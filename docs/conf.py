@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 from importlib.metadata import version as installed_version
@@ -92,46 +91,21 @@ nitpick_ignore_regex = [
 
 # --------------------------------------------------------------------------------------- doctest
 # `sphinx-build -b doctest` (the second step of scripts/docs.sh) runs the pages' ```{doctest}
-# blocks, and the `>>>` examples of the docstrings of jscopes_doctested_modules. Every example
-# starts from this namespace: `model` (the bundled recall model) and `prompt`; it imports what else
-# it needs.
+# blocks and every `>>>` block of every docstring the API reference shows (napoleon turns an
+# "Example:" section into such a block; doctest_test_doctest_blocks makes each one a test), so no
+# example rots. The blocks of one page share a namespace, which starts as this one: `model` (the
+# bundled recall model), `prompt` and the top-level names of jscopes_tl (`from jscopes_tl import *`,
+# as a reader of the reference would); an example imports what else it needs, and rebinds neither
+# `model` nor `prompt`. tests/test_docstring_examples.py checks that every documented function,
+# class and method has one.
 doctest_global_setup = """
 import torch
+from jscopes_tl import *
 from jscopes_tl import models
 model = models.load("recall")
 prompt = "a=3 b=7 c=1 b="
 """
-# The modules (and their submodules) whose docstring examples run: the docstring pass adds each
-# module once its examples run as written (try one first: -D jscopes_doctested_modules=jscopes_tl.words);
-# with every module here it sets doctest_test_doctest_blocks = "default" (every >>> block of every
-# docstring a test) and drops this list and _doctest_docstring_examples.
-jscopes_doctested_modules = ["jscopes_tl.families"]
-doctest_test_doctest_blocks = ""
-
-_PROMPT = re.compile(r"^(\s*)>>> ")
-
-
-def _doctest_docstring_examples(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
-    """Turn the ``>>>`` blocks of a docstring of jscopes_doctested_modules into ``.. doctest::``
-    directives, which the doctest builder runs."""
-    module = (name if what == "module" else getattr(obj, "__module__", None)) or ""
-    if not any(module == wanted or module.startswith(wanted + ".") for wanted in app.config.jscopes_doctested_modules):
-        return
-    result: list[str] = []
-    index = 0
-    while index < len(lines):
-        match = _PROMPT.match(lines[index])
-        if match is None:
-            result.append(lines[index])
-            index += 1
-            continue
-        indent = match.group(1)
-        result += [f"{indent}.. doctest::", ""]
-        while index < len(lines) and lines[index].strip():
-            result.append("   " + lines[index])
-            index += 1
-        result.append("")
-    lines[:] = result
+doctest_test_doctest_blocks = "default"
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -151,7 +125,5 @@ def _read_executed_tutorial(app: Any, docname: str, source: list[str]) -> None:
 
 def setup(app: Any) -> None:
     app.add_config_value("jscopes_executed_tutorial", "", "env")
-    app.add_config_value("jscopes_doctested_modules", [], "env", list)
     app.connect("config-inited", _use_executed_tutorial)
     app.connect("source-read", _read_executed_tutorial)
-    app.connect("autodoc-process-docstring", _doctest_docstring_examples, priority=600)  # after napoleon

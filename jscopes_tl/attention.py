@@ -28,14 +28,28 @@ from jscopes_tl.result import ScopeResult
 
 @dataclass(frozen=True)
 class HeadCorrelation:
-    """Correlation of a scope matrix with each head's attention pattern, ``[n_layers, n_heads]``."""
+    """Correlation of a scope matrix with each head's attention pattern, ``[n_layers, n_heads]``.
+
+    Example:
+        >>> from jscopes_tl.attention import attention_correlation
+        >>> correlation = attention_correlation(model, fisher_scope(model, prompt, position="all"), layers=1)
+        >>> correlation.pearson.shape, correlation.layers
+        (torch.Size([1, 4]), [1])
+    """
 
     pearson: Float[torch.Tensor, "n_layers n_heads"]
     spearman: Float[torch.Tensor, "n_layers n_heads"]
     layers: list[int]
 
     def most_similar(self, k: int = 5, method: str = "spearman") -> list[tuple[int, int, float]]:
-        """The ``k`` heads most correlated with the scope, as (layer, head, correlation)."""
+        """The ``k`` heads most correlated with the scope, as (layer, head, correlation).
+
+        Example:
+            >>> from jscopes_tl.attention import attention_correlation
+            >>> correlation = attention_correlation(model, fisher_scope(model, prompt, position="all"))
+            >>> [(layer, head) for layer, head, _ in correlation.most_similar(2)]
+            [(0, 2), (0, 3)]
+        """
         if method not in ("pearson", "spearman"):
             raise ValueError(f"method must be 'pearson' or 'spearman'; got {method!r}.")
         table: torch.Tensor = getattr(self, method)
@@ -146,8 +160,10 @@ def attention_correlation(
     ``layers``: one layer (→ ``[1, n_heads]``), a list, or None for every layer.
 
     Example:
-        >>> result = fisher_scope(model, "When Mary and John went to the store, John gave a drink to", position="all")
-        >>> attention_correlation(model, result).most_similar(3)
+        >>> from jscopes_tl.attention import attention_correlation
+        >>> correlation = attention_correlation(model, fisher_scope(model, prompt, position="all"))
+        >>> correlation.spearman.shape, correlation.layers                # [n_layers, n_heads]
+        (torch.Size([2, 4]), [0, 1])
     """
     matrix = scope_matrix(result, prompt=prompt)
     adapter = ModelAdapter(model)

@@ -85,6 +85,11 @@ class ComponentScopeResult:
         tokens, str_tokens, lengths, position, target, prediction: as in ``ScopeResult``
             (``prediction`` is None for an internal readout).
         metadata: numerics, hook names (``head_hooks``, ``mlp_hooks``), readout values, Fisher details.
+
+    Example:
+        >>> result = component_scope(model, prompt, kind="fisher")
+        >>> result.kind, result.squared, result.heads.shape           # [n_layers, n_heads, pos]
+        ('fisher', True, torch.Size([2, 4, 5]))
     """
 
     kind: str
@@ -102,7 +107,12 @@ class ComponentScopeResult:
 
     @property
     def squared(self) -> bool:
-        """Scores in squared units (Fisher), so totals add rather than add in quadrature."""
+        """Scores in squared units (Fisher), so totals add rather than add in quadrature.
+
+        Example:
+            >>> component_scope(model, prompt).squared, component_scope(model, prompt, kind="fisher").squared
+            (False, True)
+        """
         return self.kind == "fisher"
 
     def _total(self, scores: torch.Tensor) -> torch.Tensor:
@@ -110,7 +120,12 @@ class ComponentScopeResult:
 
     @property
     def head_totals(self) -> Float[torch.Tensor, "... n_layers n_heads"]:
-        """Each head's sensitivity over all tokens at once (see the module docstring)."""
+        """Each head's sensitivity over all tokens at once (see the module docstring).
+
+        Example:
+            >>> component_scope(model, prompt).head_totals.shape       # [n_layers, n_heads]
+            torch.Size([2, 4])
+        """
         return self._total(self.heads)
 
     @property
@@ -124,7 +139,12 @@ class ComponentScopeResult:
             )
 
     def top_heads(self, k: int = 5) -> list[tuple[int, int, float]]:
-        """The ``k`` heads with the largest totals, as (layer, head, total)."""
+        """The ``k`` heads with the largest totals, as (layer, head, total).
+
+        Example:
+            >>> [(layer, head) for layer, head, total in component_scope(model, prompt).top_heads(2)]
+            [(0, 2), (0, 1)]
+        """
         check_count(k, "top_heads")
         self._check_single("top_heads")
         totals = self.head_totals
@@ -133,7 +153,12 @@ class ComponentScopeResult:
         return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, flat)]
 
     def top_cells(self, k: int = 5) -> list[tuple[int, int, int, str, float]]:
-        """The ``k`` largest (head, token) cells, as (layer, head, token index, token, score)."""
+        """The ``k`` largest (head, token) cells, as (layer, head, token index, token, score).
+
+        Example:
+            >>> [cell[:4] for cell in component_scope(model, prompt).top_cells(2)]  # layer, head, index, token
+            [(0, 2, 4, 'b='), (0, 1, 4, 'b=')]
+        """
         check_count(k, "top_cells")
         self._check_single("top_cells")
         n_heads, width = self.heads.shape[1:]
@@ -208,9 +233,9 @@ def component_scope(
         top_k, memory_budget_mb, backward_batch, attention_mask: as for :func:`~jscopes_tl.jacobian_scope`.
 
     Example:
-        >>> result = component_scope(model, "When Mary and John went to the store, John gave a drink to",
-        ...                          target=(" Mary", " John"))
-        >>> result.top_heads(3), result.top_cells(3)
+        >>> result = component_scope(model, prompt)           # semantic scope of the prediction "7"
+        >>> result.heads.shape, result.mlps.shape             # [n_layers, n_heads, pos], [n_layers, pos]
+        (torch.Size([2, 4, 5]), torch.Size([2, 5]))
     """
     adapter = ModelAdapter(model)
     check_options(top_k, 1.0, memory_budget_mb, False, backward_batch)
@@ -304,6 +329,12 @@ class HeadPatternScores:
         induction: ``[n_layers, n_heads]``, mean attention from each token of the second copy to the
             token after its previous occurrence (offset ``1 - seq_len`` diagonal).
         seq_len, n_sequences: the random sequences scored.
+
+    Example:
+        >>> from jscopes_tl.components import head_pattern_scores
+        >>> scores = head_pattern_scores(models.load("induction"), n_sequences=4)
+        >>> scores.previous_token.shape, scores.induction.shape           # [n_layers, n_heads]
+        (torch.Size([2, 4]), torch.Size([2, 4]))
     """
 
     previous_token: Float[torch.Tensor, "n_layers n_heads"]
@@ -318,12 +349,24 @@ class HeadPatternScores:
 
     @property
     def previous_token_head(self) -> tuple[int, int]:
-        """(layer, head) with the highest previous-token score."""
+        """(layer, head) with the highest previous-token score.
+
+        Example:
+            >>> from jscopes_tl.components import head_pattern_scores
+            >>> head_pattern_scores(models.load("induction"), n_sequences=8).previous_token_head
+            (1, 0)
+        """
         return self._best(self.previous_token)
 
     @property
     def induction_head(self) -> tuple[int, int]:
-        """(layer, head) with the highest induction score."""
+        """(layer, head) with the highest induction score.
+
+        Example:
+            >>> from jscopes_tl.components import head_pattern_scores
+            >>> head_pattern_scores(models.load("induction"), n_sequences=8).induction_head
+            (0, 2)
+        """
         return self._best(self.induction)
 
 
@@ -349,8 +392,10 @@ def head_pattern_scores(model: Any, *, seq_len: int = 10, n_sequences: int = 20,
     """Previous-token and induction scores of every head (TransformerLens's standard detectors).
 
     Example:
-        >>> scores = head_pattern_scores(model)
-        >>> scores.previous_token_head, scores.induction_head
+        >>> from jscopes_tl.components import head_pattern_scores
+        >>> scores = head_pattern_scores(models.load("induction"))
+        >>> scores.previous_token_head, scores.induction_head      # (layer, head)
+        ((1, 0), (0, 2))
     """
     adapter = ModelAdapter(model)
     tokens = repeated_random_tokens(adapter, seq_len, n_sequences, seed)

@@ -191,6 +191,12 @@ def _vectors_per_backward(
     (GPT-2 size, 256 tokens, 2 cores). Elsewhere as many as ``memory_budget_mb`` holds, from a
     rough per-vector footprint of one layer's backward (activation gradients ``8·d_model`` wide
     plus attention-pattern gradients ``n_heads·pos``) for every perturbation point.
+
+    Example:
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> from jscopes_tl.engine import _vectors_per_backward
+        >>> _vectors_per_backward(1, 5, 1, ModelAdapter(model), 512, None)     # on a CPU: one at a time
+        1
     """
     if requested is not None:
         return requested

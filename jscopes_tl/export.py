@@ -70,7 +70,14 @@ def result_axes(result: ScopeResult) -> ResultAxes:
 
 
 def full_axes(result: ScopeResult, tensor: torch.Tensor) -> torch.Tensor:
-    """``result.scores`` (or ``gradient_x_input``, ``gradients``) as ``[batch, n_positions, n_layers, pos, ...]``."""
+    """``result.scores`` (or ``gradient_x_input``, ``gradients``) as ``[batch, n_positions, n_layers, pos, ...]``.
+
+    Example:
+        >>> from jscopes_tl.export import full_axes
+        >>> result = semantic_scope(model, prompt)                      # scores [pos]
+        >>> full_axes(result, result.scores).shape                       # [batch, n_positions, n_layers, pos]
+        torch.Size([1, 1, 1, 5])
+    """
     return result.axes.expand_score(tensor)
 
 
@@ -167,7 +174,16 @@ def _nested_strings(value: Any, shape: tuple[int, ...], where: str) -> None:
 
 def validate(data: Any) -> None:
     """Check ``data`` against the exported ScopeResult schema (module docstring); raise
-    :class:`~jscopes_tl.errors.ResultFormatError` naming the first key that does not fit."""
+    :class:`~jscopes_tl.errors.ResultFormatError` naming the first key that does not fit.
+
+    Example:
+        >>> from jscopes_tl.export import validate
+        >>> validate(semantic_scope(model, prompt).to_dict())            # None: the data fits the schema
+        >>> validate({"format": "something else"})
+        Traceback (most recent call last):
+            ...
+        ResultFormatError: data is not an exported ScopeResult: expected a dict with ...
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ResultFormatError(
             f"data is not an exported ScopeResult: expected a dict with format={FORMAT_NAME!r}, "
@@ -247,7 +263,13 @@ def validate(data: Any) -> None:
 
 
 def to_dict(result: ScopeResult) -> dict[str, Any]:
-    """Every field of ``result`` as JSON-compatible data (tensors as tagged nested lists)."""
+    """Every field of ``result`` as JSON-compatible data (tensors as tagged nested lists).
+
+    Example:
+        >>> from jscopes_tl.export import to_dict
+        >>> sorted(to_dict(semantic_scope(model, prompt)))[:6]
+        ['format', 'gradient_x_input', 'gradients', 'kind', 'lengths', 'metadata']
+    """
     data: dict[str, Any] = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": result.kind}
     for name in _TENSOR_FIELDS:
         data[name] = _encode(getattr(result, name), name)
@@ -262,7 +284,14 @@ def to_dict(result: ScopeResult) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> ScopeResult:
-    """The inverse of :func:`to_dict`; ``data`` is checked against the schema first (:func:`validate`)."""
+    """The inverse of :func:`to_dict`; ``data`` is checked against the schema first (:func:`validate`).
+
+    Example:
+        >>> from jscopes_tl.export import from_dict, to_dict
+        >>> result = semantic_scope(model, prompt)
+        >>> torch.equal(from_dict(to_dict(result)).scores, result.scores)
+        True
+    """
     validate(data)
     prediction = data["prediction"]
     return ScopeResult(
@@ -279,11 +308,28 @@ def from_dict(data: dict[str, Any]) -> ScopeResult:
 
 
 def to_json(result: ScopeResult, indent: int | None = None) -> str:
+    """The result as a JSON string: :func:`to_dict`, indented by ``indent`` (as ``json.dumps``).
+
+    Example:
+        >>> from jscopes_tl.export import to_json
+        >>> print(to_json(semantic_scope(model, prompt), indent=1)[:60])
+        {
+         "format": "jscopes_tl.ScopeResult",
+         "version": 1,
+         "kind
+    """
+
     return json.dumps(to_dict(result), indent=indent, ensure_ascii=False)
 
 
 def from_json(text: str | bytes) -> ScopeResult:
-    """The inverse of :func:`to_json`."""
+    """The inverse of :func:`to_json`.
+
+    Example:
+        >>> from jscopes_tl.export import from_json, to_json
+        >>> from_json(to_json(semantic_scope(model, prompt))).top_tokens(1)
+        [(2, 'b=7', 5.64...)]
+    """
     if not isinstance(text, (str, bytes, bytearray)):
         raise ResultFormatError(f"from_json reads a JSON string; got {type(text).__name__} (use from_dict for a dict).")
     try:
@@ -295,7 +341,13 @@ def from_json(text: str | bytes) -> ScopeResult:
 
 # ------------------------------------------------------------------------------------ numpy / pandas
 def to_numpy(result: ScopeResult) -> np.ndarray:
-    """``result.scores`` as a float32 numpy array of the same shape (a copy)."""
+    """``result.scores`` as a float32 numpy array of the same shape (a copy).
+
+    Example:
+        >>> from jscopes_tl.export import to_numpy
+        >>> to_numpy(semantic_scope(model, [prompt, "c=1 d="])).shape    # [batch, pos], padded
+        (2, 5)
+    """
     return result.scores.detach().cpu().numpy().copy()
 
 
@@ -307,6 +359,12 @@ def to_pandas(result: ScopeResult, words: Reduction | None = None) -> "pandas.Da
     are merged (:func:`jscopes_tl.words.aggregate_words`) and the token columns become
     ``word_index, word, first_token, last_token``. Padding is left out; tokens after the
     prediction position are kept (their scores are 0 by causality).
+
+    Example:
+        >>> from jscopes_tl.export import to_pandas
+        >>> table = to_pandas(semantic_scope(model, prompt, position="all"))
+        >>> len(table), list(table.columns)[:5]
+        (25, ['kind', 'prompt', 'position', 'layer', 'token_index'])
     """
     import pandas
 

@@ -44,7 +44,7 @@ the residual stream entering block 0, i.e. token + position embedding on GPT-2 (
 alone: the paper protocol's variant below). Integrated Gradients is
 :func:`jscopes_tl.path_integrals.integrated_gradients` from a zero baseline with its adaptive rule
 (completeness gap within 1 % of ``f(x) − f(0)``), and its rows report ``completeness_gap``,
-``relative_completeness_gap`` and ``ig_evaluations`` (:data:`DIAGNOSTIC_COLUMNS`; None for the
+``relative_completeness_gap`` and ``ig_evaluations`` (``DIAGNOSTIC_COLUMNS``; None for the
 other scorers). All ablated forwards of one prompt (every scorer × fraction, every leave-one-out,
 the original) run as one batch.
 
@@ -109,7 +109,16 @@ from jscopes_tl.stats import spearman
 class ScorerOutput:
     """What a scorer may return instead of bare scores: the scores ``[pos]`` and diagnostics of
     this prompt's scores (numbers or None by name, e.g. an integral's completeness gap), which
-    become columns of the prompt's row (:data:`DIAGNOSTIC_COLUMNS` for the built-in ones)."""
+    become columns of the prompt's row (``DIAGNOSTIC_COLUMNS`` for the built-in ones).
+
+    Example:
+        >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+        >>> from jscopes_tl.faithfulness import ScorerOutput
+        >>> def flat(model, context, gold):                       # a custom scorer with a diagnostic column
+        ...     return ScorerOutput(torch.ones(len(context)), {"note": 1})
+        >>> evaluate_faithfulness(model, passages, scorers={"flat": flat}, progress=False).rows[0]["note"]
+        1
+    """
 
     scores: Float[torch.Tensor, " pos"]
     diagnostics: dict[str, Union[float, int, None]] = field(default_factory=dict)
@@ -186,7 +195,14 @@ def integrated_gradients_scorer(model: Any, context: Int[torch.Tensor, " pos"], 
     """Integrated Gradients of ``log p(gold)`` from a zero baseline, ``‖IG_t‖₂`` over ``d_model``,
     with the adaptive rule that converges (:func:`jscopes_tl.path_integrals.integrated_gradients`:
     completeness gap within 1 % of ``f(x) − f(0)``). The evaluation's built-in scorer also reports
-    the gap and the evaluations used in each row."""
+    the gap and the evaluations used in each row.
+
+    Example:
+        >>> from jscopes_tl.faithfulness import integrated_gradients_scorer
+        >>> tokens = model.to_tokens(prompt)[0]
+        >>> integrated_gradients_scorer(model, tokens, model.to_single_token("7")).shape      # [pos]
+        torch.Size([5])
+    """
     return _integrated_gradients_output(model, context, gold).scores
 
 
@@ -200,7 +216,7 @@ def _integrated_gradients_output(model: Any, context: Int[torch.Tensor, " pos"],
 def integral_output(
     scores: Float[torch.Tensor, " pos"], completeness_gap: float, relative_completeness_gap: float, n_evaluations: int
 ) -> ScorerOutput:
-    """The scores of a path integral with its :data:`DIAGNOSTIC_COLUMNS`."""
+    """The scores of a path integral with its ``DIAGNOSTIC_COLUMNS``."""
     return ScorerOutput(scores, {
         "completeness_gap": completeness_gap,
         "relative_completeness_gap": relative_completeness_gap,
@@ -212,7 +228,13 @@ def prompt_seed(seed: int, prompt_id: int) -> int:
     """The seed of one prompt's random draws, a function of the run's ``seed`` and the prompt's
     index only (``numpy.random.SeedSequence([seed, prompt_id])``): a prompt draws the same whichever
     prompts ran before it in this process, so resumed and data-parallel runs draw what one
-    uninterrupted run does."""
+    uninterrupted run does.
+
+    Example:
+        >>> from jscopes_tl.faithfulness import prompt_seed
+        >>> prompt_seed(0, 7) == prompt_seed(0, 7), prompt_seed(0, 7) == prompt_seed(0, 8)
+        (True, False)
+    """
     import numpy as np
 
     return int(np.random.SeedSequence([seed, prompt_id]).generate_state(1)[0])
@@ -221,7 +243,16 @@ def prompt_seed(seed: int, prompt_id: int) -> int:
 @dataclass(frozen=True)
 class RandomScorer:
     """Uniform random scores, the baseline: a fresh draw per prompt, reproducible from ``seed``
-    and the prompt's index (:func:`prompt_seed`; :func:`evaluate_faithfulness` passes the index)."""
+    and the prompt's index (:func:`prompt_seed`; :func:`evaluate_faithfulness` passes the index).
+
+    Example:
+        >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+        >>> from jscopes_tl.faithfulness import random_scorer
+        >>> scorer = random_scorer(seed=1)
+        >>> report = evaluate_faithfulness(model, passages, scorers={"random": scorer}, progress=False)
+        >>> scorer.seed, report.prompts[0].scores["random"].shape
+        (1, torch.Size([5]))
+    """
 
     seed: int = 0
 
@@ -233,7 +264,15 @@ class RandomScorer:
 
 
 def random_scorer(seed: int = 0) -> RandomScorer:
-    """Uniform random scores (a fresh draw per prompt, reproducible from ``seed``): the baseline."""
+    """Uniform random scores (a fresh draw per prompt, reproducible from ``seed``): the baseline.
+
+    Example:
+        >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+        >>> from jscopes_tl.faithfulness import random_scorer
+        >>> report = evaluate_faithfulness(model, passages, scorers={"random": random_scorer(seed=1)}, progress=False)
+        >>> report.rows[0]["scorer"], report.rows[0]["aopc"] > -1
+        ('random', True)
+    """
     return RandomScorer(seed)
 
 
@@ -271,7 +310,14 @@ def paper_integrated_gradients_scorer(
 ) -> Float[torch.Tensor, " pos"]:
     """The scripts' "Integrated Gradients": the perturbation is added to the token embedding
     before it is scaled by ``α``, so each step's gradient is ``α·∇f(α e + pos)``;
-    ``‖e_t ⊙ mean_α α·∇f‖₂`` over ``α ∈ {0.2, …, 1.0}``, ``f = log p(gold)``."""
+    ``‖e_t ⊙ mean_α α·∇f‖₂`` over ``α ∈ {0.2, …, 1.0}``, ``f = log p(gold)``.
+
+    Example:
+        >>> from jscopes_tl.faithfulness import paper_integrated_gradients_scorer
+        >>> tokens = model.to_tokens(prompt)[0]
+        >>> paper_integrated_gradients_scorer(model, tokens, model.to_single_token("7")).shape   # [pos]
+        torch.Size([5])
+    """
     return _paper_integrated_gradients_output(model, context, gold).scores
 
 
@@ -373,7 +419,13 @@ def _protocol_scorers(
 
 def builtin_scorers(seed: int = 0) -> dict[str, Scorer]:
     """The scorers of the paper's faithfulness table, by name (Integrated Gradients returns a
-    :class:`ScorerOutput`, with its completeness gap)."""
+    :class:`ScorerOutput`, with its completeness gap).
+
+    Example:
+        >>> from jscopes_tl.faithfulness import builtin_scorers
+        >>> sorted(builtin_scorers())
+        ['fisher', 'gradient_x_input', 'integrated_gradients', 'random', 'semantic', 'temperature']
+    """
     return {
         "semantic": semantic_scorer,
         "fisher": fisher_scorer,
@@ -485,7 +537,13 @@ def paper_kl(
 
 
 def aopc(deltas: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
-    """Trapezoid of ``Δ_k`` over the fractions ``k`` (``0.025·Δ5 + 0.075·Δ10 + 0.05·Δ20`` by default)."""
+    """Trapezoid of ``Δ_k`` over the fractions ``k`` (``0.025·Δ5 + 0.075·Δ10 + 0.05·Δ20`` by default).
+
+    Example:
+        >>> from jscopes_tl.faithfulness import aopc
+        >>> aopc([1.0, 2.0, 4.0])                     # 0.025·1 + 0.075·2 + 0.05·4
+        0.375...
+    """
     if len(deltas) != len(fractions) or len(fractions) < 2:
         raise ScopeInputError(f"aopc needs one Δ per fraction and at least 2 fractions; got {len(deltas)} Δ for {len(fractions)} fractions.")
     return float(torch.trapezoid(torch.tensor(deltas, dtype=torch.float64), torch.tensor(fractions, dtype=torch.float64)))
@@ -508,6 +566,12 @@ class PromptEvaluation:
             except where the paper's leave-one-out script used another variant).
         ablated: for each scorer, the positions ablated at each fraction.
         leave_one_out_kl: ``KL(p_orig ‖ p_LOO)`` for each candidate, ``[n_candidates]``.
+
+    Example:
+        >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+        >>> evaluation = evaluate_faithfulness(model, passages, scorers=["semantic"], progress=False).prompts[0]
+        >>> evaluation.str_tokens, evaluation.gold_token, evaluation.scores["semantic"].shape   # [pos]
+        (['<bos>', 'a=3', 'b=7', 'c=1', 'b='], '7', torch.Size([5]))
     """
 
     str_tokens: list[str]
@@ -530,9 +594,15 @@ class FaithfulnessReport:
     ``gold_token``; under ``protocol="paper"`` also ``loo_rank_percentage`` (the paper's LOO
     summary: 0 when the scorer's top token is LOO's top). Diagnostic columns, None for scorers
     that report none: ``completeness_gap``, ``relative_completeness_gap`` and ``ig_evaluations``
-    of the Integrated Gradients scorers (:data:`DIAGNOSTIC_COLUMNS`; under ``protocol="paper"``
+    of the Integrated Gradients scorers (``DIAGNOSTIC_COLUMNS``; under ``protocol="paper"``
     also ``loo_completeness_gap``, ... of the leave-one-out script's variant), and whatever a
     custom scorer's :class:`ScorerOutput` reports.
+
+    Example:
+        >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+        >>> report = evaluate_faithfulness(model, passages, scorers=["semantic", "random"], fractions=(0.2, 0.4), progress=False)
+        >>> report.fractions, report.ablation, report.protocol, len(report.prompts)
+        ((0.2, 0.4), 'zero', 'default', 1)
     """
 
     rows: list[dict[str, Any]]
@@ -542,11 +612,27 @@ class FaithfulnessReport:
     protocol: str = "default"
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per scorer, the mean of every numeric column over prompts (NaN correlations skipped)."""
+        """Per scorer, the mean of every numeric column over prompts (NaN correlations skipped).
+
+        Example:
+            >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+            >>> report = evaluate_faithfulness(model, passages, scorers=["semantic"], progress=False)
+            >>> sorted(report.summary()[0])[:4]
+            ['aopc', 'delta_10', 'delta_20', 'delta_5']
+        """
         return summarise_rows(self.rows, self.fractions)
 
     def to_dataframe(self, summary: bool = False) -> Any:
-        """The rows (or :meth:`summary`) as a pandas DataFrame."""
+        """The rows (or :meth:`summary`) as a pandas DataFrame.
+
+        Example:
+            >>> passages = ["a=3 b=7 c=1 b= 7"]                       # its last token, 7, is the gold
+            >>> report = evaluate_faithfulness(model, passages, scorers=["semantic", "random"], progress=False)
+            >>> report.to_dataframe(summary=True)[["scorer", "n_prompts"]]
+                 scorer  n_prompts
+            0  semantic          1
+            1    random          1
+        """
         try:
             import pandas as pd
         except ImportError as error:
@@ -559,7 +645,7 @@ def delta_column(fraction: float) -> str:
 
 
 def diagnostic_columns(protocol: Protocol) -> dict[str, type]:
-    """The built-in scorers' diagnostic columns of a row (:data:`DIAGNOSTIC_COLUMNS`), and under the
+    """The built-in scorers' diagnostic columns of a row (``DIAGNOSTIC_COLUMNS``), and under the
     paper protocol those of its separate leave-one-out variants (``loo_completeness_gap``, ...)."""
     if protocol != "paper":
         return dict(DIAGNOSTIC_COLUMNS)
@@ -682,7 +768,14 @@ def _ablated_sets(
 
 @dataclass(frozen=True)
 class FaithfulnessSettings:
-    """Everything one prompt's evaluation needs besides its tokens: checked arguments, resolved scorers."""
+    """Everything one prompt's evaluation needs besides its tokens: checked arguments, resolved scorers.
+
+    Example:
+        >>> from jscopes_tl.faithfulness import faithfulness_settings
+        >>> settings = faithfulness_settings(model, ["semantic", "random"], (0.1, 0.2), "zero", "default", 8, 0)
+        >>> sorted(settings.scorers), settings.fractions, settings.paper
+        (['random', 'semantic'], (0.1, 0.2), False)
+    """
 
     adapter: ModelAdapter
     scorers: dict[str, _ProtocolScorer]
@@ -751,7 +844,15 @@ def evaluate_prompt(
     settings: FaithfulnessSettings, tokens: Int[torch.Tensor, " pos"], prompt_id: int
 ) -> tuple[list[dict[str, Any]], PromptEvaluation]:
     """One prompt's report rows (one per scorer) and measurements. Its random draws depend on
-    ``settings.seed`` and ``prompt_id`` only (:func:`prompt_seed`)."""
+    ``settings.seed`` and ``prompt_id`` only (:func:`prompt_seed`).
+
+    Example:
+        >>> from jscopes_tl.faithfulness import evaluate_prompt, faithfulness_settings
+        >>> settings = faithfulness_settings(model, ["semantic"], (0.05, 0.1, 0.2), "zero", "default", 8, 0)
+        >>> rows, evaluation = evaluate_prompt(settings, settings.tokenize("a=3 b=7 c=1 b= 7"), prompt_id=0)
+        >>> [row["scorer"] for row in rows], evaluation.predicted_token
+        (['semantic'], '7')
+    """
     import numpy as np
 
     adapter, paper, fractions = settings.adapter, settings.paper, settings.fractions
@@ -892,8 +993,10 @@ def evaluate_faithfulness(
             (see :mod:`jscopes_tl.inputs`); each prompt is its real tokens.
 
     Example:
-        >>> report = evaluate_faithfulness(model, ["The cat sat on the mat", "Tom loves Korean food"])
-        >>> report.to_dataframe(summary=True)[["scorer", "aopc", "loo_spearman"]]
+        >>> prompts = ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"]        # each prompt's last token is the gold
+        >>> report = evaluate_faithfulness(model, prompts, scorers=["semantic", "random"], progress=False)
+        >>> [row["scorer"] for row in report.summary()], len(report.rows)      # rows: (prompt, scorer)
+        (['semantic', 'random'], 4)
     """
     from tqdm.auto import tqdm
 

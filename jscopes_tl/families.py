@@ -55,6 +55,12 @@ class Family:
     converts the family's weights to a HookedTransformer, else the reason it cannot.
     ``bridge_architecture``: the TransformerBridge architecture adapter (TransformerLens 4.x).
     ``folds``: TransformerLens's default weight processing (fold_ln, centring) applies.
+
+    Example:
+        >>> from jscopes_tl.families import FAMILIES
+        >>> family = FAMILIES["gemma2"]
+        >>> family.name, family.config_class, family.input_embedding
+        ('gemma2', 'Gemma2Config', 'scaled')
     """
 
     name: str
@@ -392,6 +398,12 @@ def toy_hf_model(
 
     ``init_scale`` (the config's ``initializer_range``) is larger than the usual 0.02 so that
     predictive distributions are peaked and Jacobians far from the identity.
+
+    Example:
+        >>> from jscopes_tl.families import toy_hf_model
+        >>> hf_model = toy_hf_model("llama", vocab_size=64)
+        >>> type(hf_model).__name__, hf_model.config.vocab_size, hf_model.training
+        ('LlamaForCausalLM', 64, False)
     """
     import transformers
 

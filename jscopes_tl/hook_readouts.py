@@ -49,7 +49,17 @@ from jscopes_tl.readouts import Readout, differentiate_readout
 
 @dataclass(frozen=True)
 class SAELatent:
-    """One latent of a sparse autoencoder as a scope's readout (build with :func:`sae_latent`)."""
+    """One latent of a sparse autoencoder as a scope's readout (build with :func:`sae_latent`).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> generator = torch.Generator().manual_seed(0)           # a toy SAE on blocks.1.hook_resid_pre
+        >>> sae = SimpleNamespace(W_enc=torch.randn(64, 16, generator=generator), b_enc=torch.zeros(16),
+        ...                       b_dec=torch.zeros(64), hook_name="blocks.1.hook_resid_pre")
+        >>> latent = sae_latent(sae, 3, pre_activation=True)
+        >>> latent.hook_name, latent.describe()
+        ('blocks.1.hook_resid_pre', 'SAE latent 3 (pre-activation) of SimpleNamespace')
+    """
 
     sae: Any
     index: int
@@ -60,7 +70,16 @@ class SAELatent:
         return sae_hook_name(self.sae)
 
     def value(self, activation: Float[torch.Tensor, "m *shape"]) -> Float[torch.Tensor, " m"]:
-        """The latent's pre-activation or activation for each row of ``activation``."""
+        """The latent's pre-activation or activation for each row of ``activation``.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> generator = torch.Generator().manual_seed(0)           # a toy SAE on blocks.1.hook_resid_pre
+            >>> sae = SimpleNamespace(W_enc=torch.randn(64, 16, generator=generator), b_enc=torch.zeros(16),
+            ...                       b_dec=torch.zeros(64), hook_name="blocks.1.hook_resid_pre")
+            >>> sae_latent(sae, 3).value(torch.ones(2, 64)).shape          # [m, d_in] -> [m]
+            torch.Size([2])
+        """
         sae = self.sae
         # To the SAE's device (autograd follows): on a model split across devices the hook's
         # layer need not be where the SAE was put. And to its dtype, as sae_lens's process_sae_in does.
@@ -77,7 +96,18 @@ class SAELatent:
         return pre.float() if self.pre_activation else torch.relu(pre).float()
 
     def check_width(self, activation: Float[torch.Tensor, "m *shape"], hook: str) -> None:
-        """The SAE reads ``d_in`` values per token: the activation at ``hook`` must have as many."""
+        """The SAE reads ``d_in`` values per token: the activation at ``hook`` must have as many.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> generator = torch.Generator().manual_seed(0)           # a toy SAE on blocks.1.hook_resid_pre
+            >>> sae = SimpleNamespace(W_enc=torch.randn(64, 16, generator=generator), b_enc=torch.zeros(16),
+            ...                       b_dec=torch.zeros(64), hook_name="blocks.1.hook_resid_pre")
+            >>> sae_latent(sae, 3).check_width(torch.ones(2, 32), "blocks.0.hook_z")
+            Traceback (most recent call last):
+                ...
+            ScopeInputError: the SAE reads d_in=64 values per token (W_enc is [d_in, ...
+        """
         d_in, d_sae = self.sae.W_enc.shape
         width = activation[0].numel()
         if width != d_in:
@@ -118,7 +148,12 @@ def sae_latent(sae: Any, index: int, *, pre_activation: bool = False) -> SAELate
     """Latent ``index`` of ``sae`` as a scope target: its activation, or its pre-activation.
 
     Example:
-        >>> semantic_scope(model, prompt, target=sae_latent(sae, 1234))   # reads at the SAE's hook
+        >>> from types import SimpleNamespace
+        >>> generator = torch.Generator().manual_seed(0)           # a toy SAE on blocks.1.hook_resid_pre
+        >>> sae = SimpleNamespace(W_enc=torch.randn(64, 16, generator=generator), b_enc=torch.zeros(16),
+        ...                       b_dec=torch.zeros(64), hook_name="blocks.1.hook_resid_pre")
+        >>> semantic_scope(model, prompt, target=sae_latent(sae, 3)).top_tokens(1)   # reads at the SAE's hook
+        [(2, 'b=7', 110.27...)]
     """
     missing = [name for name in ("W_enc", "b_enc", "b_dec") if not isinstance(getattr(sae, name, None), torch.Tensor)]
     if missing:

@@ -72,6 +72,11 @@ class LayerResolvedScope:
         str_tokens: the prompt's tokens.
         position: the absolute prediction position.
         result: the underlying :class:`ScopeResult` (prediction, target, numerics).
+
+    Example:
+        >>> lrs = layer_resolved_scope(model, prompt, "fisher")
+        >>> lrs.kind, lrs.hook_names[0], lrs.str_tokens[lrs.position]
+        ('fisher', 'blocks.0.hook_resid_pre', 'b=')
     """
 
     kind: str
@@ -84,7 +89,12 @@ class LayerResolvedScope:
 
     @property
     def resid_pre_scores(self) -> Float[torch.Tensor, "n_layers pos"]:
-        """The rows aligned with ``get_act_patch_resid_pre`` (the final residual row dropped)."""
+        """The rows aligned with ``get_act_patch_resid_pre`` (the final residual row dropped).
+
+        Example:
+            >>> layer_resolved_scope(model, prompt).resid_pre_scores.shape   # as get_act_patch_resid_pre
+            torch.Size([2, 5])
+        """
         return self.scores[:-1]
 
 
@@ -127,9 +137,9 @@ def layer_resolved_scope(
             ``attention_mask=`` (``[pos]``, 1 = real token) keeps only the prompt's real tokens.
 
     Example:
-        >>> lrs = layer_resolved_scope(model, "When Mary and John went to the store, John gave a drink to",
-        ...                            target=(" Mary", " John"))
-        >>> lrs.resid_pre_scores.shape      # == get_act_patch_resid_pre(...).shape
+        >>> lrs = layer_resolved_scope(model, prompt)
+        >>> lrs.layer_labels, lrs.scores.shape                 # [n_layers + 1, pos]
+        (['resid_pre 0', 'resid_pre 1', 'resid_final'], torch.Size([3, 5]))
     """
     if kind not in _SCOPES:
         raise ScopeInputError(f"kind must be one of {sorted(_SCOPES)}; got {kind!r}.")
@@ -233,6 +243,12 @@ class ActivationPatching:
             cell restored from the clean run (what ``get_act_patch_resid_pre`` returns).
         clean_metric, corrupted_metric: the metric on the unpatched runs.
         backend: ``"transformer_lens"`` (``transformer_lens.patching``) or ``"hooks"``.
+
+    Example:
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> patching = activation_patching(model, prompt, corrupted, ("7", "5"))
+        >>> round(patching.clean_metric, 1), round(patching.corrupted_metric, 1)
+        (19.7, -19.4)
     """
 
     patched_metric: Float[torch.Tensor, "n_layers pos"]
@@ -242,7 +258,14 @@ class ActivationPatching:
 
     @property
     def effect(self) -> Float[torch.Tensor, "n_layers pos"]:
-        """``patched_metric - corrupted_metric``: how far restoring each cell moves the metric."""
+        """``patched_metric - corrupted_metric``: how far restoring each cell moves the metric.
+
+        Example:
+            >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+            >>> effect = activation_patching(model, prompt, corrupted, ("7", "5")).effect
+            >>> effect.shape, effect[0].argmax().item()           # restoring b=7 moves it most
+            (torch.Size([2, 5]), 2)
+        """
         return self.patched_metric - self.corrupted_metric
 
 
@@ -329,9 +352,10 @@ def activation_patching(
         position: where the metric reads the logits (default: the last token).
 
     Example:
-        >>> patching = activation_patching(model, "... John gave a drink to", "... Mary gave a drink to",
-        ...                                (" Mary", " John"))
-        >>> patching.effect.shape       # [n_layers, pos]
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> patching = activation_patching(model, prompt, corrupted, ("7", "5"))  # logit(7) - logit(5)
+        >>> patching.effect.shape, patching.backend                                # [n_layers, pos]
+        (torch.Size([2, 5]), 'transformer_lens')
     """
     adapter = ModelAdapter(model)
     return _activation_patching(adapter, _setup(adapter, clean, corrupted, metric, position), backend, batch_size)
@@ -377,7 +401,10 @@ def attribution_patching(
     :func:`activation_patching`.
 
     Example:
-        >>> estimate = attribution_patching(model, clean, corrupted, (" Mary", " John"))
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> estimate = attribution_patching(model, prompt, corrupted, ("7", "5"))
+        >>> estimate.shape, estimate[0].argmax().item()         # [n_layers, pos]
+        (torch.Size([2, 5]), 2)
     """
     adapter = ModelAdapter(model)
     estimate, _ = _attribution_patching(adapter, _setup(adapter, clean, corrupted, metric, position))
@@ -410,6 +437,12 @@ class PatchingComparison:
             ``"activation_vs_attribution_signed"`` compares the signed maps; keys ending in
             ``"_on_differing_cells"`` repeat the magnitude comparisons on ``differing_cells`` only
             (NaN with fewer than 2 such cells).
+
+    Example:
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> comparison = compare_with_patching(model, prompt, corrupted, ("7", "5"), kind="fisher")
+        >>> comparison.scope_kind, comparison.scope_prompt, comparison.layer_labels
+        ('fisher', 'clean', ['resid_pre 0', 'resid_pre 1'])
     """
 
     activation_patching: ActivationPatching
@@ -453,10 +486,10 @@ def compare_with_patching(
         **scope_options: passed to the scope (e.g. ``rank=`` for Fisher).
 
     Example:
-        >>> comparison = compare_with_patching(model, "When Mary and John went to the store, John gave a drink to",
-        ...                                    "When Mary and John went to the store, Mary gave a drink to",
-        ...                                    (" Mary", " John"))
-        >>> comparison.rank_correlations["activation_vs_scope"]
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> comparison = compare_with_patching(model, prompt, corrupted, ("7", "5"))
+        >>> comparison.scope.shape, round(comparison.rank_correlations["activation_vs_attribution"], 3)
+        (torch.Size([2, 5]), 1.0)
     """
     if scope_prompt not in ("clean", "corrupted"):
         raise ScopeInputError(f"scope_prompt must be 'clean' or 'corrupted'; got {scope_prompt!r}.")
@@ -514,6 +547,13 @@ class ComponentPatching:
         mlps: ``[n_layers, pos]``, one MLP output restored at one position (``get_act_patch_mlp_out``).
         clean_metric, corrupted_metric: the metric on the unpatched runs.
         backend: ``"transformer_lens"`` or ``"hooks"``.
+
+    Example:
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> from jscopes_tl.patching import component_activation_patching
+        >>> patching = component_activation_patching(model, prompt, corrupted, ("7", "5"))
+        >>> patching.heads.shape, patching.heads_all_pos.shape, patching.mlps.shape
+        (torch.Size([2, 4, 5]), torch.Size([2, 4]), torch.Size([2, 5]))
     """
 
     heads: Float[torch.Tensor, "n_layers n_heads pos"]
@@ -643,8 +683,11 @@ def component_activation_patching(
     runs. Arguments as for :func:`activation_patching`.
 
     Example:
-        >>> patching = component_activation_patching(model, clean, corrupted, (" Mary", " John"))
-        >>> patching.heads_effect.shape       # [n_layers, n_heads, pos]
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> from jscopes_tl.patching import component_activation_patching
+        >>> patching = component_activation_patching(model, prompt, corrupted, ("7", "5"))
+        >>> patching.heads.shape       # [n_layers, n_heads, pos]
+        torch.Size([2, 4, 5])
     """
     adapter = ModelAdapter(model)
     return _component_activation_patching(adapter, _setup(adapter, clean, corrupted, metric, position), backend, batch_size)
@@ -652,14 +695,30 @@ def component_activation_patching(
 
 @dataclass(frozen=True)
 class ComponentAttribution:
-    """Attribution patching of heads and MLPs: ``(a_clean - a_corrupt) · ∂metric/∂a`` per cell."""
+    """Attribution patching of heads and MLPs: ``(a_clean - a_corrupt) · ∂metric/∂a`` per cell.
+
+    Example:
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> from jscopes_tl.patching import component_attribution_patching
+        >>> estimate = component_attribution_patching(model, prompt, corrupted, ("7", "5"))
+        >>> estimate.heads.shape, estimate.mlps.shape           # [n_layers, n_heads, pos], [n_layers, pos]
+        (torch.Size([2, 4, 5]), torch.Size([2, 5]))
+    """
 
     heads: Float[torch.Tensor, "n_layers n_heads pos"]
     mlps: Float[torch.Tensor, "n_layers pos"]
 
     @property
     def heads_all_pos(self) -> Float[torch.Tensor, "n_layers n_heads"]:
-        """The estimate for a head patched at every position (first order: the sum over positions)."""
+        """The estimate for a head patched at every position (first order: the sum over positions).
+
+        Example:
+            >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+            >>> from jscopes_tl.patching import component_attribution_patching
+            >>> estimate = component_attribution_patching(model, prompt, corrupted, ("7", "5"))
+            >>> torch.allclose(estimate.heads_all_pos, estimate.heads.sum(-1))  # [n_layers, n_heads]
+            True
+        """
         return self.heads.sum(-1)
 
 
@@ -702,8 +761,11 @@ def component_attribution_patching(
     passes on the corrupted run. Arguments as for :func:`activation_patching`.
 
     Example:
-        >>> estimate = component_attribution_patching(model, clean, corrupted, (" Mary", " John"))
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> from jscopes_tl.patching import component_attribution_patching
+        >>> estimate = component_attribution_patching(model, prompt, corrupted, ("7", "5"))
         >>> estimate.heads.shape       # [n_layers, n_heads, pos]
+        torch.Size([2, 4, 5])
     """
     adapter = ModelAdapter(model)
     return _component_attribution(adapter, _setup(adapter, clean, corrupted, metric, position))
@@ -723,6 +785,12 @@ class ComponentPatchingComparison:
             cells of ``"heads"`` (layer × head × position), ``"heads_all_pos"`` (layer × head; the
             scope's ``head_totals``) and ``"mlps"`` (layer × position), keyed e.g.
             ``"heads: activation_vs_scope"``.
+
+    Example:
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> comparison = compare_components_with_patching(model, prompt, corrupted, ("7", "5"))
+        >>> comparison.activation_patching.heads.shape, comparison.scope.heads.shape
+        (torch.Size([2, 4, 5]), torch.Size([2, 4, 5]))
     """
 
     activation_patching: ComponentPatching
@@ -755,8 +823,10 @@ def compare_components_with_patching(
     ``**scope_options`` go to :func:`~jscopes_tl.components.component_scope` (e.g. ``rank=``).
 
     Example:
-        >>> comparison = compare_components_with_patching(model, clean, corrupted, (" Mary", " John"))
-        >>> comparison.rank_correlations["heads_all_pos: activation_vs_scope"]
+        >>> corrupted = "a=3 b=5 c=1 b="                 # the clean prompt predicts 7, this one 5
+        >>> comparison = compare_components_with_patching(model, prompt, corrupted, ("7", "5"))
+        >>> sorted(comparison.rank_correlations)[:2]
+        ['heads: activation_vs_attribution', 'heads: activation_vs_scope']
     """
     if scope_prompt not in ("clean", "corrupted"):
         raise ScopeInputError(f"scope_prompt must be 'clean' or 'corrupted'; got {scope_prompt!r}.")

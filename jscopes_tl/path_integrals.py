@@ -6,7 +6,7 @@ integrating the gradient along the straight path from a baseline ``x₀`` to the
 
     IG_i = (x − x₀)_i · ∫₀¹ ∂f/∂x_i (x₀ + α (x − x₀)) dα.
 
-Here ``x`` is the point the scopes perturb (:meth:`ModelAdapter.perturbation_hook` at layer 0:
+Here ``x`` is the point the scopes perturb (``ModelAdapter.perturbation_hook()`` at layer 0:
 the residual stream entering block 0, i.e. token + position embedding on GPT-2; see
 :mod:`jscopes_tl.scopes` for Gemma and BLOOM), ``[pos, d_model]``, and ``f`` the
 log-probability (or logit, or probability) of one token at one position. The chain rule gives
@@ -56,7 +56,7 @@ Mechanics that keep this exact and affordable:
   working precision times ``max(1, |f(x)|)``), ``S`` is that floor: the gap is rounding. A
   ``UserWarning`` names the gap and the tolerance when the relative gap exceeds ``tolerance``, for
   fixed steps too.
-* **Precision**: the model's own working precision (:func:`jscopes_tl.fisher.working_dtype`) for
+* **Precision**: the model's own working precision (``jscopes_tl.fisher.working_dtype()``) for
   the forward and backward passes and the returned attributions (a float64 model gets float64
   Integrated Gradients); ``f`` is evaluated in float64 from the model's logits, and the
   quadrature sum and the gap are accumulated in float64 (free, and it keeps summation rounding
@@ -128,6 +128,11 @@ class IntegratedGradientsResult:
         target: the token id whose ``objective`` is ``f``; ``target_str`` its string.
         position: the prediction position (absolute).
         input_hook: where ``x`` is (the scopes' perturbation point at layer 0).
+
+    Example:
+        >>> result = integrated_gradients(model, prompt, target="7")                # the adaptive rule
+        >>> result.attributions.shape, result.method, result.n_evaluations      # [pos, d_model]
+        (torch.Size([5, 64]), 'adaptive', 68)
     """
 
     attributions: Float[torch.Tensor, "pos d_model"]
@@ -350,8 +355,9 @@ def integrated_gradients(
         the gap and how it was reached).
 
     Example:
-        >>> result = integrated_gradients(model, "a=3 b=7 c=1 b=", target="7")
-        >>> result.scores, result.completeness_gap, result.n_evaluations
+        >>> result = integrated_gradients(model, prompt, target="7")
+        >>> result.scores.shape, result.converged, abs(result.relative_completeness_gap) < 0.01    # [pos]
+        (torch.Size([5]), True, True)
     """
     adapter = ModelAdapter(model)
     if objective not in OBJECTIVES:

@@ -7,7 +7,7 @@ sum ``Σ_k w_k ∇f(x(α_k))`` with the rule that produced it. What each rule gu
 
 * :func:`fixed_rule`: captum's nodes and weights exactly as captum defines them
   (:func:`captum_rule`), one call of ``evaluate`` with ``f`` at ``α = 0`` and ``1`` added.
-* :func:`adaptive_rule`: composite :data:`PANEL_NODES`-node Gauss–Lobatto panels, whose
+* :func:`adaptive_rule`: composite ``PANEL_NODES``-node Gauss–Lobatto panels, whose
   quadrature error *of the sum over dimensions* is known exactly from the ``f`` at their ends;
   one call of ``evaluate`` per round, never more than ``max_steps`` evaluations in all, every
   sum accumulated in float64. Why the panels are cut where they are, and the margin of 10 below
@@ -41,7 +41,14 @@ Evaluate = Callable[[list[float]], tuple[dict[float, torch.Tensor], dict[float, 
 
 
 def captum_rule(method: str, n_steps: int) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"]]:
-    """The nodes ``α`` and weights of captum's rule ``method`` with ``n_steps`` nodes on [0, 1], in float64."""
+    """The nodes ``α`` and weights of captum's rule ``method`` with ``n_steps`` nodes on [0, 1], in float64.
+
+    Example:
+        >>> from jscopes_tl.quadrature import captum_rule
+        >>> nodes, weights = captum_rule("riemann_trapezoid", 3)       # on [0, 1], float64
+        >>> nodes.tolist(), [round(w, 4) for w in weights.tolist()]
+        ([0.0, 0.5, 1.0], [0.1667, 0.3333, 0.1667])
+    """
     n = n_steps
     k = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
@@ -58,7 +65,14 @@ def captum_rule(method: str, n_steps: int) -> tuple[Float[torch.Tensor, " n"], F
 def gauss_lobatto_rule(n_nodes: int) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"]]:
     """The ``n_nodes``-point Gauss–Lobatto rule on [0, 1] (exact for polynomials of degree
     ``2·n_nodes − 3``): both ends and the roots of ``P'_{n−1}``, weights ``2 / (n (n−1) P_{n−1}(t)²)``
-    on [−1, 1], halved."""
+    on [−1, 1], halved.
+
+    Example:
+        >>> from jscopes_tl.quadrature import gauss_lobatto_rule
+        >>> nodes, weights = gauss_lobatto_rule(3)                # Simpson's rule
+        >>> nodes.tolist(), [round(w, 4) for w in weights.tolist()]
+        ([0.0, 0.5, 1.0], [0.1667, 0.6667, 0.1667])
+    """
     legendre = np.polynomial.legendre.Legendre.basis(n_nodes - 1)
     nodes = np.concatenate([[-1.0], np.sort(legendre.deriv().roots().real), [1.0]])
     weights = 2 / (n_nodes * (n_nodes - 1) * legendre(nodes) ** 2)
@@ -89,7 +103,17 @@ class _Panel:
 
 @dataclass
 class Integral:
-    """What a quadrature produced: the weighted gradient sum and the rule, the values seen, the cost."""
+    """What a quadrature produced: the weighted gradient sum and the rule, the values seen, the cost.
+
+    Example:
+        >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)      # f(αx) = α²‖x‖², ∇f(αx) = 2αx
+        >>> def evaluate(alphas):                                  # gradients and values at α·x
+        ...     return {a: 2 * a * x for a in alphas}, {a: 5.0 * a * a for a in alphas}
+        >>> from jscopes_tl.quadrature import fixed_rule
+        >>> integral = fixed_rule(evaluate, "riemann_middle", 2)
+        >>> integral.rule, integral.values, integral.n_rounds
+        ({0.25: 0.5, 0.75: 0.5}, {0.0: 0.0, 0.25: 0.3125, 0.75: 2.8125, 1.0: 5.0}, 1)
+    """
 
     gradient_sum: torch.Tensor  # Σ_k w_k ∇f(x(α_k)), float64 [pos, width]
     rule: dict[float, float]  # α → weight
@@ -110,13 +134,29 @@ def completeness_scale(
     """What a completeness gap is measured against: ``|f(x) − f(x₀)|``, but never less than
     ``tolerance × variation`` (``f(x) ≈ f(x₀)`` while ``f`` moves along the path: the quadrature's
     error is relative to how much ``f`` moves, and a net change near 0 is not worth chasing) nor
-    than ``√ε`` of ``dtype`` times ``max(1, |f(x)|)`` (``f`` flat: the gap is rounding)."""
+    than ``√ε`` of ``dtype`` times ``max(1, |f(x)|)`` (``f`` flat: the gap is rounding).
+
+    Example:
+        >>> from jscopes_tl.quadrature import completeness_scale
+        >>> completeness_scale(2.5, 0.5), completeness_scale(1.0, 1.0) > 0      # |f(x) - f(x0)|, never 0
+        (2.0, True)
+    """
     floor = math.sqrt(torch.finfo(dtype).eps) * max(1.0, abs(value))
     return max(abs(value - baseline_value), tolerance * variation, floor)
 
 
 def fixed_rule(evaluate: Evaluate, method: str, n_steps: int) -> Integral:
-    """captum's rule ``method`` with ``n_steps`` nodes, plus ``f`` at both ends (for the gap)."""
+    """captum's rule ``method`` with ``n_steps`` nodes, plus ``f`` at both ends (for the gap).
+
+    Example:
+        >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)      # f(αx) = α²‖x‖², ∇f(αx) = 2αx
+        >>> def evaluate(alphas):                                  # gradients and values at α·x
+        ...     return {a: 2 * a * x for a in alphas}, {a: 5.0 * a * a for a in alphas}
+        >>> from jscopes_tl.quadrature import fixed_rule
+        >>> integral = fixed_rule(evaluate, "gausslegendre", 4)
+        >>> integral.gradient_sum, integral.n_evaluations              # ∫ 2αx dα = x; 4 nodes and both ends
+        (tensor([1., 2.], dtype=torch.float64), 6)
+    """
     alphas, weights = captum_rule(method, n_steps)
     rule: dict[float, float] = {}
     for alpha, weight in zip(alphas.tolist(), weights.tolist()):
@@ -145,7 +185,17 @@ def adaptive_rule(
 ) -> Integral:
     """Composite Gauss–Lobatto panels, cut where their exactly known errors are largest, until the
     errors sum to ``tolerance / REFINEMENT_MARGIN`` times ``scale(values)`` or ``max_steps``
-    evaluations are used; ``difference`` is ``x − x₀`` (float64), what the gradients multiply."""
+    evaluations are used; ``difference`` is ``x − x₀`` (float64), what the gradients multiply.
+
+    Example:
+        >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)      # f(αx) = α²‖x‖², ∇f(αx) = 2αx
+        >>> def evaluate(alphas):                                  # gradients and values at α·x
+        ...     return {a: 2 * a * x for a in alphas}, {a: 5.0 * a * a for a in alphas}
+        >>> from jscopes_tl.quadrature import adaptive_rule
+        >>> integral = adaptive_rule(evaluate, x, tolerance=0.01, max_steps=64, scale=lambda values: 5.0)
+        >>> (x * integral.gradient_sum).sum().item(), integral.n_evaluations     # = f(x) - f(0) = 5
+        (5.00..., 33)
+    """
     edges = [i / INITIAL_PANELS for i in range(INITIAL_PANELS + 1)]
     pending = list(zip(edges, edges[1:]))  # panels whose nodes are not evaluated yet
     panels: list[_Panel] = []

@@ -42,6 +42,13 @@ class Readout:
     """Directions in ``y``-space for every selected (prompt, position) pair ``m``.
 
     Scores are ``Σ_r weights[m, r] · ‖directions[m, r]^T J_t‖²``, square-rooted unless ``squared``.
+
+    Example:
+        >>> from jscopes_tl.readouts import Readout
+        >>> y = torch.randn(3, model.cfg.d_model)                 # m = 3 predictions
+        >>> readout = Readout(directions=y[:, None, :], weights=torch.ones(3, 1), squared=False)
+        >>> readout.directions.shape, readout.weights.shape         # [m, r, d_model], [m, r]
+        (torch.Size([3, 1, 64]), torch.Size([3, 1]))
     """
 
     directions: Float[torch.Tensor, "m r d_model"]

@@ -37,6 +37,12 @@ class ResultAxes:
 
     Scopes compute the full form ``[batch, n_positions, n_layers, ...]`` and ``squeeze_*`` drops
     the axes the user asked away; ``expand_*`` restores them (export, views).
+
+    Example:
+        >>> semantic_scope(model, [prompt, "c=1 d="], position="all").axes     # [batch, n_positions, pos]
+        ResultAxes(prompts=True, positions=True, layers=False)
+        >>> semantic_scope(model, prompt).axes                                  # [pos]
+        ResultAxes(prompts=False, positions=False, layers=False)
     """
 
     prompts: bool
@@ -80,7 +86,13 @@ class ResultAxes:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's top-k next-token prediction at each scored position."""
+    """The model's top-k next-token prediction at each scored position.
+
+    Example:
+        >>> prediction = semantic_scope(model, prompt).prediction
+        >>> prediction.str_tokens[:2], prediction.token_ids.shape         # top-k, k = 5
+        (['7', '6'], torch.Size([5]))
+    """
 
     token_ids: Int[torch.Tensor, "... k"]
     probabilities: Float[torch.Tensor, "... k"]
@@ -107,6 +119,13 @@ class ScopeResult:
         gradient_x_input: signed variant ``(u^T J_t) · x_t`` for single-direction scopes.
         gradients: ``u^T J_t`` itself (``[..., pos, d_model]``) when requested.
         metadata: numerics (folded/centred weights, hook names), Fisher rank and error bounds.
+
+    Example:
+        >>> result = semantic_scope(model, prompt)
+        >>> result.kind, result.str_tokens, result.scores.shape   # scores [pos] for one prompt and position
+        ('semantic', ['<bos>', 'a=3', 'b=7', 'c=1', 'b='], torch.Size([5]))
+        >>> result.prediction.str_tokens[0], result.target
+        ('7', tensor([294]))
     """
 
     kind: str
@@ -140,25 +159,45 @@ class ScopeResult:
 
     @property
     def layers(self) -> list[int]:
-        """The layers scored, in the order of the layers axis (one layer when there is no such axis)."""
+        """The layers scored, in the order of the layers axis (one layer when there is no such axis).
+
+        Example:
+            >>> semantic_scope(model, prompt, layer=[0, 1]).layers
+            [0, 1]
+        """
         layer = self.metadata.get("layer", 0)
         return list(layer) if isinstance(layer, (list, tuple)) else [int(layer)]
 
     @property
     def str_tokens_per_prompt(self) -> list[list[str]]:
-        """``str_tokens`` with the prompts axis: one list of token strings per prompt."""
+        """``str_tokens`` with the prompts axis: one list of token strings per prompt.
+
+        Example:
+            >>> semantic_scope(model, ["a=3 b=", "c=1 d=5 c="]).str_tokens_per_prompt
+            [['<bos>', 'a=3', 'b='], ['<bos>', 'c=1', 'd=5', 'c=']]
+        """
         return self.str_tokens if self.axes.prompts else [self.str_tokens]
 
     @property
     def word_starts_per_prompt(self) -> list[list[bool] | None]:
-        """The tokenizer's word boundaries of each prompt (``metadata["word_starts"]``; None if unknown)."""
+        """The tokenizer's word boundaries of each prompt (``metadata["word_starts"]``; None if unknown).
+
+        Example:
+            >>> semantic_scope(model, prompt).word_starts_per_prompt
+            [[True, True, True, True, True]]
+        """
         starts = self.metadata.get("word_starts")
         if starts is None:
             return [None] * len(self.str_tokens_per_prompt)
         return starts if self.axes.prompts else [starts]
 
     def top_tokens(self, k: int = 5) -> list[tuple[int, str, float]]:
-        """The ``k`` highest-scoring (index, token, score) of a single-prompt, single-position result."""
+        """The ``k`` highest-scoring (index, token, score) of a single-prompt, single-position result.
+
+        Example:
+            >>> semantic_scope(model, prompt).top_tokens(2)
+            [(2, 'b=7', 5.64...), (4, 'b=', 0.953...)]
+        """
         check_count(k, "top_tokens")
         if self.scores.ndim != 1:
             raise ValueError(
@@ -174,7 +213,9 @@ class ScopeResult:
         """A self-contained HTML page of this result (see :func:`jscopes_tl.views.token_view`).
 
         Example:
-            >>> html = semantic_scope(model, "a=3 b=7 c=1 b=").to_html(words="sum")
+            >>> html = semantic_scope(model, prompt).to_html(words="sum")
+            >>> html.startswith("<!DOCTYPE html>"), "cdn" in html              # one offline page
+            (True, False)
         """
         from jscopes_tl.views.tokens import token_view
 
@@ -184,7 +225,12 @@ class ScopeResult:
         """Write :meth:`to_html` to ``path``; the file works offline, with no server.
 
         Example:
-            >>> fisher_scope(model, "a=3 b=7 c=1 b=").save_html("fisher.html", log_scale=True)
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> out = Path(tempfile.mkdtemp()) / "fisher.html"
+            >>> path = fisher_scope(model, prompt).save_html(out, log_scale=True)
+            >>> path == out, path.stat().st_size > 0
+            (True, True)
         """
         from jscopes_tl.views.tokens import token_view
 
@@ -198,7 +244,8 @@ class ScopeResult:
         same view by itself (:meth:`_repr_html_`).
 
         Example:
-            >>> semantic_scope(model, "a=3 b=7 c=1 b=", position="all").show(words="sum")
+            >>> semantic_scope(model, prompt, position="all").show(words="sum")  # a notebook shows the view
+            <IPython.core.display.HTML object>
         """
         from jscopes_tl.views.tokens import token_view
 
@@ -206,7 +253,13 @@ class ScopeResult:
 
     def _repr_html_(self) -> str | None:
         """The default token view in a notebook; None (plain repr) for a batch or a result with
-        both several positions and several layers, which need a choice (use :meth:`show`)."""
+        both several positions and several layers, which need a choice (use :meth:`show`).
+
+        Example:
+            >>> batch = semantic_scope(model, [prompt, prompt])
+            >>> semantic_scope(model, prompt)._repr_html_() is not None, batch._repr_html_()
+            (True, None)
+        """
         from jscopes_tl.views.tokens import token_view
 
         try:
@@ -216,36 +269,81 @@ class ScopeResult:
         return page._repr_html_()
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as JSON-compatible data; :meth:`from_dict` inverts it exactly."""
+        """Every field as JSON-compatible data; :meth:`from_dict` inverts it exactly.
+
+        Example:
+            >>> data = semantic_scope(model, prompt).to_dict()
+            >>> data["kind"], data["str_tokens"]
+            ('semantic', ['<bos>', 'a=3', 'b=7', 'c=1', 'b='])
+        """
         from jscopes_tl.export import to_dict
 
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScopeResult:
+        """The result :meth:`to_dict` exported, checked against the schema (:func:`~jscopes_tl.export.validate`) first.
+
+        Example:
+            >>> result = semantic_scope(model, prompt)
+            >>> ScopeResult.from_dict(result.to_dict()).top_tokens(1) == result.top_tokens(1)
+            True
+        """
+
         from jscopes_tl.export import from_dict
 
         return from_dict(data)
 
     def to_json(self, indent: int | None = None) -> str:
+        """Every field as a JSON string (:meth:`to_dict`; ``indent`` as in ``json.dumps``).
+
+        Example:
+            >>> semantic_scope(model, prompt).to_json()[:40]
+            '{"format": "jscopes_tl.ScopeResult", "ve'
+        """
+
         from jscopes_tl.export import to_json
 
         return to_json(self, indent)
 
     @classmethod
     def from_json(cls, text: str) -> ScopeResult:
+        """The result :meth:`to_json` wrote, checked against the schema first.
+
+        Example:
+            >>> result = fisher_scope(model, prompt)
+            >>> torch.equal(ScopeResult.from_json(result.to_json()).scores, result.scores)
+            True
+        """
+
         from jscopes_tl.export import from_json
 
         return from_json(text)
 
     def to_numpy(self) -> np.ndarray:
-        """``scores`` as a numpy array."""
+        """``scores`` as a numpy array.
+
+        Example:
+            >>> array = semantic_scope(model, prompt).to_numpy()
+            >>> array.shape, array.dtype
+            ((5,), dtype('float32'))
+        """
         from jscopes_tl.export import to_numpy
 
         return to_numpy(self)
 
     def to_pandas(self, words: str | None = None) -> pandas.DataFrame:
-        """A tidy long table of scores (see :func:`jscopes_tl.export.to_pandas`)."""
+        """A tidy long table of scores (see :func:`jscopes_tl.export.to_pandas`).
+
+        Example:
+            >>> semantic_scope(model, prompt).to_pandas()[["token", "score"]].round(3)
+               token  score
+            0  <bos>  0.807
+            1    a=3  0.507
+            2    b=7  5.650
+            3    c=1  0.488
+            4     b=  0.954
+        """
         from jscopes_tl.export import to_pandas
 
         return to_pandas(self, words)

@@ -239,6 +239,14 @@ def jacobian_scope(
     tokens are scored as if alone, in a right-padded layout, and ``metadata["input_columns"]``
     maps them back to the tensor's columns (see :mod:`jscopes_tl.inputs`). The named scopes pass
     the call's :class:`ModelAdapter` as ``model``.
+
+    Example:
+        >>> from jscopes_tl.readouts import Readout
+        >>> seven = model.W_U[:, model.to_single_token("7")]       # a direction in y-space [d_model]
+        >>> def build(y, logits):                        # y [m, d_model] -> directions [m, 1, d_model]
+        ...     return Readout(seven.expand(len(y), 1, -1), weights=torch.ones(len(y), 1), squared=False)
+        >>> jacobian_scope(model, prompt, build, kind="unembedding of 7").top_tokens(1)
+        [(2, 'b=7', 5.64...)]
     """
     adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
     check_options(top_k, input_scale, memory_budget_mb, return_gradients, backward_batch)
@@ -336,8 +344,9 @@ def semantic_scope(
             ``backward_batch``, ``fwd_hooks``, ``attention_mask`` (see :func:`jacobian_scope`).
 
     Example:
-        >>> result = semantic_scope(model, "Tom loves Korean food. He is a", target=(" liberal", " conservative"))
-        >>> result.top_tokens(3)
+        >>> result = semantic_scope(model, prompt, target="7")    # the logit of "7" after "b="
+        >>> result.top_tokens(2)                                  # [(index, token, score)]: b=7 first
+        [(2, 'b=7', 5.64...), (4, 'b=', 0.953...)]
     """
     check_own_options("semantic_scope", options)
     adapter = ModelAdapter(model)
@@ -363,7 +372,8 @@ def temperature_scope(
     With ``readout_hook`` it reads the norm of the activation there instead.
 
     Example:
-        >>> temperature_scope(model, "51,53,55,57,58,57,53,").scores
+        >>> temperature_scope(model, prompt).top_tokens(1)
+        [(2, 'b=7', 0.740...)]
     """
     check_own_options("temperature_scope", options)
     adapter = ModelAdapter(model)
@@ -408,7 +418,9 @@ def fisher_scope(
     other values raise ``ScopeInputError``.
 
     Example:
-        >>> fisher_scope(model, "German: Dies ist ein Aufsatz. English: This is a", rank=8).scores
+        >>> result = fisher_scope(model, prompt, rank=8)
+        >>> result.scores.shape, result.top_tokens(1)              # [pos]
+        (torch.Size([5]), [(2, 'b=7', 0.00137...)])
     """
     check_own_options("fisher_scope", options)
     adapter = ModelAdapter(model)

@@ -39,7 +39,13 @@ _SPECIAL_TOKEN = re.compile(r"^(<\|[^|<>]*\|>|</?(s|bos|eos|pad|unk)>|\[(CLS|SEP
 
 
 def is_special_token(token: str) -> bool:
-    """``<|endoftext|>``, ``<|begin_of_text|>``, ``<s>``, ``<bos>``, ``[CLS]``-style tokens."""
+    """``<|endoftext|>``, ``<|begin_of_text|>``, ``<s>``, ``<bos>``, ``[CLS]``-style tokens.
+
+    Example:
+        >>> from jscopes_tl.words import is_special_token
+        >>> is_special_token("<|endoftext|>"), is_special_token("[CLS]"), is_special_token(" cat")
+        (True, True, False)
+    """
     return bool(_SPECIAL_TOKEN.match(token))
 
 
@@ -69,6 +75,7 @@ def tokenizer_word_starts(tokenizer: Any, token_ids: Sequence[int], str_tokens: 
     boundary. The first token is always marked.
 
     Example:
+        >>> from jscopes_tl.words import tokenizer_word_starts
         >>> tokens = model.to_tokens("a=3 b=7 b=")[0]      # a bundled model's word-level tokenizer
         >>> tokenizer_word_starts(model.tokenizer, tokens, model.to_str_tokens(tokens))
         [True, True, True, True]
@@ -103,6 +110,11 @@ def word_spans(
             (:func:`tokenizer_word_starts`; ``result.metadata["word_starts"]``). Without it, word
             boundaries come from the token strings alone, which on a word-level tokenizer (no
             spaces in its tokens) cannot see them.
+
+    Example:
+        >>> from jscopes_tl.words import word_spans
+        >>> word_spans(["<|endoftext|>", "The", " ca", "t", " sat"])    # GPT-2 style: a space starts a word
+        [(0, 1), (1, 2), (2, 4), (4, 5)]
     """
     if word_starts is not None and len(word_starts) != len(str_tokens):
         raise ValueError(f"word_starts has {len(word_starts)} entries but str_tokens has {len(str_tokens)} tokens.")
@@ -129,7 +141,14 @@ def word_spans(
 
 @dataclass(frozen=True)
 class WordScores:
-    """Scores merged to words: the words, the token span of each, and the merged values."""
+    """Scores merged to words: the words, the token span of each, and the merged values.
+
+    Example:
+        >>> from jscopes_tl.words import aggregate_words
+        >>> words = aggregate_words(["<bos>", "The", " ca", "t"], torch.tensor([0.0, 1.0, 2.0, 3.0]), "max")
+        >>> words.words, words.spans, words.values
+        (['<bos>', 'The', ' cat'], [(0, 1), (1, 2), (2, 4)], tensor([0., 1., 3.]))
+    """
 
     words: list[str]
     spans: list[tuple[int, int]]
@@ -150,8 +169,12 @@ def aggregate_words(
     where they put spaces.
 
     Example:
-        >>> merged = aggregate_words(result.str_tokens, result.scores, "sum", word_starts=result.metadata["word_starts"])
-        >>> list(zip(merged.words, merged.values.tolist()))
+        >>> from jscopes_tl.words import aggregate_words
+        >>> result = semantic_scope(model, "a=3 b=7 b=")
+        >>> starts = result.metadata["word_starts"]
+        >>> merged = aggregate_words(result.str_tokens, result.scores, word_starts=starts)
+        >>> merged.words, merged.values.shape                     # [n_words]
+        (['<bos>', 'a=3', 'b=7', 'b='], torch.Size([4]))
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}.")

@@ -5,7 +5,8 @@
 #   bash scripts/docs.sh OUT_DIR      another output directory; further arguments go to sphinx-build
 # Sphinx, myst-nb and furo are pinned in requirements/tl4.txt: the docs build in .venv (TL 4.x).
 # Warnings are errors and references nitpicky: a broken cross-reference, a missing page or heading,
-# a failing notebook cell fails the build. Then the doctest builder runs the pages' doctests.
+# a failing notebook cell fails the build. Then the doctest builder runs the pages' doctests and
+# every >>> example of the docstrings the API reference shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.venv/bin/python}"

@@ -2,7 +2,8 @@
 
 ``scripts/docs.sh`` runs Sphinx (myst-nb, autodoc, furo) with ``-W --keep-going -n``: a broken
 cross-reference, a link to a missing page or heading, a docstring autodoc cannot read fails it;
-then the doctest builder runs the pages' ``{doctest}`` blocks. Here it builds once into a temporary
+then the doctest builder runs the pages' ``{doctest}`` blocks and every ``>>>`` example of the
+docstrings the API reference shows, from the same doctrees. Here it builds once into a temporary
 directory, showing the tutorial that tests/test_notebook.py executed in this same session (so the
 notebook runs once per test run, and the page shows outputs computed now), and the built tutorial
 page is opened from disk in headless Chromium with networking disabled (tests/browser.py): every

@@ -59,9 +59,10 @@ class GenerationFacts(abc.ABC):
     """How one TransformerLens generation does what the two do differently, for one model.
 
     Example:
+        >>> from jscopes_tl.adapter import generation_facts
         >>> facts = generation_facts(model)
-        >>> facts.family, facts.final_hidden_hooks(model.cfg.n_layers)
-        ('TransformerBridge', ['unembed.hook_in'])
+        >>> facts.family, facts.compatibility_mode()
+        ('TransformerBridge', False)
     """
 
     family: ClassVar[str]  # HOOKED_TRANSFORMER or TRANSFORMER_BRIDGE: Numerics.model_family
@@ -73,41 +74,90 @@ class GenerationFacts(abc.ABC):
     @abc.abstractmethod
     def final_hidden_hooks(self, n_layers: int) -> list[str]:
         """Candidates for the hook whose activation, passed through :meth:`final_hidden`, is the
-        unembedding input (resolved against the model's hook dictionary by the adapter)."""
+        unembedding input (resolved against the model's hook dictionary by the adapter).
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> generation_facts(model).final_hidden_hooks(model.cfg.n_layers)
+            ['unembed.hook_in']
+        """
 
     @abc.abstractmethod
     def final_hidden(self, activation: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_model"]:
-        """The state fed to the unembedding, from the activation at the final hidden hook."""
+        """The state fed to the unembedding, from the activation at the final hidden hook.
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> generation_facts(model).final_hidden(torch.ones(2, model.cfg.d_model)).shape      # [..., d_model]
+            torch.Size([2, 64])
+        """
 
     @abc.abstractmethod
     def logit_transform(self, logits: Float[torch.Tensor, "... d_vocab"]) -> Float[torch.Tensor, "... d_vocab"]:
-        """The model's elementwise post-unembedding transform (soft-capping, scaling), if any."""
+        """The model's elementwise post-unembedding transform (soft-capping, scaling), if any.
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> logits = torch.tensor([1.0, -2.0])
+            >>> torch.equal(generation_facts(model).logit_transform(logits), logits)       # GPT-2: no soft cap
+            True
+        """
 
     @abc.abstractmethod
     def soft_cap_configuration(self) -> Any:
         """The configuration whose ``output_logits_soft_cap`` is the whole logit transform, or None
-        when the transform is another one (an architecture adapter's own)."""
+        when the transform is another one (an architecture adapter's own).
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> generation_facts(model).soft_cap_configuration().output_logits_soft_cap    # GPT-2: none (-1)
+            -1.0
+        """
 
     @abc.abstractmethod
     def run(self, tokens: Int[torch.Tensor, "batch pos"]) -> Any:
         """The model's forward pass on a batch whose every token is real (right padding only ever
-        follows them), tokens given positionally (the generations name the argument differently)."""
+        follows them), tokens given positionally (the generations name the argument differently).
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> generation_facts(model).run(model.to_tokens(prompt)).shape        # [batch, pos, d_vocab]
+            torch.Size([1, 5, 298])
+        """
 
     @abc.abstractmethod
     def compatibility_mode(self) -> bool | None:
-        """Whether a bridge runs in compatibility mode (None: a HookedTransformer has no such mode)."""
+        """Whether a bridge runs in compatibility mode (None: a HookedTransformer has no such mode).
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> generation_facts(model).compatibility_mode()                      # a bridge without it
+            False
+        """
 
     @abc.abstractmethod
     def hook_dict_state(self) -> Any:
         """What the model's hook dictionary follows besides its module tree's registrations: a
         HookedTransformer's ``hook_dict`` object (``setup()`` builds a new one); on a
         TransformerBridge, its aliases, which compatibility mode and TransformerLens's alias rebinds
-        (4.x's alias generation) change without registering a module."""
+        (4.x's alias generation) change without registering a module.
+
+        Example:
+            >>> from jscopes_tl.adapter import generation_facts
+            >>> facts = generation_facts(model)
+            >>> facts.hook_dict_state() == facts.hook_dict_state()                # unchanged: the cache holds
+            True
+        """
 
     @abc.abstractmethod
     def check_weight_processing(self, adapter: ModelAdapter) -> None:
         """Refuse (or flag) weights whose processing at load time changed the model's function
-        (called once, when the adapter is built)."""
+        (called once, when the adapter is built).
+
+        Example:
+            >>> from jscopes_tl.adapter import ModelAdapter, generation_facts
+            >>> generation_facts(model).check_weight_processing(ModelAdapter(model))     # unprocessed: accepted
+        """
 
     def _soft_capped(self, logits: Float[torch.Tensor, "... d_vocab"]) -> Float[torch.Tensor, "... d_vocab"]:
         cap = active_soft_cap(self.cfg)
@@ -115,7 +165,16 @@ class GenerationFacts(abc.ABC):
 
 
 class HookedTransformerFacts(GenerationFacts):
-    """A ``HookedTransformer`` (TransformerLens 2.x, 3.x)."""
+    """A ``HookedTransformer`` (TransformerLens 2.x, 3.x).
+
+    Example:
+        >>> from jscopes_tl.adapter import hooked_transformer_available
+        >>> hooked_transformer_available()                     # the docs build on TransformerLens 4.x
+        False
+        >>> from jscopes_tl.adapter import HookedTransformerFacts, generation_facts
+        >>> isinstance(generation_facts(model), HookedTransformerFacts)
+        False
+    """
 
     family = HOOKED_TRANSFORMER
 
@@ -174,7 +233,13 @@ class HookedTransformerFacts(GenerationFacts):
 
 
 class BridgeFacts(GenerationFacts):
-    """A ``TransformerBridge`` (TransformerLens 3.x, 4.x), with or without compatibility mode."""
+    """A ``TransformerBridge`` (TransformerLens 3.x, 4.x), with or without compatibility mode.
+
+    Example:
+        >>> from jscopes_tl.adapter import BridgeFacts, generation_facts
+        >>> isinstance(generation_facts(model), BridgeFacts)
+        True
+    """
 
     family = TRANSFORMER_BRIDGE
 
@@ -237,8 +302,9 @@ def generation_facts(model: Any) -> GenerationFacts:
     can differentiate.
 
     Example:
+        >>> from jscopes_tl.adapter import generation_facts
         >>> generation_facts(model).family
-        'HookedTransformer'
+        'TransformerBridge'
     """
     if _is_remote_bridge(model):
         raise UnsupportedModelError(

@@ -6,7 +6,7 @@ saves nothing for weight gradients), every module's mode (eval: no dropout), and
 TransformerBridge, the tensors its attention bridges cache during a forward pass, which hold the
 call's autograd graph (1.3 GB measured at 1,024 tokens on a GPT-2-size model).
 
-What this module guarantees (:class:`ModelHolding`, a part of
+What this module guarantees (``ModelHolding``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * A call holds a per-model re-entrant lock throughout: two threads scoring one model take turns
@@ -14,11 +14,11 @@ What this module guarantees (:class:`ModelHolding`, a part of
   inside faithfulness) runs on the model as the outer call holds it and restores nothing itself.
 * Weights autograd cannot use (created under ``torch.inference_mode()``, or on the ``meta``
   device and never loaded) are refused with an actionable message *before* anything is changed
-  (:func:`check_differentiable`); so is a call under ``torch.inference_mode()``.
+  (``check_differentiable()``); so is a call under ``torch.inference_mode()``.
 * On exit, errors included, every flag and mode that was changed is restored, each one even when
   another restore fails (the first failure is raised after all were tried), and every cache slot
   that now holds an autograd graph gets its value from the start of the call back.
-* A forward pass goes through :meth:`ModelHolding.forward`, which marks the call's snapshot: a
+* A forward pass goes through ``ModelHolding.forward()``, which marks the call's snapshot: a
   call whose last forward pass's graph was already released has nothing to give back.
 """
 
@@ -207,6 +207,14 @@ class ModelHolding:
         ``requires_grad`` and every module's mode are restored (each one, even when another fails),
         and tensor attributes the forward passes left on submodules holding the call's autograd
         graph (a TransformerBridge attention bridge's cached pattern) get their earlier values back.
+
+        Example:
+            >>> from jscopes_tl.adapter import ModelAdapter
+            >>> with ModelAdapter(model).prepared_for_scopes():
+            ...     model.training, torch.is_grad_enabled()
+            (False, True)
+            >>> model.training                                      # restored on exit
+            False
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError(

@@ -5,7 +5,7 @@ mode (``blocks.0.hook_resid_pre`` or ``blocks.0.hook_in``, ``blocks.L.attn.hook_
 ``blocks.L.attn.o.hook_in``), so every name is resolved at run time against ``model.hook_dict``
 from a short list of candidates rather than trusted from one table.
 
-What this module guarantees (:class:`HookAccess`, a part of
+What this module guarantees (``HookAccess``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * A hook point that none of the candidates names raises an
@@ -13,8 +13,8 @@ What this module guarantees (:class:`HookAccess`, a part of
   scope cannot read (``[batch, head, query_pos, key_pos]``, or one that runs only with a model
   option on) raises a :class:`~jscopes_tl.errors.ScopeInputError` naming the argument.
 * Hooks are always removed on exit, errors included: the model's own scoped ``hooks()`` context
-  (:meth:`~HookAccess.hooks`), or jscopes_tl's own hooks at a context level of their own
-  (:meth:`~HookAccess.own_hooks`), which never touches the user's hooks at the same point.
+  (``HookAccess.hooks()``), or jscopes_tl's own hooks at a context level of their own
+  (``HookAccess.own_hooks()``), which never touches the user's hooks at the same point.
 * The hook dictionary is read once per model and kept (a TransformerBridge builds it on every
   access), read again whenever the module tree or what the generation's dictionary follows
   (:meth:`~jscopes_tl.adapter.generations.GenerationFacts.hook_dict_state`) may have changed.

@@ -31,13 +31,27 @@ from jscopes_tl.errors import UnsupportedModelError
 
 
 def transformer_lens_version() -> str:
+    """The installed TransformerLens version, as ``transformer_lens.__version__`` (or the package metadata).
+
+    Example:
+        >>> from jscopes_tl.adapter import transformer_lens_version
+        >>> transformer_lens_version().split(".")[0]
+        '4'
+    """
+
     from importlib.metadata import version
 
     return version("transformer_lens")
 
 
 def hooked_transformer_available() -> bool:
-    """True where this TransformerLens still ships HookedTransformer (2.x, 3.x; removed in 4.0)."""
+    """True where this TransformerLens still ships HookedTransformer (2.x, 3.x; removed in 4.0).
+
+    Example:
+        >>> from jscopes_tl.adapter import hooked_transformer_available
+        >>> hooked_transformer_available()                     # the docs build on TransformerLens 4.x
+        False
+    """
     try:
         from transformer_lens import HookedTransformer  # noqa: F401
     except (ImportError, AttributeError):
@@ -46,7 +60,18 @@ def hooked_transformer_available() -> bool:
 
 
 def hooked_transformer_from_config(config: dict[str, Any], tokenizer: Any = None, seed: int = 0) -> Any:
-    """A HookedTransformer with random weights from ``HookedTransformerConfig(**config)``."""
+    """A HookedTransformer with random weights from ``HookedTransformerConfig(**config)``.
+
+    Example:
+        >>> from jscopes_tl.adapter import hooked_transformer_available
+        >>> hooked_transformer_available()                     # the docs build on TransformerLens 4.x
+        False
+        >>> from jscopes_tl.adapter import hooked_transformer_from_config
+        >>> hooked_transformer_from_config(dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=10, act_fn="relu"))
+        Traceback (most recent call last):
+            ...
+        UnsupportedModelError: TransformerLens 4.3.0 has no HookedTransformer (removed in ...
+    """
     if not hooked_transformer_available():
         raise UnsupportedModelError(
             f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
@@ -63,7 +88,16 @@ def bridge_from_hf_model(
     hf_model: torch.nn.Module, tokenizer: Any = None, compatibility_mode: bool = False, model_name: str = "external"
 ) -> Any:
     """A TransformerBridge around an already-built Hugging Face causal LM (no download);
-    ``model_name`` is recorded as ``cfg.model_name``."""
+    ``model_name`` is recorded as ``cfg.model_name``.
+
+    Example:
+        >>> from jscopes_tl.families import toy_hf_model
+        >>> hf_model = toy_hf_model("gpt2")                    # a tiny random GPT2LMHeadModel, offline
+        >>> from jscopes_tl.adapter import bridge_from_hf_model
+        >>> bridge = bridge_from_hf_model(hf_model)
+        >>> type(bridge).__name__, semantic_scope(bridge, torch.tensor([1, 2, 3])).scores.shape
+        ('TransformerBridge', torch.Size([3]))
+    """
     try:
         from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
     except ImportError as error:
@@ -88,7 +122,15 @@ def bridge_from_hf_model(
 
 
 class ModelLoadError(RuntimeError):
-    """A pretrained model could not be loaded (most often: offline with no local copy)."""
+    """A pretrained model could not be loaded (most often: offline with no local copy).
+
+    Example:
+        >>> from jscopes_tl.adapter import load_pretrained
+        >>> load_pretrained("/nonexistent/jscopes-model")                # not a directory, not a hub name
+        Traceback (most recent call last):
+            ...
+        ModelLoadError: no such model directory: '/nonexistent/jscopes-model'.
+    """
 
 
 def load_pretrained(name_or_path: str, *, device: str | None = None) -> Any:
@@ -106,6 +148,13 @@ def load_pretrained(name_or_path: str, *, device: str | None = None) -> Any:
     (no probe when ``HF_HUB_OFFLINE`` is set). Offline, a model missing from the local cache fails
     at once (instead of after the hub client's retries, about half a minute) with a message saying
     how to point at a local copy, and a cached one is loaded in offline mode.
+
+    Example:
+        >>> from jscopes_tl.adapter import load_pretrained
+        >>> from jscopes_tl.models.files import model_directory
+        >>> local = load_pretrained(str(model_directory("recall")))      # a local directory: no download
+        >>> torch.allclose(local(prompt), model(prompt), atol=1e-5)        # the same model as models.load
+        True
     """
     local = Path(name_or_path).expanduser()
     if local.exists() and not local.is_dir():
@@ -165,7 +214,16 @@ def _load_transformer_lens_model(source: str, *, device: str | None, is_local: b
 
 
 def hub_offline_requested() -> bool:
-    """True when the environment asks the Hugging Face libraries to stay offline."""
+    """True when the environment asks the Hugging Face libraries to stay offline.
+
+    Example:
+        >>> import os
+        >>> from jscopes_tl.adapter import hub_offline_requested
+        >>> os.environ["HF_HUB_OFFLINE"] = "1"
+        >>> hub_offline_requested()
+        True
+        >>> del os.environ["HF_HUB_OFFLINE"]
+    """
     return any(
         os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -173,7 +231,16 @@ def hub_offline_requested() -> bool:
 
 
 def hub_reachable(timeout_seconds: float = 2.0) -> bool:
-    """One TCP connection to the hub endpoint (``HF_ENDPOINT``), no retries."""
+    """One TCP connection to the hub endpoint (``HF_ENDPOINT``), no retries.
+
+    Example:
+        >>> import os
+        >>> from jscopes_tl.adapter import hub_reachable
+        >>> os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"          # nothing listens there
+        >>> hub_reachable(timeout_seconds=0.5)
+        False
+        >>> del os.environ["HF_ENDPOINT"]
+    """
     import socket
     from urllib.parse import urlparse
 
@@ -243,6 +310,17 @@ def hooked_transformer_from_hf_directory(
     conversion for the architecture, and ``load_and_process_state_dict``. The processing flags
     default to ``from_pretrained``'s (LayerNorm folded, writing weights and unembedding centred);
     turn them all off to keep the Hugging Face model's numerics exactly.
+
+    Example:
+        >>> from jscopes_tl.adapter import hooked_transformer_available
+        >>> hooked_transformer_available()                     # the docs build on TransformerLens 4.x
+        False
+        >>> from jscopes_tl.adapter import hooked_transformer_from_hf_directory
+        >>> from jscopes_tl.models.files import model_directory
+        >>> hooked_transformer_from_hf_directory(model_directory("recall"), fold_ln=False)
+        Traceback (most recent call last):
+            ...
+        UnsupportedModelError: TransformerLens 4.3.0 has no HookedTransformer (removed in ...
     """
     if not hooked_transformer_available():
         raise UnsupportedModelError(
@@ -296,7 +374,20 @@ def hooked_transformer_from_hf_model(hf_model: torch.nn.Module, tokenizer: Any =
     """A HookedTransformer (TransformerLens 2.x, 3.x) around an already-built Hugging Face causal LM
     (no download): :func:`hooked_transformer_from_hf_directory` on its saved config.
     ``processing``: ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``
-    (default: ``from_pretrained``'s, all on), ``device``."""
+    (default: ``from_pretrained``'s, all on), ``device``.
+
+    Example:
+        >>> from jscopes_tl.adapter import hooked_transformer_available
+        >>> hooked_transformer_available()                     # the docs build on TransformerLens 4.x
+        False
+        >>> from jscopes_tl.families import toy_hf_model
+        >>> hf_model = toy_hf_model("gpt2")                    # a tiny random GPT2LMHeadModel, offline
+        >>> from jscopes_tl.adapter import hooked_transformer_from_hf_model
+        >>> hooked_transformer_from_hf_model(hf_model)
+        Traceback (most recent call last):
+            ...
+        UnsupportedModelError: TransformerLens 4.3.0 has no HookedTransformer (removed in ...
+    """
     with tempfile.TemporaryDirectory(prefix="jscopes_tl_config_") as directory:
         config = copy.deepcopy(hf_model.config)  # a model built from a config has no architectures yet
         config.architectures = [type(hf_model).__name__]

@@ -43,7 +43,14 @@ from jscopes_tl.adapter.unembedding import UnembeddingAccess
 
 @dataclass(frozen=True)
 class Numerics:
-    """Which numerics a score was computed in (they change single-logit and temperature scores)."""
+    """Which numerics a score was computed in (they change single-logit and temperature scores).
+
+    Example:
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> numerics = ModelAdapter(model).numerics("blocks.0.hook_resid_pre")   # results keep it as a dict
+        >>> numerics.model_family, numerics.readout_hook, numerics.final_norm_folded_into_unembed
+        ('TransformerBridge', 'unembed.hook_in', False)
+    """
 
     model_family: str
     compatibility_mode: bool | None
@@ -68,6 +75,12 @@ class InputEmbeddingPoint:
     unscaled embedding row are ``scale`` times larger, rankings identical), ``"embedding_norm"`` /
     ``"projection"`` (the token embedding before that map, at ``hook``), ``"after_embedding_norm"``
     (the model exposes no point before its embedding norm: ``hook`` is after it).
+
+    Example:
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> point = ModelAdapter(model).input_embedding()
+        >>> point.hook, point.kind, point.scale                  # a GPT-2 model: the residual stream's input
+        ('blocks.0.hook_resid_pre', 'resid_pre', None)
     """
 
     hook: str
@@ -88,9 +101,10 @@ class ModelAdapter(UnembeddingAccess, HookAccess, TokenizerAccess, ModelHolding,
         family: ``"HookedTransformer"`` or ``"TransformerBridge"`` (``generation_facts.family``).
 
     Example:
+        >>> from jscopes_tl.adapter import ModelAdapter
         >>> adapter = ModelAdapter(model)
-        >>> tokens = adapter.tokenize("The cat sat")       # [pos], BOS per the model's convention
-        >>> adapter.resid_pre_hook(0)                      # 'blocks.0.hook_resid_pre' or 'blocks.0.hook_in'
+        >>> adapter.tokenize(prompt), adapter.resid_pre_hook(0)          # tokens [pos], BOS first
+        (tensor([ 0, 30, 44, 48,  2]), 'blocks.0.hook_resid_pre')
     """
 
     def __init__(self, model: Any) -> None:
@@ -142,7 +156,13 @@ class ModelAdapter(UnembeddingAccess, HookAccess, TokenizerAccess, ModelHolding,
         return self.device if W_E is None else execution_device(self.model.embed, W_E)
 
     def input_embedding(self) -> InputEmbeddingPoint:
-        """Where layer 0 perturbs (:attr:`_input_embedding`, found once per adapter)."""
+        """Where layer 0 perturbs (:attr:`_input_embedding`, found once per adapter).
+
+        Example:
+            >>> from jscopes_tl.adapter import ModelAdapter
+            >>> ModelAdapter(model).input_embedding()
+            InputEmbeddingPoint(hook='blocks.0.hook_resid_pre', kind='resid_pre', scale=None)
+        """
         return self._input_embedding
 
     @functools.cached_property

@@ -8,12 +8,12 @@ other bookkeeping together, so it is walked once per model and kept.
 What this module guarantees:
 
 * :func:`model_tree` returns the model's modules whose mode matters, its weights (each once) and
-  its :class:`ModelTree`, walked again whenever some module of a cached tree registered a
+  its ``ModelTree``, walked again whenever some module of a cached tree registered a
   submodule, parameter or buffer since the last walk (torch's global registration hooks count
-  them in :data:`registration_count`), or when a module or weight of the cached tree is gone.
+  them in ``registration_count``), or when a module or weight of the cached tree is gone.
 * The cache holds modules and weights weakly: it never keeps a model alive.
 * A TransformerBridge's wrapped Hugging Face model, which is not registered with the bridge, is
-  part of the tree (:func:`all_modules`).
+  part of the tree (``all_modules()``).
 """
 
 from __future__ import annotations

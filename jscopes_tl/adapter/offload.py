@@ -9,11 +9,11 @@ What this module guarantees:
 
 * Without Accelerate installed, or on a model that was not dispatched with offloading, every
   function here finds nothing offloaded and changes nothing.
-* :func:`offloaded_weights_loaded` and :func:`offloaded_weight_loaders` load weights through
+* ``offloaded_weights_loaded()`` and :func:`offloaded_weight_loaders` load weights through
   Accelerate's own ``align_module_device``, which puts the placeholders back on exit: reading an
   offloaded model never leaves its weights loaded, and never holds more than one module's weights
   in memory at a time.
-* :func:`execution_device` names a real device for an offloaded weight (the one its hook loads
+* ``execution_device()`` names a real device for an offloaded weight (the one its hook loads
   it to), never ``meta``, whenever Accelerate knows one.
 """
 
@@ -50,7 +50,13 @@ def offloaded_tensor_ids(model: torch.nn.Module) -> set[int]:
 def offloaded_weight_loaders(model: torch.nn.Module) -> dict[int, Callable[[], torch.Tensor]]:
     """For every weight Accelerate offloaded (a ``meta`` placeholder, by ``id``), a function that
     returns its value on the CPU, loading one module's weights at a time (reading every weight of
-    an offloaded model, e.g. to hash it, never holds more than one module's in memory)."""
+    an offloaded model, e.g. to hash it, never holds more than one module's in memory).
+
+    Example:
+        >>> from jscopes_tl.adapter import offloaded_weight_loaders
+        >>> offloaded_weight_loaders(model)                    # nothing offloaded: every weight is local
+        {}
+    """
 
     def load(module: torch.nn.Module, name: str) -> torch.Tensor:
         from accelerate.utils import align_module_device

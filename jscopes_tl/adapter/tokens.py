@@ -1,10 +1,10 @@
 """Tokens: the model's own tokenizer and BOS convention, and each token's string.
 
-What this module guarantees (:class:`TokenizerAccess`, a part of
+What this module guarantees (``TokenizerAccess``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * Prompts are tokenised exactly as ``model.to_tokens`` does (the model's BOS convention), never
-  truncated, and left on the CPU for :meth:`~jscopes_tl.adapter.ModelAdapter.forward` to place.
+  truncated, and left on the CPU for ``ModelAdapter.forward()`` to place.
 * Token strings are ``model.to_str_tokens``'s, decoded once per tokenizer and token id (the
   tokenizer held weakly): a new tokenizer gets its own strings.
 * A model without a tokenizer gets an actionable :class:`~jscopes_tl.errors.ScopeInputError` when

@@ -5,7 +5,7 @@ jscopes_tl lays its layer-resolved and component scopes beside TransformerLens's
 uses TransformerLens's own functions for them where they run on the model, so the two sides come
 from the code users already trust.
 
-What this module guarantees (:class:`TransformerLensPatching`, a part of
+What this module guarantees (``TransformerLensPatching``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * A patching function is offered only where it can run: the installed TransformerLens has

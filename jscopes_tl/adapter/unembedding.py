@@ -4,7 +4,7 @@ A scope reads the model's prediction from the state ``y`` fed to the unembedding
 ``logit_transform(y @ W_U + b_U)``, with the model's own transform (soft-capping, logit scaling;
 a generation's own, :meth:`~jscopes_tl.adapter.generations.GenerationFacts.logit_transform`).
 
-What this module guarantees (:class:`UnembeddingAccess`, a part of
+What this module guarantees (``UnembeddingAccess``, a part of
 :class:`~jscopes_tl.adapter.ModelAdapter`):
 
 * The logits are exactly the model's: its own unembedding module and its own transform.
@@ -37,7 +37,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class UnembedStatistics:
-    """Facts about ``W_U`` that cost a pass over it (d_vocab · d_model) to compute."""
+    """Facts about ``W_U`` that cost a pass over it (d_vocab · d_model) to compute.
+
+    Example:
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> statistics = ModelAdapter(model).unembed_statistics
+        >>> statistics.column_sq_norms.shape, statistics.centred     # [d_vocab]
+        (torch.Size([298]), False)
+    """
 
     column_sq_norms: Float[torch.Tensor, " d_vocab"]  # ‖W_U[:, v]‖², float32
     centred: bool  # every row of W_U has mean 0 over the vocabulary (HookedTransformer's centring)

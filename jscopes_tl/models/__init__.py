@@ -17,8 +17,11 @@ in the package and loaded with no download:
 
 >>> from jscopes_tl import models, semantic_scope
 >>> model = models.load("recall")            # HookedTransformer (TL 2.x) or TransformerBridge (TL 4.x)
->>> prompt = models.get_task("recall").labelled_prompts(1)[0]
->>> semantic_scope(model, prompt.text).top_tokens(1)
+>>> labelled = models.get_task("recall").labelled_prompts(1)[0]
+>>> labelled.text, labelled.answer
+('p=1 q=3 o=5 c=2 k=9 n=9 l=5 d=0 f=6 h=6 p=', '1')
+>>> semantic_scope(model, labelled.text).top_tokens(1)       # the answer's source, p=1
+[(1, 'p=1', 1.79...)]
 
 Numerics: the weights are loaded *unprocessed* (no LayerNorm folding, no centring) on both
 TransformerLens generations, so logits equal the Hugging Face model's and every scope gives the
@@ -40,6 +43,13 @@ Family = Literal["hooked", "bridge"]
 
 
 def is_bundled(name: str) -> bool:
+    """Whether ``name`` is one of :data:`BUNDLED_MODELS` (loadable offline by :func:`load`).
+
+    Example:
+        >>> models.is_bundled("recall"), models.is_bundled("gpt2")
+        (True, False)
+    """
+
     return name in TASKS
 
 
@@ -54,7 +64,13 @@ def _check_name(name: str) -> None:
 
 
 def load_hf(name: str) -> tuple[Any, Any]:
-    """The Hugging Face ``GPT2LMHeadModel`` (eval mode) and tokenizer of a bundled model."""
+    """The Hugging Face ``GPT2LMHeadModel`` (eval mode) and tokenizer of a bundled model.
+
+    Example:
+        >>> hf_model, tokenizer = models.load_hf("recall")
+        >>> type(hf_model).__name__, tokenizer.tokenize("a=3 b=")
+        ('GPT2LMHeadModel', ['a=3', 'b='])
+    """
     import transformers
 
     _check_name(name)
@@ -66,7 +82,12 @@ def load_hf(name: str) -> tuple[Any, Any]:
 
 
 def default_family() -> Family:
-    """HookedTransformer where the installed TransformerLens has it (2.x, 3.x), else the bridge."""
+    """HookedTransformer where the installed TransformerLens has it (2.x, 3.x), else the bridge.
+
+    Example:
+        >>> models.default_family()             # TransformerLens 4.x has no HookedTransformer
+        'bridge'
+    """
     return "hooked" if adapter.hooked_transformer_available() else "bridge"
 
 
@@ -79,7 +100,9 @@ def load(name: str, *, family: Family | None = None) -> Any:
             (TransformerBridge, TransformerLens 3.x/4.x); default: :func:`default_family`.
 
     Example:
-        >>> model = load("induction")
+        >>> induction = models.load("induction")
+        >>> type(induction).__name__, induction.cfg.n_layers, induction.cfg.n_heads     # on TransformerLens 4.x
+        ('TransformerBridge', 2, 4)
     """
     hf_model, tokenizer = load_hf(name)
     family = family or default_family()

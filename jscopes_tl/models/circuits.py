@@ -54,6 +54,12 @@ class PromptCheck:
     patching's top cell to the current token's earlier occurrence; ``prediction_attention_to_scope_cell``:
     from the prediction position to the scope's top token, averaged over the next layer's heads
     (NaN when the cell is in the last layer).
+
+    Example:
+        >>> from jscopes_tl.models.circuits import induction_circuit_check
+        >>> first = induction_circuit_check(n_prompts=1, max_tokens=12).checks[0]
+        >>> first.corruption, first.scope_top_head, first.patching_top_head        # (layer, head)
+        ('answer', (0, 3), (0, 3))
     """
 
     prompt: LabelledPrompt
@@ -80,13 +86,26 @@ class PromptCheck:
 
 @dataclass(frozen=True)
 class InductionCircuitCheck:
-    """Attention-pattern head scores, and scope vs patching on every (prompt, corruption)."""
+    """Attention-pattern head scores, and scope vs patching on every (prompt, corruption).
+
+    Example:
+        >>> from jscopes_tl.models.circuits import induction_circuit_check
+        >>> check = induction_circuit_check(n_prompts=2, max_tokens=12)
+        >>> sorted(check.summary()), check.top_cell_counts("answer", "scope")
+        (['answer', 'previous_occurrence'], {(0, 3): 2})
+    """
 
     pattern_scores: HeadPatternScores
     checks: list[PromptCheck]
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per corruption: agreement rates, mean rank correlations, and token / head statistics."""
+        """Per corruption: agreement rates, mean rank correlations, and token / head statistics.
+
+        Example:
+            >>> from jscopes_tl.models.circuits import induction_circuit_check
+            >>> sorted(induction_circuit_check(n_prompts=2, max_tokens=12).summary()["answer"])[:3]
+            ['mean rho heads: activation_vs_attribution', 'mean rho heads: activation_vs_scope', 'mean rho heads: attribution_vs_scope']
+        """
         table: dict[str, dict[str, float]] = {}
         for corruption in sorted({check.corruption for check in self.checks}):
             rows = [check for check in self.checks if check.corruption == corruption]
@@ -117,7 +136,13 @@ class InductionCircuitCheck:
         return table
 
     def top_cell_counts(self, corruption: str, method: str) -> dict[tuple[int, int], int]:
-        """How often each (layer, head) holds ``method``'s (``"scope"`` / ``"patching"``) top cell."""
+        """How often each (layer, head) holds ``method``'s (``"scope"`` / ``"patching"``) top cell.
+
+        Example:
+            >>> from jscopes_tl.models.circuits import induction_circuit_check
+            >>> induction_circuit_check(n_prompts=2, max_tokens=12).top_cell_counts("answer", "patching")
+            {(0, 3): 2}
+        """
         counts: dict[tuple[int, int], int] = {}
         for check in self.checks:
             if check.corruption == corruption:
@@ -179,7 +204,14 @@ def check_prompt(model: Any, prompt: LabelledPrompt, corruption: str, *, backend
 
 
 def induction_prompts(n: int, *, seed: int = 0, max_tokens: int | None = None) -> list[LabelledPrompt]:
-    """``n`` held-out induction prompts (of at most ``max_tokens`` tokens, BOS included, if given)."""
+    """``n`` held-out induction prompts (of at most ``max_tokens`` tokens, BOS included, if given).
+
+    Example:
+        >>> from jscopes_tl.models.circuits import induction_prompts
+        >>> labelled = induction_prompts(1, max_tokens=10)[0]
+        >>> labelled.tokens, labelled.answer
+        (['<bos>', 'cat', 'ski', 'sun', 'pig', 'bow', 'fox', 'cat', 'ski'], 'sun')
+    """
     task = get_task("induction")
     if max_tokens is None:
         return task.labelled_prompts(n, seed=seed)
@@ -213,8 +245,10 @@ def induction_circuit_check(
         backend: the patching backend (see :func:`jscopes_tl.patching.component_activation_patching`).
 
     Example:
-        >>> check = induction_circuit_check(n_prompts=10)
-        >>> check.pattern_scores.induction_head, check.summary()["answer"]["top_cell_agreement"]
+        >>> from jscopes_tl.models.circuits import induction_circuit_check
+        >>> check = induction_circuit_check(n_prompts=2, max_tokens=12)
+        >>> check.pattern_scores.induction_head, len(check.checks)         # 2 prompts x 2 corruptions
+        ((0, 2), 4)
     """
     if model is None:
         from jscopes_tl import models

@@ -48,5 +48,11 @@ def word_tokenizer(task: Task) -> Any:
 
 
 def training_record(name: str) -> dict[str, Any]:
-    """What the training script recorded for a bundled model (accuracy, steps, seed, time)."""
+    """What the training script recorded for a bundled model (accuracy, steps, seed, time).
+
+    Example:
+        >>> record = models.training_record("recall")
+        >>> sorted(record)[:4]
+        ['batch_size', 'held_out_accuracy', 'held_out_prompts', 'seed']
+    """
     return json.loads((model_directory(name) / TRAINING_RECORD).read_text(encoding="utf-8"))

@@ -35,7 +35,13 @@ def last_layer_attention_scorer(model: Any, tokens: Int[torch.Tensor, " pos"], a
 
 
 def scorers(seed: int = 0) -> dict[str, Scorer]:
-    """Every scorer compared, by name (the faithfulness scorers and last-layer attention)."""
+    """Every scorer compared, by name (the faithfulness scorers and last-layer attention).
+
+    Example:
+        >>> from jscopes_tl.models.ground_truth import scorers
+        >>> sorted(scorers())
+        ['fisher', 'gradient_x_input', 'integrated_gradients', 'last_layer_attention', 'random', 'semantic', 'temperature']
+    """
     return {**builtin_scorers(seed), "last_layer_attention": last_layer_attention_scorer}
 
 
@@ -48,6 +54,13 @@ class GroundTruthAccuracy:
 
     ``chance`` is the expected accuracy of a uniformly random ranking; ``model_accuracy`` the
     fraction of prompts the model itself answers correctly.
+
+    Example:
+        >>> from jscopes_tl.models.ground_truth import ground_truth_accuracy
+        >>> from jscopes_tl.models.ground_truth import scorers
+        >>> report = ground_truth_accuracy(model, "recall", n_prompts=3, scorers_by_name={"random": scorers()["random"]})
+        >>> report.task, report.n_prompts, report.hits
+        ('recall', 3, {'random': [False, True, False]})
     """
 
     task: str
@@ -88,9 +101,11 @@ def ground_truth_accuracy(
     progress bar over the prompts (stderr).
 
     Example:
-        >>> from jscopes_tl import models
-        >>> report = ground_truth_accuracy(models.load("recall"), "recall", n_prompts=100)
-        >>> report.accuracy["semantic"], report.chance
+        >>> from jscopes_tl.models.ground_truth import ground_truth_accuracy
+        >>> from jscopes_tl.models.ground_truth import scorers
+        >>> report = ground_truth_accuracy(model, "recall", n_prompts=5, scorers_by_name={"semantic": scorers()["semantic"]})
+        >>> report.accuracy, round(report.chance, 3), report.model_accuracy
+        ({'semantic': 0.8}, 0.153, 1.0)
     """
     from tqdm.auto import tqdm
 

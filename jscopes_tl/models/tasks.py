@@ -48,6 +48,11 @@ class LabelledPrompt:
     """One evaluation prompt with its known answer and the token(s) the answer comes from.
 
     Indices count tokens of the prompt as the model sees it, the BOS token being index 0.
+
+    Example:
+        >>> labelled = models.get_task("recall").labelled_prompts(1)[0]
+        >>> labelled.tokens[labelled.source_indices[0]], labelled.answer     # the answer comes from this token
+        ('p=1', '1')
     """
 
     text: str
@@ -62,13 +67,27 @@ class LabelledPrompt:
 
 
 class Task:
-    """A synthetic sequence task: its vocabulary, training batches and labelled prompts."""
+    """A synthetic sequence task: its vocabulary, training batches and labelled prompts.
+
+    Example:
+        >>> task = models.get_task("periodic")
+        >>> labelled = task.labelled_prompts(1)[0]
+        >>> labelled.tokens[-4:], labelled.answer
+        (['81', ',', '77', ','], '52')
+    """
 
     name: str
     vocabulary: tuple[str, ...]
 
     def sample(self, rng: random.Random) -> tuple[list[str], list[bool]]:
-        """A training sequence (BOS first) and, per token, whether the *next* token is determined."""
+        """A training sequence (BOS first) and, per token, whether the *next* token is determined.
+
+        Example:
+            >>> import random
+            >>> tokens, determined = models.get_task("recall").sample(random.Random(0))
+            >>> tokens[:3], len(tokens) == len(determined)
+            (['<bos>', 'y=5', 'n=9'], True)
+        """
         raise NotImplementedError
 
     def labelled_prompt(self, rng: random.Random) -> LabelledPrompt:
@@ -85,14 +104,27 @@ class Task:
         )
 
     def labelled_prompts(self, n: int, seed: int = 0) -> list[LabelledPrompt]:
-        """``n`` held-out prompts (training uses seeds from a different stream)."""
+        """``n`` held-out prompts (training uses seeds from a different stream).
+
+        Example:
+            >>> [p.answer for p in models.get_task("recall").labelled_prompts(3)]
+            ['1', '7', '8']
+        """
         rng = random.Random(f"{self.name}-eval-{seed}")
         return [self.labelled_prompt(rng) for _ in range(n)]
 
     def training_batches(
         self, word_to_id: dict[str, int], batch_size: int, seed: int
     ) -> Iterator[tuple[Int[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos"]]]:
-        """Endless right-padded batches of (token ids, loss mask on the next-token prediction)."""
+        """Endless right-padded batches of (token ids, loss mask on the next-token prediction).
+
+        Example:
+            >>> task = models.get_task("recall")
+            >>> vocabulary = model.tokenizer.get_vocab()
+            >>> tokens, mask = next(task.training_batches(vocabulary, batch_size=4, seed=0))
+            >>> tokens.shape == mask.shape, tokens.shape[0]              # [batch, pos]
+            (True, 4)
+        """
         rng = random.Random(f"{self.name}-train-{seed}")
         pad = word_to_id[BOS_TOKEN]
         while True:
@@ -227,6 +259,13 @@ TASKS: dict[str, Task] = {task.name: task for task in (KeyValueRecall(), Inducti
 
 
 def get_task(name: str) -> Task:
+    """The synthetic task of bundled model ``name``: its vocabulary, training data and held-out prompts.
+
+    Example:
+        >>> models.get_task("recall").labelled_prompts(1)[0].text
+        'p=1 q=3 o=5 c=2 k=9 n=9 l=5 d=0 f=6 h=6 p='
+    """
+
     if name not in TASKS:
         raise KeyError(f"unknown bundled task {name!r}; the bundled tasks are {sorted(TASKS)}.")
     return TASKS[name]

@@ -43,7 +43,13 @@ def launched_distributed() -> bool:
 
 
 def rank_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA exists, else the CPU."""
+    """``cuda:LOCAL_RANK`` when CUDA exists, else the CPU.
+
+    Example:
+        >>> from jscopes_tl.runs.distributed import rank_device
+        >>> rank_device() if torch.cuda.is_available() else rank_device().type
+        'cpu'
+    """
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")

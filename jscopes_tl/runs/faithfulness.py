@@ -67,6 +67,14 @@ class FaithfulnessRunSummary(RunSummary):
 
     ``records`` counts rows (prompt × scorer); ``scorers``, ``fractions`` and ``protocol`` are
     the run's (from its manifest).
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> run = run_faithfulness(model, ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"], out_dir, ["semantic", "random"],
+        ...                        progress=False)
+        >>> run.scorers, run.fractions, run.protocol
+        (('semantic', 'random'), (0.05, 0.1, 0.2), 'default')
     """
 
     scorers: tuple[str, ...] = ()
@@ -76,7 +84,17 @@ class FaithfulnessRunSummary(RunSummary):
     def report_rows(self) -> list[dict[str, Any]]:
         """The rows as :attr:`FaithfulnessReport.rows <jscopes_tl.faithfulness.FaithfulnessReport>`
         holds them (``prompt`` is the prompt id), by prompt and then in the scorers' order; only
-        those columns are read."""
+        those columns are read.
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> run = run_faithfulness(model, ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"], out_dir, ["semantic", "random"],
+            ...                        progress=False)
+            >>> rows = run.report_rows()                  # as FaithfulnessReport.rows: one per (prompt, scorer)
+            >>> len(rows), rows[0]["scorer"]
+            (4, 'semantic')
+        """
         columns = row_columns(self.fractions, self.protocol)  # type: ignore[arg-type]
         read = ["prompt_id", *columns[1:]]
         rows = []
@@ -88,11 +106,33 @@ class FaithfulnessRunSummary(RunSummary):
 
     def summary(self) -> list[dict[str, Any]]:
         """Per scorer, the mean of every numeric column over the prompts that have rows (the
-        faithfulness table, as :meth:`FaithfulnessReport.summary` computes it)."""
+        faithfulness table, as :meth:`FaithfulnessReport.summary` computes it).
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> run = run_faithfulness(model, ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"], out_dir, ["semantic", "random"],
+            ...                        progress=False)
+            >>> [(row["scorer"], row["n_prompts"]) for row in run.summary()]
+            [('semantic', 2), ('random', 2)]
+        """
         return summarise_rows(self.report_rows(), self.fractions)
 
     def records_frame(self) -> Any:
-        """Every row with every column, as a pandas DataFrame, by prompt and then scorer order."""
+        """Every row with every column, as a pandas DataFrame, by prompt and then scorer order.
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> run = run_faithfulness(model, ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"], out_dir, ["semantic", "random"],
+            ...                        progress=False)
+            >>> run.records_frame()[["prompt_id", "scorer"]]
+               prompt_id    scorer
+            0          0  semantic
+            1          0    random
+            2          1  semantic
+            3          1    random
+        """
         import pandas as pd
 
         frame = pd.read_parquet(self.out_dir / storage.RECORDS)
@@ -189,8 +229,12 @@ def run_faithfulness(
         disk), ``summary.ok`` is False when some prompt failed (``summary.errors_frame()``).
 
     Example:
-        >>> run = run_faithfulness(model, "demos/prompts_recall.jsonl", "runs/recall-eval")
-        >>> run.summary()           # the faithfulness table, read from runs/recall-eval/records
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> run = run_faithfulness(model, ["a=3 b=7 c=1 b= 7", "d=1 e=2 d= 1"], out_dir, ["semantic", "random"],
+        ...                        progress=False)
+        >>> run.prompts_done, [row["scorer"] for row in run.summary()]
+        (2, ['semantic', 'random'])
     """
     arguments = faithfulness_run_arguments(scorers, fractions, ablation, protocol, batch_size, seed, shard_size)
     check_run_controls(limit, overwrite, progress)

@@ -25,7 +25,17 @@ IDENTIFYING = ("run", "dataset", "model")
 
 
 class RunConflictError(ScopeInputError):
-    """The output directory holds a run made with other arguments (pass overwrite=True to replace it)."""
+    """The output directory holds a run made with other arguments (pass overwrite=True to replace it).
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> _ = run_dataset(model, [prompt], out_dir, kinds="semantic", progress=False)
+        >>> run_dataset(model, [prompt], out_dir, kinds="fisher", progress=False)     # overwrite=True replaces it
+        Traceback (most recent call last):
+            ...
+        RunConflictError: out_dir '...' holds a run with other arguments ...
+    """
 
 
 def weight_hash(model: torch.nn.Module) -> str:

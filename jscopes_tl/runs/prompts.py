@@ -33,7 +33,13 @@ FILE_FORMATS = ".jsonl (a string or {\"text\": ...} a line), .csv (a text or pro
 
 @dataclass(frozen=True)
 class PromptRow:
-    """One row of a prompt dataset: its text, or why it is not a prompt."""
+    """One row of a prompt dataset: its text, or why it is not a prompt.
+
+    Example:
+        >>> from jscopes_tl.runs.prompts import read_prompt_dataset
+        >>> [(row.prompt_id, row.text, row.error) for row in read_prompt_dataset(["a=3 b=", ""]).rows]
+        [(0, 'a=3 b=', None), (1, None, 'empty prompt')]
+    """
 
     prompt_id: int
     text: str | None
@@ -43,7 +49,14 @@ class PromptRow:
 
 @dataclass(frozen=True)
 class PromptDataset:
-    """The rows of a dataset and a fingerprint of its content (a resumed run checks it)."""
+    """The rows of a dataset and a fingerprint of its content (a resumed run checks it).
+
+    Example:
+        >>> from jscopes_tl.runs.prompts import read_prompt_dataset
+        >>> data = read_prompt_dataset([prompt, "c=1 d= 5"])
+        >>> len(data.rows), data.source, len(data.fingerprint)
+        (2, 'list of 2 prompts', 71)
+    """
 
     rows: list[PromptRow]
     source: str

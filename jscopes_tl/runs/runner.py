@@ -76,6 +76,13 @@ class RunSummary:
         records: record rows (prompt × scope kind × prediction position).
         computed_prompts: prompts this invocation scored (all ranks); ``seconds`` its wall time.
         world_size: the number of ranks of this invocation.
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> summary = run_dataset(model, [prompt, ""], out_dir, progress=False)       # an empty row fails
+        >>> summary.prompts, summary.prompts_done, summary.prompts_failed, summary.world_size
+        (2, 1, 1, 1)
     """
 
     out_dir: Path
@@ -97,7 +104,14 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        """Every row of the dataset has records (no row failed)."""
+        """Every row of the dataset has records (no row failed).
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> run_dataset(model, [prompt], out_dir, progress=False).ok
+            True
+        """
         return self.complete and self.prompts_failed == 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,14 +131,32 @@ class RunSummary:
         )
 
     def records_frame(self) -> Any:
-        """The records as a pandas DataFrame, sorted by prompt, kind and position."""
+        """The records as a pandas DataFrame, sorted by prompt, kind and position.
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> frame = run_dataset(model, [prompt], out_dir, kinds=["semantic", "fisher"], progress=False).records_frame()
+            >>> frame[["prompt_id", "kind", "position"]]
+               prompt_id      kind  position
+            0          0    fisher         4
+            1          0  semantic         4
+        """
         import pandas as pd
 
         frame = pd.read_parquet(self.out_dir / storage.RECORDS)
         return frame.sort_values(["prompt_id", "kind", "position"], kind="stable").reset_index(drop=True)
 
     def errors_frame(self) -> Any:
-        """The errors table as a pandas DataFrame (empty when no row failed)."""
+        """The errors table as a pandas DataFrame (empty when no row failed).
+
+        Example:
+            >>> import tempfile
+            >>> out_dir = tempfile.mkdtemp()
+            >>> run_dataset(model, [prompt, ""], out_dir, progress=False).errors_frame()[["prompt_id", "error"]]
+               prompt_id         error
+            0          1  empty prompt
+        """
         import pandas as pd
 
         paths = storage.shard_paths(self.out_dir, storage.ERRORS)
@@ -135,6 +167,15 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class PlannedBatch:
+    """One batch of a run's plan: its index, its prompts' ids and their tokens ``[len(prompt_ids), pos]`` (equal lengths, no padding).
+
+    Example:
+        >>> from jscopes_tl.runs.runner import PlannedBatch
+        >>> batch = PlannedBatch(0, [3, 5], model.to_tokens(["a=3 b=", "c=1 d="]))
+        >>> batch.prompt_ids, batch.tokens.shape
+        ([3, 5], torch.Size([2, 3]))
+    """
+
     batch: int
     prompt_ids: list[int]
     tokens: torch.Tensor  # [len(prompt_ids), pos]: equal lengths, no padding
@@ -151,6 +192,17 @@ class RunJob:
         score_batch: a planned batch and the prompts' texts → its rows and its error rows; a
             prompt that fails is an error row, anything raised stops the run.
         description: the progress bar's label.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> from jscopes_tl.runs.runner import RunJob
+        >>> schema = pa.schema([("prompt_id", pa.int64()), ("n_tokens", pa.int64())])
+        >>> def count(batch, texts):                             # one row per prompt, no error rows
+        ...     return [{"prompt_id": i, "n_tokens": batch.tokens.shape[1]} for i in batch.prompt_ids], []
+        >>> job = RunJob({"command": "count"}, schema, ModelAdapter(model).tokenize, count, "count tokens")
+        >>> job.arguments, job.schema.names
+        ({'command': 'count'}, ['prompt_id', 'n_tokens'])
     """
 
     arguments: dict[str, Any]
@@ -296,8 +348,11 @@ def run_dataset(
         ``summary.errors_frame()``).
 
     Example:
-        >>> summary = run_dataset(model, "demos/prompts_recall.jsonl", "runs/recall", kinds="all")
-        >>> summary.records_frame()[["prompt_id", "kind", "scores"]]
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> summary = run_dataset(model, [prompt, "c=1 d=5 c="], out_dir, kinds="all", progress=False)
+        >>> summary.ok, summary.records, summary.records_frame()["kind"].tolist()[:3]
+        (True, 6, ['fisher', 'semantic', 'temperature'])
     """
     options = check_run_arguments(kinds, position, target, rank, batch_size, top_k, limit, overwrite, progress)
     path = check_out_dir(out_dir)
@@ -315,7 +370,24 @@ def execute(
     model_name: str | None,
 ) -> RunSummary:
     """Run ``job`` over ``data`` into ``out_dir`` on every rank (module docstring): refuse another
-    run's directory, plan, skip the committed batches, share the rest, commit each by rename."""
+    run's directory, plan, skip the committed batches, share the rest, commit each by rename.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import pyarrow as pa
+        >>> from jscopes_tl.adapter import ModelAdapter
+        >>> from jscopes_tl.runs.prompts import read_prompt_dataset
+        >>> from jscopes_tl.runs.runner import RunJob, execute
+        >>> schema = pa.schema([("prompt_id", pa.int64()), ("n_tokens", pa.int64())])
+        >>> def count(batch, texts):                             # one row per prompt, no error rows
+        ...     return [{"prompt_id": i, "n_tokens": batch.tokens.shape[1]} for i in batch.prompt_ids], []
+        >>> job = RunJob({"command": "count"}, schema, ModelAdapter(model).tokenize, count, "count tokens")
+        >>> data = read_prompt_dataset([prompt, "c=1 d="])
+        >>> summary = execute(model, data, Path(tempfile.mkdtemp()), job, 8, False, False, None)
+        >>> summary.ok, summary.records, summary.prompts_done
+        (True, 2, 2)
+    """
     info = distributed.setup()
     try:
         with _directory_lock(out_dir, info):

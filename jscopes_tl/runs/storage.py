@@ -81,7 +81,13 @@ def faithfulness_schema(delta_columns: list[str], paper: bool, diagnostic_column
     """One row per (prompt, scorer) of ``jscopes eval``: the columns of a
     :class:`~jscopes_tl.faithfulness.FaithfulnessReport` row (``prompt`` named ``prompt_id``; the
     diagnostic columns null for scorers that report none), then the prompt and the scorer's
-    measurements (:class:`~jscopes_tl.faithfulness.PromptEvaluation`)."""
+    measurements (:class:`~jscopes_tl.faithfulness.PromptEvaluation`).
+
+    Example:
+        >>> from jscopes_tl.runs.storage import faithfulness_schema
+        >>> faithfulness_schema(["delta_10"], paper=False, diagnostic_columns={}).names[:4]
+        ['prompt_id', 'scorer', 'n_candidates', 'delta_10']
+    """
     return pa.schema([
         pa.field("prompt_id", pa.int64(), nullable=False),
         pa.field("scorer", pa.string(), nullable=False),
@@ -160,7 +166,19 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 class DamagedRunError(ScopeInputError):
     """A file of a run directory cannot be read (a shard cut short, a manifest that is not JSON);
-    the message names it and says what to do."""
+    the message names it and says what to do.
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> from pathlib import Path
+        >>> _ = run_dataset(model, [prompt], out_dir, progress=False)
+        >>> _ = (Path(out_dir) / "manifest.json").write_text("{not json")
+        >>> run_dataset(model, [prompt], out_dir, progress=False)
+        Traceback (most recent call last):
+            ...
+        DamagedRunError: '.../manifest.json' is damaged: not valid JSON ...
+    """
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -257,16 +275,48 @@ def count_rows(paths: list[Path]) -> int:
 
 # ------------------------------------------------------------------------------------ one run at a time
 class RunInUseError(ScopeInputError):
-    """Another run holds the run directory's lock (two runs would both score every prompt)."""
+    """Another run holds the run directory's lock (two runs would both score every prompt).
+
+    Example:
+        >>> import tempfile
+        >>> out_dir = tempfile.mkdtemp()
+        >>> from pathlib import Path
+        >>> from jscopes_tl.runs.storage import lock_directory
+        >>> lock = lock_directory(Path(out_dir))                  # as another run would
+        >>> run_dataset(model, [prompt], out_dir, progress=False)
+        Traceback (most recent call last):
+            ...
+        RunInUseError: out_dir '...' is in use by another run (PID ...
+        >>> lock.release()
+    """
 
 
 class DirectoryLock:
-    """This process's exclusive lock on a run directory; :meth:`release` (or the process's end) drops it."""
+    """This process's exclusive lock on a run directory; :meth:`release` (or the process's end) drops it.
+
+    Example:
+        >>> import tempfile
+        >>> from jscopes_tl.runs.storage import lock_directory
+        >>> from pathlib import Path
+        >>> out_dir = Path(tempfile.mkdtemp())
+        >>> lock_directory(out_dir).release()
+        >>> lock_directory(out_dir).release()                # released: the directory can be locked again
+    """
 
     def __init__(self, descriptor: int) -> None:
         self._descriptor: int | None = descriptor
 
     def release(self) -> None:
+        """Drop the lock (closing its file descriptor); a second call does nothing.
+
+        Example:
+            >>> import tempfile
+            >>> from jscopes_tl.runs.storage import lock_directory
+            >>> from pathlib import Path
+            >>> lock = lock_directory(Path(tempfile.mkdtemp()))
+            >>> lock.release(); lock.release()
+        """
+
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the file drops its flock
             self._descriptor = None
@@ -275,7 +325,20 @@ class DirectoryLock:
 def lock_directory(out_dir: Path) -> DirectoryLock | None:
     """Lock ``out_dir`` (created if missing) for this process, or raise :class:`RunInUseError`
     naming the process that holds it. None where locks are not available (no ``fcntl``, or a file
-    system that refuses them)."""
+    system that refuses them).
+
+    Example:
+        >>> import tempfile
+        >>> from jscopes_tl.runs.storage import lock_directory
+        >>> from pathlib import Path
+        >>> out_dir = Path(tempfile.mkdtemp())
+        >>> lock = lock_directory(out_dir)
+        >>> lock_directory(out_dir)                          # a second lock on the same directory
+        Traceback (most recent call last):
+            ...
+        RunInUseError: out_dir '...' is in use by another run (PID ...
+        >>> lock.release()
+    """
     if fcntl is None:
         return None
     out_dir.mkdir(exist_ok=True)

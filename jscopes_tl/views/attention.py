@@ -55,7 +55,10 @@ def attention_comparison_view(
     """A ``position="all"`` scope matrix beside the attention patterns of ``layer``.
 
     Example:
-        >>> attention_comparison_view(model, fisher_scope(model, text, position="all"), layer=1).save_html("cmp.html")
+        >>> from jscopes_tl.views import attention_comparison_view
+        >>> page = attention_comparison_view(model, fisher_scope(model, prompt, position="all"), layer=1)
+        >>> page.title
+        'Fisher Scope matrix vs attention, layer 1'
     """
     adapter = ModelAdapter(model)
     check_type(result, ScopeResult, "result", "a ScopeResult of position='all' (e.g. fisher_scope(model, text, position='all'))")

@@ -140,7 +140,15 @@ def component_heatmaps_html(
     position: int | None = None,
 ) -> str:
     """The layer × head map (MLPs as the last column) and the head × token map of ``heads``
-    (default: the ``k`` heads with the largest totals), as an HTML fragment."""
+    (default: the ``k`` heads with the largest totals), as an HTML fragment.
+
+    Example:
+        >>> from jscopes_tl.views.components import component_heatmaps_html
+        >>> html = component_heatmaps_html(component_scope(model, prompt), k=2)
+        >>> import re
+        >>> re.findall("<caption>([^<(]*)", html)                 # layer x head map, head x token map
+        ['semantic scope per head and MLP ', 'per token ']
+    """
     check_type(result, ComponentScopeResult, "result", "a ComponentScopeResult (from component_scope)")
     head_scores, mlp_scores, str_tokens, position = _single(result, prompt, position)
     totals = _totals(head_scores, result.squared)
@@ -184,7 +192,9 @@ def component_view(
     """A page with :func:`component_heatmaps_html` for one prompt and position.
 
     Example:
-        >>> component_view(component_scope(model, prompt)).save_html("components.html")
+        >>> from jscopes_tl.views.components import component_view
+        >>> component_view(component_scope(model, prompt), k=2).title
+        'Semantic component scope'
     """
     check_type(result, ComponentScopeResult, "result", "a ComponentScopeResult (from component_scope)")
     _, _, str_tokens, chosen_position = _single(result, prompt, position)
@@ -207,6 +217,12 @@ def component_comparison_view(
     Bottom row: the token axis of ``heads`` (default: the ``k`` heads with the largest
     ``|all-position patching effect|``), with each map's largest cell outlined; ★ marks the
     prediction position.
+
+    Example:
+        >>> from jscopes_tl.views.components import component_comparison_view
+        >>> comparison = compare_components_with_patching(model, prompt, "a=3 b=5 c=1 b=", ("7", "5"))
+        >>> component_comparison_view(comparison, k=2).title
+        'Heads: activation patching, attribution patching, component scope'
     """
     check_type(
         comparison, ComponentPatchingComparison, "comparison",

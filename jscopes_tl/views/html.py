@@ -142,6 +142,12 @@ class Component:
 
     ``hover``: for token views, per token the hover title (``titles``) and the raw token that
     circuitsvis's tooltip shows (``raw``); see :data:`RUNTIME_JS`.
+
+    Example:
+        >>> from jscopes_tl.views import Component, Page
+        >>> tokens = Component("ColoredTokens", {"tokens": ["a=3", "b="], "values": [0.2, 1.0]})
+        >>> "ColoredTokens" in Page("Two tokens", [tokens]).to_html()
+        True
     """
 
     name: str
@@ -151,7 +157,14 @@ class Component:
 
 @dataclass(frozen=True)
 class Tabs:
-    """Panels of blocks behind a row of tab buttons; the first panel is shown."""
+    """Panels of blocks behind a row of tab buttons; the first panel is shown.
+
+    Example:
+        >>> from jscopes_tl.views import Component, Page, Tabs
+        >>> tabs = Tabs(["semantic", "fisher"], [["<p>one</p>"], ["<p>two</p>"]])
+        >>> "fisher" in Page("Tabs", [tabs]).to_html()
+        True
+    """
 
     labels: list[str]
     panels: list[list[Block]]
@@ -217,13 +230,26 @@ class Page:
 
     Works in Jupyter (``_repr_html_``, :meth:`show`), as a string (:meth:`to_html`) and as a file
     (:meth:`save_html`).
+
+    Example:
+        >>> from jscopes_tl.views import Component, Page
+        >>> page = Page("Tokens", [Component("ColoredTokens", {"tokens": ["a", "b"], "values": [0.1, 0.9]})])
+        >>> page.title, len(page.blocks)
+        ('Tokens', 1)
     """
 
     title: str
     blocks: list[Block] = field(default_factory=list)
 
     def to_html(self) -> str:
-        """A complete, self-contained HTML document."""
+        """A complete, self-contained HTML document.
+
+        Example:
+            >>> from jscopes_tl.views import token_view
+            >>> html = token_view(semantic_scope(model, prompt)).to_html()
+            >>> html.startswith("<!DOCTYPE html>"), "var CircuitsVis=" in html    # inlined: offline
+            (True, True)
+        """
         return (
             "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title)}</title>\n<style>{DOCUMENT_STYLE}{PAGE_STYLE}</style>\n"
@@ -248,6 +274,14 @@ class Page:
         return "<div class='jscopes-page'>\n" + "\n".join(render(self.blocks)) + "\n</div>"
 
     def _repr_html_(self, include_bundle: bool | None = None) -> str:
+        """The page as notebook output: its blocks, with circuitsvis's bundle unless already shown.
+
+        Example:
+            >>> from jscopes_tl.views import token_view
+            >>> token_view(semantic_scope(model, prompt))._repr_html_(include_bundle=False).startswith("<")
+            True
+        """
+
         if include_bundle is None:
             include_bundle = notebook_needs_bundle()
         bundle = bundle_script() + "\n" if include_bundle else ""
@@ -257,7 +291,16 @@ class Page:
         return self.to_html()
 
     def save_html(self, path: str | Path) -> Path:
-        """Write :meth:`to_html` to ``path`` (UTF-8) and return the path."""
+        """Write :meth:`to_html` to ``path`` (UTF-8) and return the path.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> from jscopes_tl.views import token_view
+            >>> out = Path(tempfile.mkdtemp()) / "view.html"
+            >>> token_view(semantic_scope(model, prompt)).save_html(out) == out
+            True
+        """
         path = Path(path)
         path.write_text(self.to_html(), encoding="utf-8")
         return path
@@ -267,6 +310,11 @@ class Page:
 
         ``include_bundle``: None (default) sends the circuitsvis bundle with the first view of a
         kernel only (see the module docstring); True always, False never.
+
+        Example:
+            >>> from jscopes_tl.views import token_view
+            >>> token_view(semantic_scope(model, prompt)).show()          # a notebook shows the view
+            <IPython.core.display.HTML object>
         """
         try:
             from IPython.display import HTML, display

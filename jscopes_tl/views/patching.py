@@ -72,7 +72,15 @@ def heatmap_table(
 
 def patching_comparison_html(comparison: PatchingComparison) -> str:
     """Activation patching effect, attribution patching and the layer-resolved scope side by side,
-    with their rank correlations (an HTML fragment)."""
+    with their rank correlations (an HTML fragment).
+
+    Example:
+        >>> from jscopes_tl.views import patching_comparison_html
+        >>> comparison = compare_with_patching(model, prompt, "a=3 b=5 c=1 b=", ("7", "5"))
+        >>> import re
+        >>> re.findall("<h4>([^<(]*)", patching_comparison_html(comparison))
+        ['activation patching effect ', 'attribution patching ', 'semantic scope on the clean prompt']
+    """
     check_type(comparison, PatchingComparison, "comparison", "a PatchingComparison (from compare_with_patching)")
     patching = comparison.activation_patching
     differs = [a != b for a, b in zip(comparison.clean_str_tokens, comparison.corrupted_str_tokens)]
@@ -98,7 +106,15 @@ def patching_comparison_html(comparison: PatchingComparison) -> str:
 
 
 def faithfulness_table_html(report: FaithfulnessReport, *, per_prompt: bool = False) -> str:
-    """The faithfulness summary (mean over prompts per scorer), or every row, as an HTML table."""
+    """The faithfulness summary (mean over prompts per scorer), or every row, as an HTML table.
+
+    Example:
+        >>> from jscopes_tl.views import faithfulness_table_html
+        >>> table = evaluate_faithfulness(model, [prompt], scorers=["semantic", "random"])
+        >>> import re
+        >>> re.findall("<th>([^<]*)", faithfulness_table_html(table))[:5]
+        ['scorer', 'n_prompts', 'aopc', 'delta_5', 'delta_10']
+    """
     check_type(report, FaithfulnessReport, "report", "a FaithfulnessReport (from evaluate_faithfulness)")
     rows: list[dict[str, Any]] = report.rows if per_prompt else report.summary()
     if not rows:
@@ -120,7 +136,14 @@ def faithfulness_table_html(report: FaithfulnessReport, *, per_prompt: bool = Fa
 
 
 def standalone_html(title: str, *fragments: str) -> str:
-    """A complete HTML document of the given fragments (no external resources)."""
+    """A complete HTML document of the given fragments (no external resources).
+
+    Example:
+        >>> from jscopes_tl.views import standalone_html
+        >>> page = standalone_html("Two scopes", "<p>semantic</p>", "<p>fisher</p>")
+        >>> page.startswith("<!DOCTYPE html>"), "<title>Two scopes</title>" in page
+        (True, True)
+    """
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head>\n<body>\n<h2>{html.escape(title)}</h2>\n"

@@ -49,7 +49,12 @@ def report(
         The :class:`~jscopes_tl.views.html.Page`; ``.to_html()`` / ``str()`` give the HTML.
 
     Example:
-        >>> jscopes_tl.report(model, "Tom loves Korean food. He is a", attention_layer=0, path="report.html")
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> out = Path(tempfile.mkdtemp()) / "report.html"
+        >>> page = report(model, prompt, attention_layer=0, path=out)
+        >>> page.title, out.exists()
+        ('Jacobian Scopes report', True)
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string; got {prompt!r}.")

@@ -48,6 +48,11 @@ class TokenColumns:
 
     ``word_starts``: the tokenizer's word boundaries (see :mod:`jscopes_tl.words`), None if unknown;
     ``spans``: the token range ``[start, stop)`` behind each shown unit (one token, or a word).
+
+    Example:
+        >>> from jscopes_tl.views import select_columns
+        >>> select_columns(fisher_scope(model, prompt)).values.shape     # [n_columns, pos]
+        torch.Size([1, 5])
     """
 
     str_tokens: list[str]
@@ -102,6 +107,12 @@ def select_columns(
         values: ``"scores"`` or the signed ``"gradient_x_input"``.
 
     At most one of positions and layers may be left with several entries: they become the columns.
+
+    Example:
+        >>> from jscopes_tl.views import select_columns
+        >>> columns = select_columns(semantic_scope(model, prompt, position="all"))
+        >>> columns.values.shape, columns.labels[:2], columns.positions     # [n_columns, pos]
+        (torch.Size([5, 5]), ["pos 0 '<bos>'", "pos 1 'a=3'"], [0, 1, 2, 3, 4])
     """
     axes = result.axes
     prompt = _prompt_index(result, prompt)
@@ -376,7 +387,10 @@ def token_view(
     ``header`` adds the table of model, prompt, position, target and settings.
 
     Example:
-        >>> token_view(fisher_scope(model, "The cat sat on the"), log_scale=True).save_html("fisher.html")
+        >>> from jscopes_tl.views import token_view
+        >>> page = token_view(fisher_scope(model, prompt), log_scale=True)
+        >>> page.title, "ColoredTokens" in page.to_html()
+        ('Fisher Scope', True)
     """
     check_type(result, ScopeResult, "result", "a ScopeResult (from semantic_scope, fisher_scope, temperature_scope or jacobian_scope)")
     columns = select_columns(result, prompt=prompt, position=position, layer=layer, values=values)
@@ -400,7 +414,11 @@ def compare_view(
     """Several scopes of the same prompt and position, one tab each (each with its own colour scale).
 
     Example:
-        >>> compare_view([semantic_scope(model, text), fisher_scope(model, text), temperature_scope(model, text)])
+        >>> from jscopes_tl.views import compare_view
+        >>> results = [semantic_scope(model, prompt), fisher_scope(model, prompt)]
+        >>> page = compare_view(results, ["semantic", "fisher"])
+        >>> page.title
+        'Scopes side by side'
     """
     results = check_list_of(results, ScopeResult, "results", "ScopeResult")
     if len(results) == 0:
@@ -448,7 +466,11 @@ def scopes_page(
     tab per position or layer). ``prompt`` picks one prompt of batch results.
 
     Example:
-        >>> scopes_page([semantic_scope(model, text, position="all"), fisher_scope(model, text, position="all")])
+        >>> from jscopes_tl.views import scopes_page
+        >>> results = [semantic_scope(model, prompt, position=[-2, -1]), fisher_scope(model, prompt)]
+        >>> page = scopes_page(results, title="Two scopes")
+        >>> page.title, len(page.blocks)
+        ('Two scopes', 7)
     """
     results = check_list_of(results, ScopeResult, "results", "ScopeResult")
     if len(results) == 0:
@@ -465,5 +487,14 @@ def scopes_page(
 
 
 def save_html(result: ScopeResult, path: str | Path, **options: Any) -> Path:
-    """Write a self-contained HTML view of ``result`` (works offline); options as :func:`token_view`."""
+    """Write a self-contained HTML view of ``result`` (works offline); options as :func:`token_view`.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from jscopes_tl.views import save_html
+        >>> out = Path(tempfile.mkdtemp()) / "semantic.html"
+        >>> save_html(semantic_scope(model, prompt), out, words="sum") == out
+        True
+    """
     return token_view(result, **options).save_html(path)
