@@ -59,6 +59,14 @@ def hooked_transformer_available() -> bool:
     return True
 
 
+def _require_hooked_transformer() -> None:
+    if not hooked_transformer_available():
+        raise UnsupportedModelError(
+            f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
+            "use a TransformerBridge instead."
+        )
+
+
 def hooked_transformer_from_config(config: dict[str, Any], tokenizer: Any = None, seed: int = 0) -> Any:
     """A HookedTransformer with random weights from ``HookedTransformerConfig(**config)``.
 
@@ -72,11 +80,7 @@ def hooked_transformer_from_config(config: dict[str, Any], tokenizer: Any = None
             ...
         UnsupportedModelError: TransformerLens 4.3.0 has no HookedTransformer (removed in ...
     """
-    if not hooked_transformer_available():
-        raise UnsupportedModelError(
-            f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
-            "use a TransformerBridge instead."
-        )
+    _require_hooked_transformer()
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     torch.manual_seed(seed)
@@ -322,11 +326,7 @@ def hooked_transformer_from_hf_directory(
             ...
         UnsupportedModelError: TransformerLens 4.3.0 has no HookedTransformer (removed in ...
     """
-    if not hooked_transformer_available():
-        raise UnsupportedModelError(
-            f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0); "
-            "use a TransformerBridge instead."
-        )
+    _require_hooked_transformer()
     import transformers
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
