@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import once_per_suite
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
 
 
+@once_per_suite
 def test_benchmark_writes_every_ratio(tmp_path):
     output = tmp_path / "figures.json"
     subprocess.run(
