@@ -49,6 +49,8 @@ class Row:
             return f"{100 * value:.0f} %"
         if self.unit == "MB":
             return f"{value:,.0f} MB" if value >= 100 else f"{value:.1f} MB"
+        if not self.unit and 0 < abs(value) < 0.01:  # a small ratio (a relative gap)
+            return f"{value:.0e}"
         digits = 3 if self.unit == "s" and value < 1 else 0 if value >= 100 else 2
         text = f"{value:,.{digits}f}"
         return f"{text} {self.unit}" if self.unit else text
@@ -57,7 +59,7 @@ class Row:
         values = [figures.get(key) for key in self.keys]
         if any(value is None for value in values):
             return None
-        texts = [self.format(value) for value in values]
+        texts = [f"{value:,}" if isinstance(value, int) else self.format(value) for value in values]  # counts as counts
         if self.bold:
             texts[0] = f"**{texts[0]}**"
         return " / ".join(texts)
@@ -77,6 +79,9 @@ SPEED_ROWS = [
     Row("Fisher rank 1 ÷ Semantic, random weights (flat)", ("fisher_rank1_vs_semantic",), target=("≤", 1.4)),
     Row("eigen-solve share of the rank-1 scope, peaked / flat", ("peaked_eigensolve_share_of_fisher_rank1", "eigensolve_share_of_fisher_rank1"), "%", target=("≤", 0.10)),
     Row("component scope (every head and MLP, per token) ÷ Semantic", ("component_vs_semantic",), target=("≤", 1.5), bold=True),
+    Row("Integrated Gradients: one gradient evaluation of a fixed 32-node rule, batched over α, ÷ Semantic", ("ig_evaluation_vs_semantic",), target=("≤", 1.0), bold=True),
+    Row("Integrated Gradients, adaptive, zero baseline: gradient evaluations / rounds / relative completeness gap", ("ig_adaptive_evaluations", "ig_adaptive_rounds", "ig_adaptive_relative_gap")),
+    Row("… its time", ("ig_adaptive_s",), "s"),
     Row("Fisher rank 8 ÷ Semantic, flat / peaked", ("fisher_rank8_vs_semantic", "peaked_fisher_rank8_vs_semantic")),
     Row("Fisher rank 64 ÷ Semantic, flat / peaked", ("fisher_rank64_vs_semantic", "peaked_fisher_rank64_vs_semantic"), target=("≤", 6)),
     Row("… its floor, (forward + 64 backward vectors) ÷ (forward + 1)", ("fisher_rank64_floor_vs_semantic",)),

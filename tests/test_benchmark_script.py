@@ -29,13 +29,16 @@ def test_benchmark_writes_every_ratio(tmp_path):
         "peaked_eigensolve_share_of_fisher_rank1", "batch16_throughput_ratio", "all_16_speedup_vs_loop",
         "scope_forward_s", "scope_backward_vector_s", "all_speedup_bound", "fisher_rank64_floor_vs_semantic",
         "confident_fisher_rank1_vs_semantic", "confident_eigensolve_share_of_fisher_rank1",
-        "component_vs_semantic",
+        "component_vs_semantic", "ig_evaluation_vs_semantic", "ig_adaptive_s",
     ):
         assert math.isfinite(speed[key]) and speed[key] > 0, key
     assert abs(speed["peaked_entropy_nats"] - 3.3) < 0.05
     assert speed["peaked_unembedding_scale"] > 1
     assert abs(speed["confident_gap"] / 1e-6 - 1) < 0.01
     assert memory["semantic_vs_floor"] > 0 and memory["fisher_rank8_vs_floor"] > 0
+    assert speed["ig_fixed32_evaluations"] == 34  # 32 Gauss–Legendre nodes and both ends, one engine call
+    assert speed["ig_adaptive_evaluations"] >= 34 and speed["ig_adaptive_rounds"] >= 1
+    assert speed["ig_adaptive_relative_gap"] <= 0.01 and 0 < speed["ig_adaptive_smallest_alpha"] < 0.25
     assert figures["machine"]["model_size"] == "tiny"
     # A scope's bookkeeping: its time beyond its own forward, logits and backward, timed inside the same calls.
     assert 0 < speed["bookkeeping_min_ms"] <= speed["bookkeeping_ms"] < 1000 * speed["semantic_s"]

@@ -55,13 +55,19 @@ def test_the_readme_table_is_what_the_script_prints_for_its_results_file() -> No
     assert readme_block() == table.readme_block(cited_results())
 
 
-def numbers(cell: str) -> list[float]:
-    return [float(text.replace(",", "")) for text in re.findall(r"\d[\d,]*\.?\d*", cell)]
+def numbers(cell: str) -> list[tuple[float, float]]:
+    """Each figure of a cell and half its last printed digit (``1,234``, ``0.41``, ``3e-05``)."""
+    figures = []
+    for text in re.findall(r"\d[\d,]*\.?\d*(?:e[-+]\d+)?", cell):
+        mantissa, _, exponent = text.replace(",", "").partition("e")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        figures.append((float(text.replace(",", "")), 0.5 * 10.0 ** (int(exponent or 0) - decimals)))
+    return figures
 
 
-def readme_tables() -> list[dict[str, list[list[float]]]]:
+def readme_tables() -> list[dict[str, list[list[tuple[float, float]]]]]:
     """The README block's tables: row label -> the figures of each model column."""
-    tables: list[dict[str, list[list[float]]]] = []
+    tables: list[dict[str, list[list[tuple[float, float]]]]] = []
     for line in readme_block().splitlines():
         if not line.startswith("|") or set(line) <= {"|", "-"}:
             continue
@@ -90,9 +96,8 @@ def test_every_figure_of_the_readme_table_equals_the_results_file(kind: str) -> 
         for model, figures in zip(present, rows[row.label]):
             expected = [records[model][key] * (100 if row.unit == "%" else 1) for key in row.keys]
             assert len(figures) == len(expected), (row.label, model, figures)
-            for shown, value in zip(figures, expected):
-                digits = len(str(shown).split(".")[1]) if "." in str(shown) and shown != int(shown) else 0
-                assert abs(shown - value) <= 0.5 * 10 ** -digits + 1e-9, f"{row.label} ({model}): README {shown}, results {value}"
+            for (shown, half_digit), value in zip(figures, expected):
+                assert abs(shown - value) <= half_digit * (1 + 1e-9), f"{row.label} ({model}): README {shown}, results {value}"
                 checked += 1
     assert checked > 0 or not present
 

@@ -11,6 +11,7 @@ Face ``GPT2LMHeadModel`` (``inputs_embeds = x − wpe(positions)``, so captum's 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -21,9 +22,9 @@ from captum.attr._utils.approximation_methods import approximation_parameters
 
 from jscopes_tl import integrated_gradients, models
 from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
-from jscopes_tl.errors import ScopeInputError
+from jscopes_tl.errors import NonFiniteScoresError, ScopeInputError
 from jscopes_tl.faithfulness import gradient_x_input_scorer, paper_gradient_x_input_scorer
-from jscopes_tl.quadrature import CAPTUM_METHODS, captum_rule, gauss_lobatto_rule
+from jscopes_tl.quadrature import CAPTUM_METHODS, adaptive_rule, captum_rule, first_round_size, gauss_lobatto_rule
 from jscopes_tl.toy import toy_model
 
 from conftest import hook_fingerprint, residual_input
@@ -187,9 +188,10 @@ def test_coarse_fixed_rule_warns_and_the_adaptive_default_does_not():
 
 
 def test_adaptive_rule_warns_when_max_steps_stops_it():
-    with pytest.warns(UserWarning, match=r"raise max_steps \(now 33\)"):
-        result = integrated_gradients(models.load("recall"), "a=3 b=7 c=1 b=", target="7", max_steps=33)
-    assert result.n_evaluations == 33 and result.n_rounds == 1
+    first = first_round_size()  # 3 linear panels on [1/4, 1], a log panel below and f(0): 34
+    with pytest.warns(UserWarning, match=rf"raise max_steps \(now {first}\)"):
+        result = integrated_gradients(models.load("recall"), "a=3 b=7 c=1 b=", target="7", max_steps=first)
+    assert first == 34 and result.n_evaluations == first and result.n_rounds == 1
 
 
 def test_n_steps_alone_means_gauss_legendre_and_a_method_alone_captums_50_steps(any_model):
@@ -286,3 +288,162 @@ def test_the_model_is_left_as_it_was(any_model):
     before = hook_fingerprint(any_model)
     integrated_gradients(any_model, torch.tensor([0, 5, 9, 3]), target=7)
     assert hook_fingerprint(any_model) == before
+
+
+# --------------------------------------------------------------------------------- the end at the baseline
+def zero_bias_gpt2(n_layers: int, init: float):
+    """A freshly initialised GPT-2 (Hugging Face's own initialisation: every bias 0, LayerNorm gains
+    1), d_model 64: from a zero baseline every LayerNorm sees an input of zero variance at α = 0,
+    and ∇f grows like a product of 1/√eps gains as α → 0 (module docstring of path_integrals)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=n_layers, n_embd=64, n_head=4, vocab_size=1000, n_positions=64, initializer_range=init,
+        bos_token_id=0, eos_token_id=0,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def transformer_lens_model(hf):
+    """The installed TransformerLens's model of ``hf``, with no weight processing (so that its
+    residual-stream input is Hugging Face's wte + wpe)."""
+    from jscopes_tl.adapter import bridge_from_hf_model, hooked_transformer_from_hf_model
+
+    hf = copy.deepcopy(hf)
+    if hooked_transformer_available():
+        return hooked_transformer_from_hf_model(
+            hf, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+        )
+    return bridge_from_hf_model(hf)
+
+
+def log_graded_reference(hf, tokens: torch.Tensor, smallest: float = 1e-60, n_nodes: int = 3001):
+    """Integrated Gradients from a zero baseline on the Hugging Face model in float64, by the
+    trapezoid rule in t = ln α on [ln smallest, 0] (∫ ∇f dα = ∫ α ∇f dt) plus smallest · ∇f(smallest)
+    for [0, smallest]; x replaces the embeddings' output in a forward hook (no x − wpe + wpe
+    cancellation at tiny α). Returns the attributions, f(x) and f(0)."""
+    hf = copy.deepcopy(hf).double()
+    with torch.no_grad():
+        x = hf.transformer.wte(tokens) + hf.transformer.wpe(torch.arange(len(tokens)))
+        gold = int(hf(tokens[None]).logits[0, -1].argmax())
+
+    def f(points: torch.Tensor) -> torch.Tensor:
+        handle = hf.transformer.drop.register_forward_hook(lambda module, args, output: points)
+        try:
+            logits = hf(tokens.expand(len(points), -1)).logits[:, -1]
+        finally:
+            handle.remove()
+        return torch.log_softmax(logits, dim=-1)[:, gold]
+
+    t = torch.linspace(math.log(smallest), 0.0, n_nodes, dtype=torch.float64)
+    integrand = torch.empty(n_nodes, *x.shape, dtype=torch.float64)  # α ∇f(α x)
+    for start in range(0, n_nodes, 500):
+        alphas = t[start : start + 500].exp()[:, None, None]
+        points = (alphas * x).requires_grad_(True)
+        (gradients,) = torch.autograd.grad(f(points).sum(), points)
+        integrand[start : start + 500] = alphas * gradients
+    step = float(t[1] - t[0])
+    integral = step * (integrand[1:-1].sum(0) + (integrand[0] + integrand[-1]) / 2) + integrand[0]
+    with torch.no_grad():
+        return integral * x, float(f(x[None])), float(f(torch.zeros_like(x)[None]))
+
+
+CASCADE_TOKENS = torch.tensor([5, 812, 33, 407, 96, 250, 611, 18, 777, 42, 301, 9])
+
+
+def test_a_zero_baseline_on_a_zero_bias_model_converges_to_a_log_graded_reference():
+    """The case that used to stop with NonFiniteScoresError: ∇f at α = 0 is ~1e23, so its square (the
+    engine's squared score) overflows float32. The adaptive rule never uses ∇f at α = 0, follows
+    the path in ln α towards the baseline, and agrees with an independent float64 reference."""
+    hf = zero_bias_gpt2(6, 0.1)
+    model = transformer_lens_model(hf)
+    x = residual_input(model, CASCADE_TOKENS)
+    at_zero = torch.zeros_like(x, requires_grad=True)
+    with torch.no_grad():
+        wpe = hf.transformer.wpe(torch.arange(len(CASCADE_TOKENS)))
+    handle = hf.transformer.drop.register_forward_hook(lambda module, args, output: at_zero[None])
+    try:
+        logits = hf(CASCADE_TOKENS[None]).logits[0, -1]
+    finally:
+        handle.remove()
+    (gradient_at_zero,) = torch.autograd.grad(torch.log_softmax(logits, -1)[int(logits.argmax())], at_zero)
+    assert float(gradient_at_zero.norm()) > math.sqrt(torch.finfo(torch.float32).max)  # the premise
+    torch.testing.assert_close(x, hf.transformer.wte(CASCADE_TOKENS).detach() + wpe)  # the same x
+
+    reference, value, baseline_value = log_graded_reference(hf, CASCADE_TOKENS)
+    assert abs(float(reference.sum()) - (value - baseline_value)) < 1e-3  # the reference is complete
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = integrated_gradients(model, CASCADE_TOKENS)
+    assert result.converged and torch.isfinite(result.attributions).all()
+    assert 0.0 not in result.alphas.tolist() and float(result.alphas.min()) < 1e-20  # followed far down
+    assert result.baseline_value == pytest.approx(baseline_value, abs=1e-5)
+    error = float((result.attributions.double() - reference).norm() / reference.norm())
+    assert error < 1e-3, error
+
+
+def test_where_the_gradient_overflows_float32_the_warning_says_so_and_float64_converges():
+    hf = zero_bias_gpt2(8, 0.2)  # ∇f overflows float32 within 1e-37 of the baseline
+    model = transformer_lens_model(hf)
+    with pytest.warns(UserWarning, match=r"closer to the baseline than α = .* where float32 stops \(the gradient "
+                      r"overflows it.*a float64 copy of the model"):
+        result = integrated_gradients(model, CASCADE_TOKENS)
+    assert not result.converged and torch.isfinite(result.attributions).all()
+    with pytest.raises(NonFiniteScoresError, match=r"riemann_left has a node at α = 0.*adaptive rule"):
+        integrated_gradients(model, CASCADE_TOKENS, n_steps=8, method="riemann_left")
+    reference, _, _ = log_graded_reference(hf, CASCADE_TOKENS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        in_float64 = integrated_gradients(copy.deepcopy(model).to(torch.float64), CASCADE_TOKENS)
+    assert in_float64.converged
+    assert float((in_float64.attributions - reference).norm() / reference.norm()) < 1e-3
+
+
+def cascade(depth: int):
+    """A one-dimensional f(α) = Σ_k atan(α·10^(2k)) / depth, k < depth: a feature every two decades
+    down to 10^(2 − 2·depth), and ∇f(0) = Σ 10^(2k) / depth; x − x₀ = 1."""
+    scales = [10.0 ** (2 * k) for k in range(depth)]
+
+    def evaluate(alphas):
+        gradients = {a: torch.tensor([sum(s / (1 + (a * s) ** 2) for s in scales) / depth], dtype=torch.float64)
+                     for a in alphas}
+        return gradients, {a: sum(math.atan(a * s) for s in scales) / depth for a in alphas}
+
+    return evaluate
+
+
+def test_the_adaptive_rule_follows_the_path_down_the_decades_it_needs():
+    evaluate = cascade(40)  # features down to 1e-78
+    integral = adaptive_rule(evaluate, torch.ones(1, dtype=torch.float64), 0.01, 4096, lambda values: 1.0)
+    _, values = evaluate([1.0, 0.0])
+    assert abs(float(integral.gradient_sum) - (values[1.0] - values[0.0])) < 1e-3  # within tolerance/10
+    # as far as the deepest feature and at most 16 decades (one extension) more, in 2, 4, 8, 16, 16, ... decades a round
+    assert 1e-96 <= min(integral.rule) < 1e-78 and integral.stopped_at is None
+    assert integral.n_rounds <= 10
+
+
+def test_an_infinite_gradient_at_the_baseline_is_never_used():
+    def evaluate(alphas):
+        gradients, values = cascade(3)(alphas)
+        return {a: torch.tensor([math.inf]) if a == 0.0 else g for a, g in gradients.items()}, values
+
+    integral = adaptive_rule(evaluate, torch.ones(1, dtype=torch.float64), 0.01, 1024, lambda values: 1.0)
+    assert math.isfinite(float(integral.gradient_sum)) and 0.0 not in integral.rule and 0.0 in integral.values
+
+
+def test_a_non_finite_gradient_away_from_the_baseline_is_an_error_naming_alpha():
+    def evaluate(alphas):
+        gradients, values = cascade(3)(alphas)
+        return {a: torch.tensor([math.nan]) if a == 0.5 else g for a, g in gradients.items()}, values
+
+    with pytest.raises(NonFiniteScoresError, match=r"gradient at α = 0.5 on the path"):
+        adaptive_rule(evaluate, torch.ones(1, dtype=torch.float64), 0.01, 1024, lambda values: 1.0)
+
+
+def test_the_end_stops_at_the_smallest_alpha_and_says_so():
+    integral = adaptive_rule(
+        cascade(40), torch.ones(1, dtype=torch.float64), 0.01, 4096, lambda values: 1.0, smallest=1e-20
+    )
+    assert integral.stopped_at == 1e-20 and integral.stopped_because == "precision"
+    assert min(integral.rule) == 1e-20
