@@ -104,7 +104,8 @@ class _Stretch:
     * ``"end"``: the rest of the path next to the baseline, ``[0, end]``: the one node ``end``
       with weight ``end`` (exact where ``∇f`` is constant on it), and ``f(0)`` for its error. The
       gradient at ``α = 0`` itself is never used. ``extension`` is how many log panels replace it
-      below ``end`` when it is refined (doubling each time).
+      below ``end`` when it is refined (doubling each time, up to ``MAX_EXTENSION``; 0: it is not
+      refined, the gradient overflows below it).
     """
 
     start: float
