@@ -25,7 +25,7 @@ from jscopes_tl.adapter import ModelAdapter, hooked_transformer_available
 from jscopes_tl.errors import NonFiniteScoresError, ScopeInputError
 from jscopes_tl.faithfulness import gradient_x_input_scorer, paper_gradient_x_input_scorer
 from jscopes_tl.quadrature import CAPTUM_METHODS, adaptive_rule, captum_rule, first_round_size, gauss_lobatto_rule
-from jscopes_tl.toy import toy_model
+from jscopes_tl.toy import toy_model, toy_tokenizer
 
 from conftest import hook_fingerprint, residual_input
 
@@ -299,7 +299,7 @@ def zero_bias_gpt2(n_layers: int, init: float):
 
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        n_layer=n_layers, n_embd=64, n_head=4, vocab_size=1000, n_positions=64, initializer_range=init,
+        n_layer=n_layers, n_embd=64, n_head=4, vocab_size=1000, n_positions=64, n_ctx=64, initializer_range=init,
         bos_token_id=0, eos_token_id=0,
     )
     return transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -312,8 +312,9 @@ def transformer_lens_model(hf):
 
     hf = copy.deepcopy(hf)
     if hooked_transformer_available():
-        return hooked_transformer_from_hf_model(
-            hf, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+        return hooked_transformer_from_hf_model(  # a tokenizer, or HookedTransformer looks one up on the hub
+            hf, tokenizer=toy_tokenizer(), fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False,
         )
     return bridge_from_hf_model(hf)
 
