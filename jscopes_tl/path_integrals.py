@@ -51,10 +51,10 @@ Mechanics that keep this exact and affordable:
   biases are zero (a freshly initialised one; the bias-free Llama-style blocks keep attention and
   MLP outputs at zero too) every normalisation layer sees zero variance at ``α = 0``, their
   ``1/√eps`` gains compound, and ``f`` keeps changing down to ``α ≈ 1e-34`` on a 12-layer
-  GPT-2-size model (on 32 random tokens ``‖∇f‖`` is 2.6e33 at ``α = 0``, 2.3e7 at ``1e-6``, 22 at 1). So the
-  gradient at ``α = 0`` is never used (its row gives ``f(x₀)``; its gradient can overflow), and
-  the end follows the path down as far as ``f`` changes, never below the smallest normal number
-  of the working precision. Where the gradient overflows the working precision on the way (float32
+  GPT-2-size model (on 32 random tokens ``‖∇f‖`` is 2.6e33 at ``α = 0``, 2.3e7 at ``1e-6``, 22
+  at 1). So the gradient at ``α = 0`` is never used (its row gives ``f(x₀)``; its gradient can
+  overflow), and the end follows the path down as far as ``f`` changes, never below the smallest
+  normal number of the working precision. Where the gradient overflows the working precision on the way (float32
   within about 1e-37 of the baseline on deeper such models), the end stops above it, and the
   warning says that a float64 copy of the model reaches further.
 

@@ -240,8 +240,9 @@ def _pieces(stretch: _Stretch, values: dict[float, float], smallest: float) -> l
     ``extension`` log panels of ``END_DECADES`` decades each below ``β`` (never below ``smallest``,
     the least ``α`` the working precision holds) and a new end under them, which will give twice as
     many (at most ``MAX_EXTENSION``): the path is followed towards the baseline as far as ``f`` keeps
-    changing, 2, 4, 8, 16, 16, ... decades a round, overshooting by 16 decades (8 log panels) at most. An end at ``smallest``, or with ``extension`` 0 (the
-    gradient below it is not finite), is not refined.
+    changing, 2, 4, 8, 16, 16, ... decades a round, overshooting by 16 decades (8 log panels) at
+    most. An end at ``smallest``, or with ``extension`` 0 (the gradient below it is not finite), is
+    not refined.
     """
     if stretch.kind == "end":
         edges = [stretch.end]
