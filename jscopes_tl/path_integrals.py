@@ -429,9 +429,10 @@ def _result(
     value, baseline_value = integral.values[1.0], integral.values[0.0]
     gap = float(attributions.sum()) - (value - baseline_value)
     relative = abs(gap) / _gap_scale(path, integral.values, tolerance)
+    dtype = working_dtype(path.adapter.dtype)
     if relative > tolerance:
         if integral.stopped_at is not None:
-            precision = str(working_dtype(path.adapter.dtype)).removeprefix("torch.")
+            precision = str(dtype).removeprefix("torch.")
             why = "the gradient overflows it" if integral.stopped_because == "overflow" else "it holds no smaller α"
             advice = (
                 f"f still changes closer to the baseline than α = {integral.stopped_at:.3g}, where {precision} stops "
@@ -448,7 +449,6 @@ def _result(
             f"the attributions sum to {total:.6g} where f(x) − f(x₀) = {change:.6g}, "
             f"a completeness gap of {gap:.3g} ({relative:.1%} of it, above tolerance={tolerance:g}); {advice}."
         )
-    dtype = working_dtype(path.adapter.dtype)
     ordered = sorted(integral.rule)
     tokens = path.batch.tokens[0]
     return IntegratedGradientsResult(

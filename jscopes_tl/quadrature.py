@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from jscopes_tl.engine import all_finite
 from jscopes_tl.errors import NonFiniteScoresError
 
 CAPTUM_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
@@ -214,7 +215,7 @@ def fixed_rule(evaluate: Evaluate, method: str, n_steps: int) -> Integral:
         rule[alpha] = rule.get(alpha, 0.0) + weight
     evaluated = sorted(set(rule) | {0.0, 1.0})  # f(x₀) and f(x), for the gap
     gradients, values = evaluate(evaluated)
-    nonfinite = [alpha for alpha in rule if not bool(torch.isfinite(gradients[alpha]).all())]
+    nonfinite = [alpha for alpha in rule if not all_finite(gradients[alpha])]
     if nonfinite:
         at_baseline = (
             f"; {method} has a node at α = 0, the baseline, where the gradient of a model whose normalisation layers "
@@ -262,10 +263,7 @@ def _pieces(stretch: _Stretch, values: dict[float, float], smallest: float) -> l
 
 def _nonfinite(gradients: dict[float, torch.Tensor], pieces: list[_Stretch]) -> float | None:
     """The largest node ``α`` of ``pieces`` whose gradient is NaN or infinite (None: there is none)."""
-    return max(
-        (alpha for piece in pieces for alpha, _ in piece.rule() if not bool(torch.isfinite(gradients[alpha]).all())),
-        default=None,
-    )
+    return max((alpha for piece in pieces for alpha, _ in piece.rule() if not all_finite(gradients[alpha])), default=None)
 
 
 def _above_overflow(end: _Stretch, pieces: list[_Stretch], nonfinite: float) -> list[_Stretch]:

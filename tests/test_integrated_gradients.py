@@ -319,12 +319,10 @@ def transformer_lens_model(hf):
     return bridge_from_hf_model(hf)
 
 
-def log_graded_reference(hf, tokens: torch.Tensor, smallest: float = 1e-60, n_nodes: int = 3001):
-    """Integrated Gradients from a zero baseline on the Hugging Face model in float64, by the
-    trapezoid rule in t = ln α on [ln smallest, 0] (∫ ∇f dα = ∫ α ∇f dt) plus smallest · ∇f(smallest)
-    for [0, smallest]; x replaces the embeddings' output in a forward hook (no x − wpe + wpe
-    cancellation at tiny α). Returns the attributions, f(x) and f(0)."""
-    hf = copy.deepcopy(hf).double()
+def hf_objective(hf, tokens: torch.Tensor):
+    """``f`` = log p(the top-1 token at the last position) of the Hugging Face model as a function of
+    its residual-stream input ``points`` ``[batch, pos, d_model]``, which replaces the embeddings'
+    output in a forward hook (no x − wpe + wpe cancellation at tiny α), and that input ``x``."""
     with torch.no_grad():
         x = hf.transformer.wte(tokens) + hf.transformer.wpe(torch.arange(len(tokens)))
         gold = int(hf(tokens[None]).logits[0, -1].argmax())
@@ -337,6 +335,14 @@ def log_graded_reference(hf, tokens: torch.Tensor, smallest: float = 1e-60, n_no
             handle.remove()
         return torch.log_softmax(logits, dim=-1)[:, gold]
 
+    return f, x
+
+
+def log_graded_reference(hf, tokens: torch.Tensor, smallest: float = 1e-60, n_nodes: int = 3001):
+    """Integrated Gradients from a zero baseline on the Hugging Face model in float64, by the
+    trapezoid rule in t = ln α on [ln smallest, 0] (∫ ∇f dα = ∫ α ∇f dt) plus smallest · ∇f(smallest)
+    for [0, smallest] (``hf_objective``). Returns the attributions, f(x) and f(0)."""
+    f, x = hf_objective(copy.deepcopy(hf).double(), tokens)
     t = torch.linspace(math.log(smallest), 0.0, n_nodes, dtype=torch.float64)
     integrand = torch.empty(n_nodes, *x.shape, dtype=torch.float64)  # α ∇f(α x)
     for start in range(0, n_nodes, 500):
@@ -359,18 +365,11 @@ def test_a_zero_baseline_on_a_zero_bias_model_converges_to_a_log_graded_referenc
     the path in ln α towards the baseline, and agrees with an independent float64 reference."""
     hf = zero_bias_gpt2(6, 0.1)
     model = transformer_lens_model(hf)
-    x = residual_input(model, CASCADE_TOKENS)
-    at_zero = torch.zeros_like(x, requires_grad=True)
-    with torch.no_grad():
-        wpe = hf.transformer.wpe(torch.arange(len(CASCADE_TOKENS)))
-    handle = hf.transformer.drop.register_forward_hook(lambda module, args, output: at_zero[None])
-    try:
-        logits = hf(CASCADE_TOKENS[None]).logits[0, -1]
-    finally:
-        handle.remove()
-    (gradient_at_zero,) = torch.autograd.grad(torch.log_softmax(logits, -1)[int(logits.argmax())], at_zero)
+    f, x = hf_objective(hf, CASCADE_TOKENS)  # float32, as the model
+    at_zero = torch.zeros_like(x[None], requires_grad=True)
+    (gradient_at_zero,) = torch.autograd.grad(f(at_zero).sum(), at_zero)
     assert float(gradient_at_zero.norm()) > math.sqrt(torch.finfo(torch.float32).max)  # the premise
-    torch.testing.assert_close(x, hf.transformer.wte(CASCADE_TOKENS).detach() + wpe)  # the same x
+    torch.testing.assert_close(residual_input(model, CASCADE_TOKENS), x)  # the same x
 
     reference, value, baseline_value = log_graded_reference(hf, CASCADE_TOKENS)
     assert abs(float(reference.sum()) - (value - baseline_value)) < 1e-3  # the reference is complete
